@@ -840,6 +840,9 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     if t_learn is not None and global_step > step_learn:
         summary["learning_sps"] = (global_step - step_learn) / (time.perf_counter() - t_learn)
     summary.update(global_step=global_step, run_dir=str(run_dir), buffer_size=rb.size)
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
     return summary
 
 
