@@ -243,10 +243,11 @@ class EnvReward:
             batch["reward"] = batch["env_reward"]
         return batch
 
-    def log(self, writer, step: int) -> None:
-        pass
+    def log(self, logger: "Logger", step: int) -> None:
+        """Called every --log-every steps: a text reward logs its own scalars (terms, frames/s) here."""
 
     def state_dict(self) -> dict:
+        """Saved in checkpoint.pt (a text reward keeps its noise generator's state here)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -254,6 +255,7 @@ class EnvReward:
 
 
 def build_reward(args: Args, device: torch.device) -> EnvReward:
+    """Called by train() before the environments are made; raises UserError for bad reward settings."""
     return EnvReward()
 
 
