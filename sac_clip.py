@@ -1,0 +1,1088 @@
+"""Soft Actor-Critic rewarded by CLIP: how well each rendered frame matches a text prompt (VLM-RM).
+
+    python sac_clip.py --env-id Walker2d-v4 --prompt "a person walking"
+    python sac_clip.py --env-id Humanoid-v4 --prompt "a humanoid robot kneeling" \
+        --baseline-prompt "a humanoid robot" --clip-alpha 0.5
+    python sac_clip.py --resume runs/Walker2d-v4__sac_clip__1__1790000000
+
+The reward is VLM-RM's (Rocamonde et al., "Vision-Language Models are Zero-Shot Reward Models for Reinforcement
+Learning", ICLR 2024). For a rendered frame s:
+    x = CLIP_image(s) / |CLIP_image(s)|                         the normalised image embedding
+    g = mean_i CLIP_text(goal_i) / |CLIP_text(goal_i)|          mean of the normalised goal-prompt embeddings
+    b = mean_j CLIP_text(base_j) / |CLIP_text(base_j)|          mean of the normalised baseline-prompt embeddings
+    d = g - b,   P = alpha d d^T / |d|^2 + (1 - alpha) I
+    reward(s) = 1 - |(x - g) P|^2 / 2
+The means are not re-normalised (as in the paper's code), so with alpha = 0 the reward is x.g + (1 - |g|^2) / 2:
+the cosine similarity x.g for a single goal prompt, and x.g plus a constant for several. alpha = 1 keeps only the
+component of x - g along the goal-baseline direction d.
+
+The agent never sees the environment's reward: it is logged as charts/episodic_return next to the learned
+charts/clip_return. The file reads top to bottom like sac_env_reward.py, whose SAC core it carries byte for byte
+between the "SAC CORE" marker comments (tests check it); only Args and the reward section differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+
+# === SAC CORE BEGIN: args (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+@dataclass
+class SACArgs:
+    """Soft Actor-Critic settings shared by every reward source (defaults: CleanRL's sac_continuous_action)."""
+
+    # Run and bookkeeping
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """experiment name, part of the default run name"""
+    run_name: Optional[str] = None
+    """folder name under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); give a fixed one for SLURM"""
+    resume: Optional[str] = None
+    """a run folder (runs/NAME) to continue from its checkpoint.pt with its saved args.json; other flags ignored"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch, environments)"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ..."""
+    track: bool = False
+    """also log to Weights & Biases (imported only when set)"""
+    wandb_project_name: str = "text-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+
+    # Environment
+    env_id: str = "Walker2d-v4"
+    """Gymnasium id of a continuous-control env: MuJoCo v4/v5, Pendulum-v1, dm_control/<domain>-<task>-v0"""
+    num_envs: int = 1
+    """number of environments stepped together (one gradient update per vector step)"""
+    total_timesteps: int = 1_000_000
+    """total environment steps (summed over the vector envs)"""
+    max_episode_steps: Optional[int] = None
+    """override the env's time limit (default: the env's own)"""
+    time_feature: bool = False
+    """append the normalised episode step t / max_episode_steps to the observation"""
+    render_size: int = 256
+    """height and width of rendered frames (videos, and the frames a text reward sees)"""
+    camera: Optional[str] = None
+    """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
+
+    # SAC
+    buffer_size: int = 1_000_000
+    """replay memory size"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    batch_size: int = 256
+    """batch size of the gradient updates"""
+    learning_starts: int = 5_000
+    """environment steps of uniform random actions before learning starts"""
+    policy_lr: float = 3e-4
+    """learning rate of the actor (and of the entropy temperature)"""
+    q_lr: float = 1e-3
+    """learning rate of the critics"""
+    policy_frequency: int = 2
+    """the actor is updated this many times every this many critic updates (delayed, TD3 style)"""
+    target_network_frequency: int = 1
+    """critic updates between target-network updates"""
+    alpha: float = 0.2
+    """entropy temperature (initial value; fixed when --no-autotune)"""
+    autotune: bool = True
+    """learn the temperature towards the target entropy -|A|"""
+
+    # Speed
+    compile: bool = False
+    """torch.compile the update step"""
+    cudagraphs: bool = False
+    """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+
+    # Evaluation, videos, logging, checkpoints
+    eval_every: int = 10_000
+    """environment steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 5
+    """deterministic (mean action) episodes per evaluation"""
+    capture_video: bool = False
+    """save the first episode of each evaluation as runs/{run_name}/videos/step_{N}.mp4"""
+    log_every: int = 1_000
+    """environment steps between scalar logs (losses, alpha, SPS); each costs one host sync"""
+    checkpoint_every: int = 50_000
+    """environment steps between checkpoints (0: only at the end and on SIGTERM/SIGUSR1)"""
+    save_buffer: bool = True
+    """keep the replay buffer in checkpoint.pt, so that resuming continues exactly"""
+    progress: bool = True
+    """show a progress bar"""
+# === SAC CORE END: args ===
+
+
+@dataclass
+class Args(SACArgs):
+    """SAC rewarded by CLIP similarity between the rendered frame and a text prompt (VLM-RM)."""
+
+    clip_model_id: str = "openai/clip-vit-large-patch14"
+    """any transformers CLIP checkpoint: a Hugging Face hub id or a local folder saved with save_pretrained"""
+    prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """goal prompt, e.g. "a person walking" (required; repeat the flag for several: their embeddings are averaged)"""
+    baseline_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """baseline prompt describing the scene without the goal (repeatable, averaged; none: "a simulated robot")"""
+    clip_alpha: float = 0.0
+    """VLM-RM's alpha in [0, 1]: 0 the plain CLIP reward, 1 only the projection onto goal - baseline"""
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """dtype of the CLIP model (auto: fp16 on CUDA, fp32 on CPU)"""
+    reward_batch_size: int = 64
+    """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch"""
+
+
+# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class TimeFeature(gym.ObservationWrapper):
+    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        super().__init__(env)
+        self.max_steps, self.t = max_steps, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(
+            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
+        )
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        return super().step(action)
+
+    def observation(self, obs):
+        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
+
+
+def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
+    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
+    if env_id.startswith("dm_control/"):
+        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+    spec = gym.spec(env_id)
+    if "mujoco" not in str(spec.entry_point):
+        return {}  # classic control (Pendulum-v1) renders at its own size
+    kwargs = {"width": size, "height": size}
+    if camera is not None:
+        kwargs["camera_id" if camera.lstrip("-").isdigit() else "camera_name"] = (
+            int(camera) if camera.lstrip("-").isdigit() else camera
+        )
+    return kwargs
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's time limit in steps (dm_control keeps its own, inside the task)."""
+    if env.spec is not None and env.spec.max_episode_steps:
+        return int(env.spec.max_episode_steps)
+    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
+    limit = getattr(inner, "_step_limit", None)
+    return int(limit) if limit and np.isfinite(limit) else 1000
+
+
+def make_env(args: SACArgs, render: bool = False) -> gym.Env:
+    """One environment with flat float32 observations; raises UserError for ids or spaces SAC cannot use."""
+    if args.env_id.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+    kwargs = {}
+    if args.max_episode_steps:
+        kwargs["max_episode_steps"] = args.max_episode_steps
+    try:
+        if render:
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(args.env_id, args.render_size, args.camera))
+        env = gym.make(args.env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UserError(
+            f"unknown environment id '{args.env_id}' ({e}); use a registered continuous-control id such as "
+            "Hopper-v4, Walker2d-v5, Pendulum-v1 or dm_control/humanoid-stand-v0"
+        ) from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(
+            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
+            "one: pick e.g. Pendulum-v1 or Hopper-v4"
+        )
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
+    env = gym.wrappers.TransformObservation(
+        env,
+        lambda o: o.astype(np.float32),
+        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
+    )
+    if args.time_feature:
+        env = TimeFeature(env, args.max_episode_steps or episode_limit(env))
+    return env
+
+
+def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
+    the true final observation (and frame); the following step resets that env and is not a transition."""
+    make_env(args)  # fail early, in this process, with a clear message
+    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
+# === SAC CORE END: environments ===
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reward: CLIP similarity between each rendered frame and the goal prompt, regularised by a baseline prompt
+# (VLM-RM). CLIPReward is the model (eval_videos.py uses it for the CLIP score); CLIPLabeler feeds it the frames.
+# ---------------------------------------------------------------------------------------------------------------
+DEFAULT_BASELINE_PROMPTS = ("a simulated robot",)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the image processor's PIL resampling filter -> F.interpolate mode (antialias=True reproduces PIL's filters)
+INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """A torch dtype from a torch dtype or a name: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_reward_settings(prompts, baseline_prompts, alpha: float) -> tuple[list[str], list[str]]:
+    """The goal and baseline prompts as lists; raises UserError for empty prompts or alpha outside [0, 1]."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(baseline_prompts, str):
+        baseline_prompts = [baseline_prompts]
+    prompts, baseline_prompts = list(prompts or []), list(baseline_prompts or DEFAULT_BASELINE_PROMPTS)
+    if not prompts:
+        raise UserError('no goal prompt: describe the behaviour with --prompt, e.g. --prompt "a person walking"')
+    if not all(p.strip() for p in prompts + baseline_prompts):
+        raise UserError(f"empty prompt in --prompt {prompts} / --baseline-prompt {baseline_prompts}; give text")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--clip-alpha must be in [0, 1] (got {alpha})")
+    return prompts, baseline_prompts
+
+
+class CLIPReward(nn.Module):
+    """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
+    1 - |(x - g) P|^2 / 2 (see the module docstring).
+
+    Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
+    resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
+    as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
+    values agree with the processor's to one uint8 level on under 0.1% of pixels (tests/test_sac_clip.py)."""
+
+    def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0):
+        super().__init__()
+        prompts, baseline_prompts = check_reward_settings(prompts, baseline_prompts, alpha)
+        self.model = model.eval().requires_grad_(False)
+        self.prompts, self.baseline_prompts, self.alpha = prompts, baseline_prompts, float(alpha)
+        self.read_image_processor(image_processor)
+
+        goal = self.embed_text(tokenizer, prompts).mean(0)  # means of unit vectors, not re-normalised
+        baseline = self.embed_text(tokenizer, baseline_prompts).mean(0)
+        d = goal - baseline
+        eye = torch.eye(len(d), device=d.device)
+        if alpha > 0 and d.norm() < 1e-6:
+            raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
+                            "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
+        direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
+        self.register_buffer("goal", goal)
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projection", alpha * direction + (1.0 - alpha) * eye)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, prompts, baseline_prompts=None, alpha: float = 0.0, dtype="auto",
+                        device="cpu") -> "CLIPReward":
+        """Loads a transformers CLIP checkpoint (hub id or local folder): model, tokenizer and image processor."""
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        check_reward_settings(prompts, baseline_prompts, alpha)  # fail before loading gigabytes
+        device = torch.device(device)
+        dtype = resolve_dtype(dtype, device)
+        try:
+            model = CLIPModel.from_pretrained(model_id, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            image_processor = AutoImageProcessor.from_pretrained(model_id)
+        except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"cannot load the CLIP model '{model_id}' ({reason}); download it where there is internet with "
+                f"`hf download {model_id}` (`hf auth login` first if it is gated; older hubs: huggingface-cli), "
+                "unset HF_HUB_OFFLINE to let it download, or pass --clip-model-id a local folder saved with "
+                "save_pretrained"
+            ) from None
+        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha)
+
+    def read_image_processor(self, p) -> None:
+        """Keeps the image processor's settings (and its mean and std as buffers) for the batched version."""
+        self.do_resize, self.do_center_crop = p.do_resize, p.do_center_crop
+        self.resize_to, self.crop_to = dict(p.size), dict(p.crop_size)  # e.g. {shortest_edge: 224}, {height, width}
+        resample = int(getattr(p.resample, "value", p.resample))
+        if resample not in INTERPOLATION:
+            raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
+        self.mode = INTERPOLATION[resample]
+        self.rescale_factor = p.rescale_factor if p.do_rescale else 1.0
+        mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.to(self.model.device)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Resized (height, width), as transformers' get_resize_output_image_size computes it."""
+        if self.resize_to.get("height") and self.resize_to.get("width"):
+            return self.resize_to["height"], self.resize_to["width"]
+        size = self.resize_to["shortest_edge"]
+        short, long = min(height, width), max(height, width)
+        new_long = int(size * long / short)
+        return (size, new_long) if height <= width else (new_long, size)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), on any device -> float32 pixel values (N, 3, crop, crop) on the model's."""
+        x = frames.to(self.pixel_mean.device).permute(0, 3, 1, 2).float()
+        if self.do_resize:
+            # PIL resizes a uint8 image in two passes, horizontal then vertical, rounding to uint8 after each
+            (h, w), antialias = self.output_size(*x.shape[-2:]), self.mode != "nearest-exact"
+            if x.shape[-1] != w:
+                x = F.interpolate(x, size=(x.shape[-2], w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+            if x.shape[-2] != h:
+                x = F.interpolate(x, size=(h, w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+        if self.do_center_crop:
+            ch, cw = self.crop_to["height"], self.crop_to["width"]
+            h, w = x.shape[-2:]
+            if h < ch or w < cw:  # too small: zero padding first, as the processor does
+                ph, pw = max(ch - h, 0), max(cw - w, 0)
+                x = F.pad(x, ((pw + 1) // 2, pw // 2, (ph + 1) // 2, ph // 2))
+                h, w = x.shape[-2:]
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top: top + ch, left: left + cw]
+        return (x * self.rescale_factor - self.pixel_mean) / self.pixel_std
+
+    def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings (P, D), float32."""
+        max_len = min(tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        too_long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"]) if len(ids) > max_len]
+        if too_long:
+            print(f"warning: prompts longer than CLIP's {max_len} tokens are truncated: {too_long}", file=sys.stderr)
+        tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.get_text_features(**tokens.to(self.model.device))
+        e = getattr(out, "pooler_output", out).float()  # transformers 5 returns an output object, 4 a tensor
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings x (N, D), float32."""
+        out = self.model.get_image_features(pixel_values=pixel_values.to(self.model.dtype))
+        e = getattr(out, "pooler_output", out).float()
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def reward_from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D)."""
+        return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+
+    @torch.inference_mode()
+    def forward(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device."""
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB frames shaped (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        return self.reward_from_embeddings(self.embed_images(self.preprocess(frames)))
+
+
+class CLIPLabeler:
+    """The reward source of the training loop: labels queued transitions with the CLIP reward of their frame
+    (the frame rendered after the step, i.e. of next_obs), --reward-batch-size frames per forward pass, oldest
+    steps first across all envs. Transitions wait in the queue until a batch is full (or a flush)."""
+
+    name = "clip"  # the loop logs charts/clip_return
+    needs_frames = True  # the training envs render every step
+
+    def __init__(self, model: CLIPReward, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0  # since the last log
+
+    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
+        pending = len(queue)
+        n = pending if flush else pending - pending % self.batch_size
+        if n == 0:
+            return None
+        # the n oldest transitions: ordered by their position in their env's queue (time), then by env
+        order = sorted((pos, env) for env, q in enumerate(queue.items) for pos in range(len(q)))[:n]
+        take = np.bincount([env for _, env in order], minlength=len(queue.items))
+        items = [queue.items[env].popleft() for env in range(len(queue.items)) for _ in range(take[env])]
+        rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]))
+                   for i in range(0, n, self.batch_size)]
+        batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
+        batch["reward"] = np.concatenate(rewards)
+        return batch
+
+    def compute(self, frames: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        r = self.model(frames).cpu().numpy()  # .cpu() waits for the device: the timing is complete
+        self.seconds += time.perf_counter() - t
+        self.frames += len(r)
+        self.reward_sum, self.reward_sq = self.reward_sum + float(r.sum()), self.reward_sq + float((r ** 2).sum())
+        return r
+
+    def log(self, logger: "Logger", step: int) -> None:
+        if self.frames:
+            mean = self.reward_sum / self.frames
+            logger.scalar("reward/frames_per_s", self.frames / self.seconds, step)
+            logger.scalar("reward/clip_mean", mean, step)
+            logger.scalar("reward/clip_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
+        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
+
+    def state_dict(self) -> dict:
+        """Nothing to save: the CLIP reward is deterministic."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_reward(args: Args, device: torch.device) -> CLIPLabeler:
+    """Called by train() before the environments are made; raises UserError for bad reward settings."""
+    if args.reward_batch_size < 1:
+        raise UserError(f"--reward-batch-size must be at least 1 (got {args.reward_batch_size})")
+    model = CLIPReward.from_pretrained(args.clip_model_id, args.prompt, args.baseline_prompt, args.clip_alpha,
+                                       args.dtype, device)
+    return CLIPLabeler(model, args.reward_batch_size)
+
+
+# === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, 256-256 ReLU MLP, log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden: int = 256):
+        super().__init__()
+        act_dim = len(action_low)
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.fc_mean = nn.Linear(hidden, act_dim)
+        self.fc_logstd = nn.Linear(hidden, act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(obs)
+        log_std = torch.tanh(self.fc_logstd(h))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return self.fc_mean(h), log_std
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample, its log-probability (B, 1), and the deterministic (mean) action."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        x = mean + log_std.exp() * eps
+        # log N(x; mean, std) - log|d action / d x|, with log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
+        log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob - 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) - self.action_scale.log()
+        action = torch.tanh(x) * self.action_scale + self.action_bias
+        return action, log_prob.sum(-1, keepdim=True), torch.tanh(mean) * self.action_scale + self.action_bias
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for evaluation."""
+        return self.get_action(obs)[2]
+
+
+class EnsembleCritic(nn.Module):
+    """n Q-networks (256-256 ReLU MLPs) evaluated together: one batched matmul per layer for all members.
+    Each member is initialised like nn.Linear. forward returns Q values shaped (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden, hidden, 1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / np.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """detach=True: gradients flow to the inputs only (the actor's loss), not to the critic's weights."""
+        h = torch.cat([obs, action], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach:
+                w, b = w.detach(), b.detach()
+            h = torch.baddbmm(b, h, w)
+            if i < len(self.weights) - 1:
+                h = F.relu(h)
+        return h.squeeze(-1)
+# === SAC CORE END: networks ===
+
+
+# === SAC CORE BEGIN: replay buffer (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class ReplayBuffer:
+    """Preallocated ring buffer of transitions as torch tensors on the training device."""
+
+    FIELDS = ("obs", "next_obs", "action", "reward", "terminated")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
+        dims = {"obs": obs_dim, "next_obs": obs_dim, "action": act_dim, "reward": 1, "terminated": 1}
+        self.data = {k: torch.empty(capacity, dims[k], dtype=torch.float32, device=device) for k in self.FIELDS}
+
+    def add(self, batch: dict) -> None:
+        """batch: numpy arrays or tensors with a leading dimension n (rewards and terminated flags shaped (n,))."""
+        n = len(batch["obs"])
+        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        for k in self.FIELDS:
+            v = torch.as_tensor(batch[k], dtype=torch.float32).to(self.device, non_blocking=True)
+            self.data[k][idx] = v.reshape(n, -1)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        n = self.size  # only the filled part is saved; the ring order is kept by pos
+        return {"pos": self.pos, "size": n, "data": {k: v[:n].cpu().clone() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for k, v in state["data"].items():
+            self.data[k][: self.size] = v.to(self.device)
+
+
+class TransitionQueue:
+    """Transitions waiting for their reward, in order, per env. The reward source takes them out when it has
+    computed their rewards (the env reward at once; a text reward in batches of frames); only then do they enter
+    the replay buffer. Every item is a dict with obs, next_obs, action, env_reward, terminated, done, env,
+    episode (a run-wide episode counter), episode_step (1 for the first step) and, if rendered, frame."""
+
+    def __init__(self, num_envs: int):
+        self.items: list[deque] = [deque() for _ in range(num_envs)]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.items)
+
+    def push(self, item: dict) -> None:
+        self.items[item["env"]].append(item)
+
+    @staticmethod
+    def collate(items: list[dict]) -> Optional[dict]:
+        """A list of items as one dict of stacked numpy arrays (None if empty)."""
+        if not items:
+            return None
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+    def pop_all(self) -> Optional[dict]:
+        items = [it for q in self.items for it in q]
+        for q in self.items:
+            q.clear()
+        return self.collate(items)
+# === SAC CORE END: replay buffer ===
+
+
+# === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class SAC(nn.Module):
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
+
+    Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
+    ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
+    actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
+    backward pass and one (fused) Adam with two parameter groups; no host sync outside logging."""
+
+    def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
+        super().__init__()
+        self.args, self.device = args, device
+        act_dim = action_space.shape[0]
+        self.actor = Actor(obs_dim, action_space.low, action_space.high)
+        self.critic = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(args.alpha)), requires_grad=args.autotune)
+        self.target_entropy = -float(act_dim)
+        self.to(device)
+        self.use_graphs = args.cudagraphs and device.type == "cuda"
+        opt = dict(capturable=True, foreach=True) if self.use_graphs else dict(fused=True)
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **opt)
+        groups = [{"params": list(self.actor.parameters()), "lr": args.policy_lr}]
+        if args.autotune:  # CleanRL's temperature learning rate is q_lr
+            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
+        self.actor_optimizer = torch.optim.Adam(groups, **opt)
+        self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
+        self.q_step, self.actor_step = self.q_optimizer.step, self.actor_optimizer.step
+        if args.compile:  # losses compile to one fused forward and backward each; the Adam steps to one kernel
+            self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)
+            self.q_step, self.actor_step = torch.compile(self.q_optimizer.step), torch.compile(self.actor_optimizer.step)
+        self._graphs: dict = {}
+
+    def _critic_loss(self, obs, action, reward, next_obs, terminated):
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.get_action(next_obs)
+            next_q = self.critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob.squeeze(-1)
+            # bootstrap through time-limit truncation, not through termination
+            target = reward.squeeze(-1) + (1.0 - terminated.squeeze(-1)) * self.args.gamma * next_q
+        q = self.critic(obs, action)
+        qf_loss = (q - target).pow(2).mean(1).sum()  # = CleanRL's qf1_loss + qf2_loss
+        return qf_loss, q.detach().mean(1)
+
+    def _actor_loss(self, obs):
+        log_alpha = self.log_alpha
+        action, log_prob, _ = self.actor.get_action(obs)
+        log_prob = log_prob.squeeze(-1)
+        q = self.critic(obs, action, detach=True).min(0).values
+        actor_loss = (log_alpha.detach().exp() * log_prob - q).mean()
+        alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+        return actor_loss, alpha_loss
+
+    def critic_update(self, b: dict) -> dict:
+        qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
+        self.q_optimizer.zero_grad(set_to_none=False)
+        qf_loss.backward()
+        self.q_step()
+        return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
+
+    def actor_update(self, b: dict) -> dict:
+        actor_loss, alpha_loss = self.actor_loss(b["obs"])
+        self.actor_optimizer.zero_grad(set_to_none=False)
+        (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
+        self.actor_step()
+        return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
+                "losses/alpha": self.log_alpha.detach().exp()}
+
+    def target_update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+
+    def step(self, b: dict, actor: bool, target: bool) -> dict:
+        out = self.critic_update(b)
+        if actor:
+            for _ in range(self.args.policy_frequency):  # delayed, as CleanRL: policy_frequency steps at once
+                out.update(self.actor_update(b))
+        if target:
+            self.target_update()
+        return out
+
+    def update(self, batch: dict, iteration: int) -> dict:
+        """One critic update; every policy_frequency-th call also policy_frequency actor (and alpha) updates;
+        every target_network_frequency-th call a Polyak update. Returns the losses as tensors (no host sync)."""
+        kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
+        if not self.use_graphs:
+            return self.step(batch, *kind)
+        if kind not in self._graphs:  # CUDA graphs: whole-update capture, as in the PyTorch CUDA graphs docs
+            static = {k: v.clone() for k, v in batch.items()}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up outside the graph (allocations, Adam state)
+                    self.step(static, *kind)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.step(static, *kind)
+            self._graphs[kind] = (graph, static, out)
+        graph, static, out = self._graphs[kind]
+        for k, v in batch.items():
+            static[k].copy_(v)
+        graph.replay()
+        return out
+# === SAC CORE END: update ===
+
+
+# === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
+                    extra: dict) -> None:
+    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters.
+    Written to a temporary file, then renamed: a job killed while saving leaves the previous checkpoint intact."""
+    state = {
+        "global_step": global_step,
+        "iteration": iteration,
+        "sac": sac.state_dict(),
+        "q_optimizer": sac.q_optimizer.state_dict(),
+        "actor_optimizer": sac.actor_optimizer.state_dict(),
+        "replay_buffer": rb.state_dict() if sac.args.save_buffer else None,
+        "reward": reward.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "action_space": envs.action_space.np_random.bit_generator.state,
+        },
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); is the run folder complete?") from None
+    sac.load_state_dict(state["sac"])
+    sac.q_optimizer.load_state_dict(state["q_optimizer"])
+    sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    if state["replay_buffer"] is not None:
+        rb.load_state_dict(state["replay_buffer"])
+    reward.load_state_dict(state["reward"])
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    envs.action_space.np_random.bit_generator.state = rng["action_space"]
+    return state
+
+
+def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
+    """The trained actor of a run folder and its saved args (for evaluation scripts)."""
+    run_dir = Path(run_dir)
+    args = json.loads((run_dir / "args.json").read_text())
+    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
+    obs_dim = actor_state["net.0.weight"].shape[1]
+    scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
+    actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
+    actor.load_state_dict(actor_state)
+    return actor.eval(), args
+# === SAC CORE END: checkpoints ===
+
+
+# === SAC CORE BEGIN: evaluation and logging (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch.device,
+             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray]]:
+    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...; frames of the first if record."""
+    returns, lengths, frames = [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, ret, length = False, 0.0, 0
+        if record and ep == 0:
+            frames.append(env.render())
+        while not done:
+            action = actor.act(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, r, terminated, truncated, _ = env.step(action)
+            ret, length, done = ret + float(r), length + 1, terminated or truncated
+            if record and ep == 0:
+                frames.append(env.render())
+        returns.append(ret)
+        lengths.append(length)
+    return returns, lengths, frames
+
+
+def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error") as w:
+        for f in frames:
+            w.append_data(np.asarray(f))
+    os.replace(tmp, path)
+
+
+class Logger:
+    """TensorBoard (and optionally W&B) scalars plus the progress bar."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=dataclasses.asdict(args), name=run_dir.name, id=run_dir.name, resume="allow",
+                       dir=str(run_dir), save_code=True)
+        # purge_step drops events written after the checkpoint by an interrupted job, so curves do not repeat
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
+        if start_step == 0:
+            table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        self.bar = None
+        if args.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.total_timesteps, initial=start_step, unit="step", dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 30)
+        self.postfix: dict = {}
+
+    def scalar(self, tag: str, value, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def progress(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.postfix.update({k: v for k, v in postfix.items() if v is not None})
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish()
+# === SAC CORE END: evaluation and logging ===
+
+
+# === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
+    """The run folder and the args in force: the saved ones when resuming, else the command line's."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "args.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
+            raise UserError(f"--resume {run_dir}: no args.json and checkpoint.pt there; give a run folder runs/NAME")
+        saved = json.loads((run_dir / "args.json").read_text())
+        known = {f.name for f in dataclasses.fields(args_cls)}
+        args = args_cls(**{k: v for k, v in saved.items() if k in known})
+        args.resume = str(run_dir)
+        return args, run_dir
+    if args.run_name is None:
+        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / args.run_name
+    if (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "args.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    os.replace(tmp, run_dir / "args.json")
+    return args, run_dir
+
+
+def validate(args: SACArgs) -> None:
+    for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "policy_frequency",
+                 "target_network_frequency", "render_size", "log_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
+        raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
+    if args.alpha <= 0:
+        raise UserError(f"--alpha must be positive (got {args.alpha})")
+
+
+def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    validate(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    reward = build_reward(args, device)
+    envs = make_envs(args, render=reward.needs_frames)
+    eval_env = make_env(args, render=args.capture_video)
+    obs_dim = envs.single_observation_space.shape[0]
+    sac = SAC(args, obs_dim, envs.single_action_space, device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
+    envs.action_space.seed(args.seed)
+    queue = TransitionQueue(args.num_envs)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    global_step, iteration, episode_counter = 0, 0, 0
+    if args.resume:
+        state = load_checkpoint(ckpt_path, sac, rb, envs, reward)
+        global_step, iteration = state["global_step"], state["iteration"]
+        episode_counter = state["extra"].get("episode_counter", 0)
+        print(f"resumed {run_dir} at step {global_step} (buffer {rb.size}); environments restart their episodes")
+    logger = Logger(args, run_dir, global_step)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def checkpoint():
+        batch = reward.label(queue, flush=True)  # pending transitions get their rewards and enter the buffer
+        if batch is not None:
+            store(batch)
+        save_checkpoint(ckpt_path, sac, rb, envs, reward, global_step, iteration,
+                        {"episode_counter": episode_counter})
+
+    n = args.num_envs
+    ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    learned_return = np.zeros(n)
+    episode_ids = np.arange(episode_counter, episode_counter + n)
+    episode_counter += n
+    last_return = None
+
+    def store(batch):
+        nonlocal last_return
+        r = np.asarray(batch["reward"], dtype=np.float64)
+        if not np.isfinite(r).all():
+            bad = int((~np.isfinite(r)).sum())
+            raise FloatingPointError(
+                f"{bad} non-finite rewards from the {reward.name} reward at step {global_step}; the last checkpoint "
+                f"({ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) and scales"
+            )
+        rb.add(batch)
+        if reward.name != "env":
+            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
+                learned_return[env_i] += ri
+                if done:
+                    logger.scalar(f"charts/{reward.name}_return", learned_return[env_i], global_step)
+                    learned_return[env_i] = 0.0
+
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
+    losses: dict = {}
+    t_log, step_log = time.perf_counter(), global_step
+    t_learn, step_learn, updates = None, 0, 0
+    next_eval = (global_step // args.eval_every + 1) * args.eval_every if args.eval_every else args.total_timesteps
+    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
+    summary: dict = {}
+    try:
+        while global_step < args.total_timesteps:
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    actions, _, _ = sac.actor.get_action(torch.as_tensor(obs, device=device))
+                actions = actions.cpu().numpy()
+            next_obs, env_rewards, terminations, truncations, _ = envs.step(actions)
+            frames = envs.render() if reward.needs_frames else None
+            global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted
+            iteration += 1
+            for i in range(n):
+                if autoreset[i]:
+                    ep_return[i], ep_length[i] = 0.0, 0
+                    episode_ids[i], episode_counter = episode_counter, episode_counter + 1
+                    continue
+                ep_return[i] += env_rewards[i]
+                ep_length[i] += 1
+                done = bool(terminations[i] or truncations[i])
+                item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
+                        "terminated": bool(terminations[i]), "done": done, "env": i, "episode": episode_ids[i],
+                        "episode_step": ep_length[i]}
+                if frames is not None:
+                    item["frame"] = frames[i]
+                queue.push(item)
+                if done:
+                    last_return = float(ep_return[i])
+                    logger.scalar("charts/episodic_return", ep_return[i], global_step)
+                    logger.scalar("charts/episodic_length", ep_length[i], global_step)
+            autoreset = np.logical_or(terminations, truncations)
+            obs = next_obs
+            batch = reward.label(queue)
+            if batch is not None:
+                store(batch)
+
+            if global_step > args.learning_starts and rb.size >= args.batch_size:
+                losses = sac.update(rb.sample(args.batch_size), iteration)
+                updates += 1
+                if updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
+                    t_learn, step_learn = time.perf_counter(), global_step
+
+            logger.progress(n)
+            if global_step - step_log >= args.log_every:
+                sps = (global_step - step_log) / (time.perf_counter() - t_log)
+                t_log, step_log = time.perf_counter(), global_step
+                for k, v in losses.items():
+                    logger.scalar(k, v, global_step)
+                logger.scalar("charts/SPS", sps, global_step)
+                reward.log(logger, global_step)
+                logger.progress(0, sps=f"{sps:.0f}", ret=None if last_return is None else f"{last_return:.1f}")
+            if args.eval_episodes and (global_step >= next_eval or global_step >= args.total_timesteps):
+                next_eval += args.eval_every or args.total_timesteps
+                record = args.capture_video
+                returns, lengths, video = evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
+                                                   device, record)
+                logger.scalar("charts/eval_return", np.mean(returns), global_step)
+                logger.scalar("charts/eval_length", np.mean(lengths), global_step)
+                summary["eval_returns"] = returns
+                logger.progress(0, eval=f"{np.mean(returns):.1f}")
+                if record:
+                    save_video(video, run_dir / "videos" / f"step_{global_step}.mp4",
+                               eval_env.metadata.get("render_fps", 30))
+            if next_ckpt is not None and global_step >= next_ckpt:
+                next_ckpt += args.checkpoint_every
+                checkpoint()
+            if stop["signal"] is not None:
+                checkpoint()
+                name = signal.Signals(stop["signal"]).name
+                raise Interrupted(f"{name} at step {global_step}: checkpoint saved; continue with --resume {run_dir}")
+        checkpoint()
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        logger.close()
+        envs.close()
+        eval_env.close()
+    if t_learn is not None and global_step > step_learn:
+        summary["learning_sps"] = (global_step - step_learn) / (time.perf_counter() - t_learn)
+    summary.update(global_step=global_step, run_dir=str(run_dir), buffer_size=rb.size)
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+    return summary
+
+
+def main(args_cls: type, build_reward) -> None:
+    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
+    args = tyro.cli(args_cls)
+    try:
+        args, run_dir = prepare_run(args, args_cls)
+        summary = train(args, run_dir, build_reward)
+        if summary.get("eval_returns"):
+            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+# === SAC CORE END: training loop ===
+
+
+if __name__ == "__main__":
+    main(Args, build_reward)
