@@ -152,6 +152,9 @@ def _bash(name: str, value) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     usage = ("usage: sweepfile.py list|check|runs SWEEP_FILE\n"
              "       sweepfile.py task SWEEP_FILE INDEX")
     if len(argv) < 2 or argv[0] not in ("list", "check", "runs", "task") or len(argv) != (3 if argv[0] == "task" else 2):
