@@ -289,6 +289,21 @@ def check_reward_settings(prompts, baseline_prompts, alpha: float) -> tuple[list
     return prompts, baseline_prompts
 
 
+def load_error(model_id: str, e: Exception) -> str:
+    """One line saying why a CLIP checkpoint did not load and how to get it."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if os.path.isdir(model_id):
+        return (f"the folder {model_id} is not a complete transformers CLIP checkpoint ({reason}); it needs the files "
+                "that CLIPModel, its tokenizer and its image processor write with save_pretrained")
+    if model_id.startswith(("/", "./", "../", "~")):
+        return f"--clip-model-id {model_id}: no such folder; give a CLIP checkpoint folder or a hub id"
+    get = (f"`hf download {model_id}` on a machine with internet (`hf auth login` first if the model is gated; "
+           "`huggingface-cli` with older huggingface_hub) and pass --clip-model-id the downloaded folder")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return f"cannot load the CLIP model '{model_id}' ({reason}); HF_HUB_OFFLINE is set: unset it to download, or run {get}"
+    return f"cannot load the CLIP model '{model_id}' ({reason}); check the id, or run {get}"
+
+
 class CLIPReward(nn.Module):
     """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
     1 - |(x - g) P|^2 / 2 (see the module docstring).
@@ -296,7 +311,8 @@ class CLIPReward(nn.Module):
     Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
     resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
     as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
-    values agree with the processor's to one uint8 level on under 0.1% of pixels (tests/test_sac_clip.py)."""
+    values equal the processor's but for about 0.1% of them, off by one (rarely two) uint8 levels: PIL computes
+    its filter in fixed point (measured in tests/test_sac_clip.py)."""
 
     def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0):
         super().__init__()
@@ -331,13 +347,7 @@ class CLIPReward(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(model_id)
             image_processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(
-                f"cannot load the CLIP model '{model_id}' ({reason}); download it where there is internet with "
-                f"`hf download {model_id}` (`hf auth login` first if it is gated; older hubs: huggingface-cli), "
-                "unset HF_HUB_OFFLINE to let it download, or pass --clip-model-id a local folder saved with "
-                "save_pretrained"
-            ) from None
+            raise UserError(load_error(model_id, e)) from None
         return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha)
 
     def read_image_processor(self, p) -> None:
@@ -350,9 +360,8 @@ class CLIPReward(nn.Module):
         self.mode = INTERPOLATION[resample]
         self.rescale_factor = p.rescale_factor if p.do_rescale else 1.0
         mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.to(self.model.device)
+        self.register_buffer("pixel_mean", torch.tensor(mean, device=self.model.device).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(std, device=self.model.device).view(1, 3, 1, 1))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Resized (height, width), as transformers' get_resize_output_image_size computes it."""
@@ -453,9 +462,9 @@ class CLIPLabeler:
     def log(self, logger: "Logger", step: int) -> None:
         if self.frames:
             mean = self.reward_sum / self.frames
-            logger.scalar("reward/frames_per_s", self.frames / self.seconds, step)
-            logger.scalar("reward/clip_mean", mean, step)
-            logger.scalar("reward/clip_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
+            logger.scalar("clip/frames_per_s", self.frames / self.seconds, step)
+            logger.scalar("clip/reward", mean, step)
+            logger.scalar("clip/reward_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
         self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
 
     def state_dict(self) -> dict:
