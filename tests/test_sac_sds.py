@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script, scalars
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import sac_sds  # noqa: E402
-from sac_sds import Args, SDSLabeler, SDSReward, TransitionQueue, UserError  # noqa: E402
+import sac_sds
+from sac_sds import Args, SDSReward, TransitionQueue, UserError
 
 PROMPT = "a pendulum pointing up"
-ENV = {**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
 @pytest.fixture(autouse=True)
@@ -252,29 +246,15 @@ def test_out_of_memory_halves_the_pass(tiny_sd, capsys):
 
 
 # ----- end to end -----
-def run_script(cwd: Path, *flags: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "sac_sds.py"), *flags], cwd=cwd, env=ENV, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 SHORT_RUN = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--batch-size", "32",
              "--eval-every", "0", "--eval-episodes", "1", "--log-every", "100", "--checkpoint-every", "0",
              "--threads", "1", "--no-progress"]
 
 
-def test_end_to_end_image_model(tiny_sd, tmp_path):
-    proc = run_script(tmp_path, *SHORT_RUN, "--model-id", str(tiny_sd), "--prompt", PROMPT,
-                      "--reward-batch-size", "16", "--run-name", "image")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "image"
+def test_end_to_end_image_model(tiny_sd, in_tmp):
+    run_script("sac_sds.py", *SHORT_RUN, "--model-id", str(tiny_sd), "--prompt", PROMPT, "--reward-batch-size", "16",
+               "--run-name", "image", cwd=in_tmp)
+    run_dir = in_tmp / "runs" / "image"
     saved = json.loads((run_dir / "args.json").read_text())
     assert saved["prompt"] == PROMPT and saved["model_id"] == str(tiny_sd) and saved["exp_name"] == "sac_sds"
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
@@ -287,13 +267,12 @@ def test_end_to_end_image_model(tiny_sd, tmp_path):
                 "sds/frames_per_s", "charts/eval_return", "losses/qf_loss"):
         assert tag in logged, f"{tag} not logged: {sorted(logged)}"
     # the learned return of the first (200-step) episode is the sum of its stored rewards
-    assert logged["charts/sds_return"][0] == pytest.approx(float(rewards[:200].sum()), rel=1e-4)
+    assert logged["charts/sds_return"][0][1] == pytest.approx(float(rewards[:200].sum()), rel=1e-4)
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 300
 
 
-def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, tmp_path, monkeypatch):
+def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
     """In-process through train(), as main() runs it (diffusers is already imported here)."""
-    monkeypatch.chdir(tmp_path)
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), motion_adapter_id=str(tiny_motion_adapter), context_size=8,
                 stride=4, reward_batch_size=16, run_name="video", env_id="Pendulum-v1", total_timesteps=250,
                 learning_starts=100, batch_size=32, eval_every=0, eval_episodes=1, log_every=100,
@@ -309,9 +288,9 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, tmp_path, monkeypa
 
 
 # ----- bad input -----
-def test_missing_model_is_one_line_exit_2(tmp_path):
-    proc = run_script(tmp_path, "--env-id", "Pendulum-v1", "--prompt", PROMPT, "--model-id",
-                      str(tmp_path / "no-such-model"), "--run-name", "missing", timeout=120)
+def test_missing_model_is_one_line_exit_2(in_tmp):
+    proc = run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--prompt", PROMPT, "--model-id",
+                      str(in_tmp / "no-such-model"), "--run-name", "missing", cwd=in_tmp, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load the diffusion model"), proc.stderr
@@ -333,8 +312,9 @@ def test_unknown_hub_id_names_how_to_get_weights(monkeypatch):
         assert hint in message
 
 
-def test_empty_prompt_is_one_line_exit_2(tmp_path):
-    proc = run_script(tmp_path, "--env-id", "Pendulum-v1", "--prompt", "  ", "--run-name", "empty", timeout=120)
+def test_empty_prompt_is_one_line_exit_2(in_tmp):
+    proc = run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--prompt", "  ", "--run-name", "empty", cwd=in_tmp,
+                      check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         'error: --prompt is required: describe the behaviour to reward, e.g. --prompt "a person walking"']
