@@ -257,7 +257,7 @@ def test_sweep_completes_with_checkpoints_then_eval_runs(cluster, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_usr1_checkpoints_requeues_and_resumes_to_the_full_step_count(cluster, tmp_path):
-    total = 2000
+    total = 1500
     cwd = workdir(tmp_path, "long", [f"sac_env_reward.py {TINY} --total-timesteps {total} --checkpoint-every 100"])
     job, eval_job, _ = submit(cluster, cwd, "long.txt")
     (task,) = sweepfile.read_tasks(cwd / "long.txt")
@@ -306,3 +306,40 @@ def test_a_malformed_line_fails_its_task_only(cluster, tmp_path):
     for i in (0, 3):
         assert global_step(cwd / "runs" / tasks[i].run_name) == 300
     assert not (cwd / "eval").exists()
+
+
+@pytest.mark.timeout(300)
+def test_cancel_checkpoints_without_requeue_a_second_copy_is_refused_and_resubmission_resumes(cluster, tmp_path):
+    total = 1500
+    cwd = workdir(tmp_path, "again", [f"sac_env_reward.py {TINY} --total-timesteps {total} --checkpoint-every 100"])
+    job, _, _ = submit(cluster, cwd, "--no-eval", "again.txt")
+    (task,) = sweepfile.read_tasks(cwd / "again.txt")
+    run = cwd / "runs" / task.run_name
+    deadline = time.monotonic() + 150
+    while not (run / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline, logs(cwd)
+        time.sleep(0.5)
+
+    # The same sweep submitted while its run is training: the second copy refuses to touch the run folder.
+    copy, _, _ = submit(cluster, cwd, "--no-eval", "again.txt")
+    assert cluster.wait([copy], timeout=120) == {f"{copy}_0": "FAILED"}, logs(cwd)
+    assert "is being trained by another job right now" in (cwd / "logs" / f"{copy}_0.out").read_text()
+
+    # scancel (SIGTERM to every process of the job): python saves a checkpoint; the task is not requeued.
+    cluster.run("scancel", f"{job}_0")
+    assert cluster.wait([job], timeout=120) == {f"{job}_0": "CANCELLED"}
+    deadline = time.monotonic() + 30
+    while "stopped by SIGTERM" not in (run / "slurm_history.txt").read_text():  # the shell may outlive the state change
+        assert time.monotonic() < deadline, logs(cwd)
+        time.sleep(0.5)
+    log = (cwd / "logs" / f"{job}_0.out").read_text()
+    stopped = re.search(r"SIGTERM at step (\d+): checkpoint saved", log)
+    assert stopped and 0 < int(stopped.group(1)) < total, log
+    assert "requeueing" not in log and cluster.show_job(f"{job}_0").get("Restarts") == "0"
+    assert global_step(run) == int(stopped.group(1))
+
+    # Submitting the sweep again resumes the run and finishes it.
+    job3, _, _ = submit(cluster, cwd, "--no-eval", "again.txt")
+    assert cluster.wait([job3], timeout=200) == {f"{job3}_0": "COMPLETED"}, logs(cwd)
+    assert f"resumed runs/{task.run_name} at step {stopped.group(1)} " in (cwd / "logs" / f"{job3}_0.out").read_text()
+    assert global_step(run) == total
