@@ -311,8 +311,8 @@ class CLIPReward(nn.Module):
     Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
     resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
     as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
-    values equal the processor's but for about 0.1% of them, off by one (rarely two) uint8 levels: PIL computes
-    its filter in fixed point (measured in tests/test_sac_clip.py)."""
+    values equal the processor's but for under 1% of them (0.02% on rendered frames), off by one or two uint8
+    levels: PIL computes its filter weights in fixed point (measured in tests/test_sac_clip.py)."""
 
     def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0):
         super().__init__()
@@ -358,6 +358,7 @@ class CLIPReward(nn.Module):
         if resample not in INTERPOLATION:
             raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
         self.mode = INTERPOLATION[resample]
+        self.uint8_resize = True  # on the CPU: torch's uint8 resampling kernel (False: the float path used on CUDA)
         self.rescale_factor = p.rescale_factor if p.do_rescale else 1.0
         mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
         self.register_buffer("pixel_mean", torch.tensor(mean, device=self.model.device).view(1, 3, 1, 1))
@@ -374,14 +375,10 @@ class CLIPReward(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (N, H, W, 3), on any device -> float32 pixel values (N, 3, crop, crop) on the model's."""
-        x = frames.to(self.pixel_mean.device).permute(0, 3, 1, 2).float()
+        x = frames.to(self.pixel_mean.device).permute(0, 3, 1, 2)  # uint8, channels-last in memory
         if self.do_resize:
-            # PIL resizes a uint8 image in two passes, horizontal then vertical, rounding to uint8 after each
-            (h, w), antialias = self.output_size(*x.shape[-2:]), self.mode != "nearest-exact"
-            if x.shape[-1] != w:
-                x = F.interpolate(x, size=(x.shape[-2], w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
-            if x.shape[-2] != h:
-                x = F.interpolate(x, size=(h, w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+            x = self.resize(x, self.output_size(*x.shape[-2:]))
+        x = x.float()
         if self.do_center_crop:
             ch, cw = self.crop_to["height"], self.crop_to["width"]
             h, w = x.shape[-2:]
@@ -392,6 +389,21 @@ class CLIPReward(nn.Module):
             top, left = (h - ch) // 2, (w - cw) // 2
             x = x[..., top: top + ch, left: left + cw]
         return (x * self.rescale_factor - self.pixel_mean) / self.pixel_std
+
+    def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) resized to size as PIL resizes them: separable antialiased filter, horizontal
+        pass then vertical, each rounded to uint8. On the CPU torch has PIL's algorithm as a vectorised uint8
+        kernel; elsewhere (CUDA has no uint8 kernel) the two passes run in float32 and are rounded here."""
+        antialias = self.mode != "nearest-exact"
+        if x.device.type == "cpu" and self.uint8_resize:
+            return F.interpolate(x, size=size, mode=self.mode, antialias=antialias)
+        h, w = size
+        x = x.float()
+        if x.shape[-1] != w:
+            x = F.interpolate(x, size=(x.shape[-2], w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+        if x.shape[-2] != h:
+            x = F.interpolate(x, size=(h, w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+        return x
 
     def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings (P, D), float32."""

@@ -122,17 +122,21 @@ def test_alpha_1_depends_only_on_the_projection_onto_goal_minus_baseline(tiny_cl
     torch.testing.assert_close(one(frames), r1.float(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("uint8_resize", [True, False], ids=["cpu-uint8-kernel", "float-two-pass"])
 @pytest.mark.parametrize("vit_l", [False, True], ids=["tiny-36-crop-32", "vit-l-224"])
-def test_batched_preprocessing_matches_the_image_processor(tiny_clip, reference, frames, vit_l):
+def test_batched_preprocessing_matches_the_image_processor(tiny_clip, reference, frames, vit_l, uint8_resize):
     """Against the checkpoint's own processor (resize to 36, crop 32) and ViT-L/14's (CLIPImageProcessor's
-    defaults are openai/clip-vit-large-patch14's: 224, bicubic, OpenAI mean and std).
-    Tolerance: at most 2 uint8 levels (2/255/std, 0.030 after normalisation) on under 0.5% of the values, float32
-    rounding (1e-5) elsewhere. Measured: renders exact but for a handful of values at one level; noise images one
-    level (two once, upsampling 120x200) on 0.02% to 0.12% of the values: PIL's fixed-point filter weights."""
+    defaults are openai/clip-vit-large-patch14's: 224, bicubic, OpenAI mean and std), for both resize paths (the
+    CPU's uint8 kernel, and the float path that CUDA runs).
+    Tolerance: at most 2 uint8 levels (2/255/std, 0.030 after normalisation) on under 1% of the values, float32
+    rounding (1e-5) elsewhere. Measured (values off by more than 1e-5): renders 0.02% (uint8 kernel) and 0.00%
+    (float); noise images 0.2% to 0.8% (uint8 kernel) and 0.00% to 0.12% (float); never more than 2 levels. The
+    differences come from PIL's fixed-point filter weights."""
     model, tokenizer, processor = reference
     if vit_l:
         processor = CLIPImageProcessor()
     reward = sac_clip.CLIPReward(model, tokenizer, processor, [GOAL])
+    reward.uint8_resize = uint8_resize
     level = 1 / 255 / np.min(processor.image_std)
     for batch in [frames, noise_frames(3, 256, 256, seed=1), noise_frames(2, 120, 200, seed=2),
                   noise_frames(2, 20, 24, seed=3)]:  # renders, MuJoCo's 256x256, non-square, upsampling
@@ -141,7 +145,7 @@ def test_batched_preprocessing_matches_the_image_processor(tiny_clip, reference,
         assert got.shape == expected.shape and got.dtype == np.float32
         diff = np.abs(got - expected)
         assert diff.max() <= 2 * level + 1e-5, diff.max() / level
-        assert (diff > 1e-5).mean() < 0.005, (diff > 1e-5).mean()
+        assert (diff > 1e-5).mean() < 0.01, (diff > 1e-5).mean()
 
 
 def test_labeler_takes_the_oldest_transitions_in_batches_and_rewards_their_own_frames(tiny_clip):
