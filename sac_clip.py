@@ -351,7 +351,7 @@ class CLIPReward(nn.Module):
         return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha)
 
     def read_image_processor(self, p) -> None:
-        """Keeps the image processor's settings (and its mean and std as buffers) for the batched version."""
+        """Keeps the image processor's settings (its rescaling and normalisation as buffers) for the batched version."""
         self.do_resize, self.do_center_crop = p.do_resize, p.do_center_crop
         self.resize_to, self.crop_to = dict(p.size), dict(p.crop_size)  # e.g. {shortest_edge: 224}, {height, width}
         resample = int(getattr(p.resample, "value", p.resample))
@@ -359,10 +359,11 @@ class CLIPReward(nn.Module):
             raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
         self.mode = INTERPOLATION[resample]
         self.uint8_resize = True  # on the CPU: torch's uint8 resampling kernel (False: the float path used on CUDA)
-        self.rescale_factor = p.rescale_factor if p.do_rescale else 1.0
+        rescale = p.rescale_factor if p.do_rescale else 1.0
         mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
-        self.register_buffer("pixel_mean", torch.tensor(mean, device=self.model.device).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(std, device=self.model.device).view(1, 3, 1, 1))
+        mean, std = (torch.tensor(v, device=self.model.device).broadcast_to(3).reshape(1, 3, 1, 1) for v in (mean, std))
+        self.register_buffer("pixel_scale", rescale / std)  # pixel values = uint8 * scale + shift
+        self.register_buffer("pixel_shift", -mean / std)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Resized (height, width), as transformers' get_resize_output_image_size computes it."""
@@ -375,10 +376,9 @@ class CLIPReward(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (N, H, W, 3), on any device -> float32 pixel values (N, 3, crop, crop) on the model's."""
-        x = frames.to(self.pixel_mean.device).permute(0, 3, 1, 2)  # uint8, channels-last in memory
+        x = frames.to(self.pixel_scale.device).permute(0, 3, 1, 2)  # uint8, channels-last in memory
         if self.do_resize:
             x = self.resize(x, self.output_size(*x.shape[-2:]))
-        x = x.float()
         if self.do_center_crop:
             ch, cw = self.crop_to["height"], self.crop_to["width"]
             h, w = x.shape[-2:]
@@ -388,7 +388,8 @@ class CLIPReward(nn.Module):
                 h, w = x.shape[-2:]
             top, left = (h - ch) // 2, (w - cw) // 2
             x = x[..., top: top + ch, left: left + cw]
-        return (x * self.rescale_factor - self.pixel_mean) / self.pixel_std
+        # (x * rescale_factor - mean) / std, as one multiply-add on a contiguous float copy
+        return torch.addcmul(self.pixel_shift, x.contiguous().float(), self.pixel_scale)
 
     def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """uint8 images (N, 3, H, W) resized to size as PIL resizes them: separable antialiased filter, horizontal
