@@ -1,0 +1,255 @@
+"""sac_env_reward.py: end-to-end runs, termination vs truncation, checkpoints, resume, signals, determinism,
+learning, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import sac_env_reward as sac
+from conftest import ROOT, run_script, scalars
+
+QUICK = ["--learning-starts", "200", "--batch-size", "64", "--eval-every", "0", "--eval-episodes", "1",
+         "--no-progress", "--log-every", "100"]
+
+
+def quick_args(**overrides) -> sac.Args:
+    base = dict(env_id="Pendulum-v1", total_timesteps=400, learning_starts=200, batch_size=64, eval_every=0,
+                eval_episodes=1, progress=False, log_every=100, buffer_size=10_000, run_name="t")
+    base.update(overrides)
+    return sac.Args(**base)
+
+
+def train_in_process(args: sac.Args) -> tuple[dict, dict]:
+    args, run_dir = sac.prepare_run(args, sac.Args)
+    summary = sac.train(args, run_dir, sac.build_reward)
+    return summary, torch.load(run_dir / "checkpoint.pt", weights_only=False)
+
+
+# ----- a crafted episode: known observations, termination at a known step, truncation by the time limit -----
+class Crafted(gym.Env):
+    """obs = [episode index, step]; reward = step. Episode k terminates at step 3 when k is even; odd episodes
+    run into the time limit (4 steps, truncation)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self):
+        self.episode, self.t = -1, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.array([self.episode, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.episode % 2 == 0 and self.t == 3
+        return np.array([self.episode, self.t], np.float32), float(self.t), terminated, False, {}
+
+
+gym.register("Crafted-v0", entry_point=Crafted, max_episode_steps=4)
+
+
+def test_termination_and_truncation_under_autoreset(in_tmp):
+    """Buffer holds exactly the real transitions: the final observation (not the reset one) as next_obs,
+    terminated only at termination, and no transition across the autoreset step."""
+    _, ckpt = train_in_process(quick_args(env_id="Crafted-v0", total_timesteps=14, learning_starts=100))
+    data = ckpt["replay_buffer"]["data"]
+    obs, nxt, term, rew = data["obs"].numpy(), data["next_obs"].numpy(), data["terminated"][:, 0], data["reward"][:, 0]
+    assert ckpt["global_step"] == 14 and len(obs) == 14  # 3 + 4 + 3 + 4 steps: episodes 0..3
+    expected = [(e, s) for e, n in [(0, 3), (1, 4), (2, 3), (3, 4)] for s in range(n)]
+    np.testing.assert_array_equal(obs, np.array(expected, np.float32))
+    np.testing.assert_array_equal(nxt, obs + np.array([0, 1], np.float32))  # same episode, one step later
+    np.testing.assert_array_equal(rew.numpy(), nxt[:, 1])
+    ends = {(e, s + 1): t for (e, s), t in zip(expected, term.numpy())}
+    assert ends[(0, 3)] == 1 and ends[(2, 3)] == 1  # terminations: no bootstrap
+    assert ends[(1, 4)] == 0 and ends[(3, 4)] == 0  # time-limit truncations: bootstrap
+    assert term.sum() == 2
+
+
+def test_critic_target_bootstraps_through_truncation_only():
+    args = quick_args()
+    space = gym.spaces.Box(-np.ones(1, np.float32), np.ones(1, np.float32))
+    agent = sac.SAC(args, 2, space, torch.device("cpu"))
+    torch.manual_seed(0)
+    b = {"obs": torch.randn(8, 2), "action": torch.rand(8, 1) * 2 - 1, "reward": torch.randn(8, 1),
+         "next_obs": torch.randn(8, 2), "terminated": torch.tensor([[1.0], [0.0]] * 4)}
+    torch.manual_seed(1)
+    loss, _ = agent._critic_loss(**b)
+    # independent computation with the same actor noise
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a2, logp2, _ = agent.actor.get_action(b["next_obs"])
+        qs = []
+        for m in range(2):
+            h = torch.cat([b["next_obs"], a2], 1)
+            for i in range(3):
+                h = h @ agent.critic_target.weights[i][m] + agent.critic_target.biases[i][m]
+                h = torch.relu(h) if i < 2 else h
+            qs.append(h[:, 0])
+        soft_q = torch.minimum(*qs) - args.alpha * logp2[:, 0]
+        y = b["reward"][:, 0] + (1 - b["terminated"][:, 0]) * args.gamma * soft_q
+        q = agent.critic(b["obs"], b["action"])
+        expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(y[::2], b["reward"][::2, 0])  # terminated rows: the reward alone
+
+
+def test_actor_log_prob_matches_torch_distributions():
+    actor = sac.Actor(3, np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(3)
+    action, log_prob, mean_action = actor.get_action(obs)
+    torch.manual_seed(3)
+    mean, log_std = actor(obs)
+    x = mean + log_std.exp() * torch.randn_like(mean)
+    d = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(actor.action_bias, actor.action_scale)])
+    torch.testing.assert_close(action, torch.tanh(x) * actor.action_scale + actor.action_bias)
+    torch.testing.assert_close(log_prob[:, 0], d.log_prob(action).sum(-1), rtol=1e-4, atol=1e-4)
+    assert ((mean_action >= torch.tensor([-2.0, 0.0])) & (mean_action <= torch.tensor([2.0, 1.0]))).all()
+
+
+def test_time_feature(in_tmp):
+    env = sac.make_env(quick_args(env_id="Crafted-v0", time_feature=True))
+    obs, _ = env.reset(seed=0)
+    feats = [obs[-1]]
+    for _ in range(3):
+        obs, *_ = env.step(env.action_space.sample())
+        feats.append(obs[-1])
+    assert env.observation_space.shape == (3,)
+    np.testing.assert_allclose(feats, [0, 0.25, 0.5, 0.75])
+
+
+def test_pendulum_end_to_end_writes_events_args_checkpoint(in_tmp):
+    run_script("sac_env_reward.py", "--env-id", "Pendulum-v1", "--total-timesteps", "500", "--num-envs", "2",
+               "--run-name", "p", *QUICK, "--eval-every", "250", "--capture-video", "--render-size", "64", cwd=in_tmp)
+    run = in_tmp / "runs" / "p"
+    args = json.loads((run / "args.json").read_text())
+    assert args["env_id"] == "Pendulum-v1" and args["num_envs"] == 2
+    tags = scalars(run)
+    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/eval_return", "charts/SPS",
+                "losses/qf_loss", "losses/actor_loss", "losses/alpha"]:
+        assert tag in tags, tag
+    assert [s for s, _ in tags["charts/eval_return"]] == [250, 500]
+    assert all(length == 200 for _, length in tags["charts/episodic_length"])
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["global_step"] == 500 and ckpt["replay_buffer"]["size"] == 500
+    import imageio.v3 as iio
+
+    video = iio.imread(run / "videos" / "step_500.mp4")
+    assert video.shape[0] == 201 and video.shape[-1] == 3  # reset frame + 200 steps
+
+
+def test_mujoco_end_to_end(in_tmp):
+    run_script("sac_env_reward.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--run-name", "h",
+               *QUICK, cwd=in_tmp)
+    ckpt = torch.load(in_tmp / "runs" / "h" / "checkpoint.pt", weights_only=False)
+    assert ckpt["global_step"] == 300
+    assert ckpt["replay_buffer"]["data"]["obs"].shape == (300, 11)
+
+
+def test_dm_control_dict_observations_flattened(in_tmp):
+    env = sac.make_env(quick_args(env_id="dm_control/cartpole-swingup-v0"))
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == (5,)  # position (3) + velocity (2)
+    _, ckpt = train_in_process(quick_args(env_id="dm_control/cartpole-swingup-v0", total_timesteps=250))
+    assert ckpt["replay_buffer"]["data"]["obs"].shape == (250, 5)
+
+
+def test_same_seed_gives_identical_runs(in_tmp):
+    s1, c1 = train_in_process(quick_args(run_name="a", total_timesteps=500, eval_episodes=2))
+    s2, c2 = train_in_process(quick_args(run_name="b", total_timesteps=500, eval_episodes=2))
+    s3, _ = train_in_process(quick_args(run_name="c", total_timesteps=500, eval_episodes=2, seed=2))
+    assert s1["eval_returns"] == s2["eval_returns"]
+    assert s1["eval_returns"] != s3["eval_returns"]
+    torch.testing.assert_close(c1["replay_buffer"]["data"]["reward"], c2["replay_buffer"]["data"]["reward"], rtol=0, atol=0)
+    for k in c1["sac"]:
+        torch.testing.assert_close(c1["sac"][k], c2["sac"][k], rtol=0, atol=0)
+
+
+def test_checkpoint_and_resume_continue_the_same_run(in_tmp):
+    _, first = train_in_process(quick_args(run_name="r", total_timesteps=400))
+    # continue to 700 steps: same run folder, same buffer (first 400 transitions unchanged), step count goes on
+    run = in_tmp / "runs" / "r"
+    saved = json.loads((run / "args.json").read_text())
+    saved["total_timesteps"] = 700
+    (run / "args.json").write_text(json.dumps(saved))
+    summary = sac.train(*sac.prepare_run(sac.Args(resume=str(run)), sac.Args), sac.build_reward)
+    second = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert summary["global_step"] == 700 and second["replay_buffer"]["size"] == 700
+    for k, v in first["replay_buffer"]["data"].items():
+        torch.testing.assert_close(second["replay_buffer"]["data"][k][:400], v)
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # one TensorBoard run, written by both processes
+    steps = [s for s, _ in scalars(run)["charts/SPS"]]
+    assert steps == sorted(steps) and steps[-1] == 700
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_saves_checkpoint_and_resume_finishes(in_tmp, sig):
+    cmd = [sys.executable, str(ROOT / "sac_env_reward.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "2500",
+           "--learning-starts", "2400", "--batch-size", "64", "--eval-every", "0", "--eval-episodes", "1",
+           "--checkpoint-every", "1000", "--no-progress", "--run-name", "s"]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt_path = in_tmp / "runs" / "s" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt_path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == sac.EXIT_INTERRUPTED, err
+    assert f"{sig.name} at step" in err and "--resume runs/s" in err
+    state = torch.load(ckpt_path, weights_only=False)
+    assert 1000 <= state["global_step"] < 2500
+    assert state["replay_buffer"]["size"] == state["global_step"]
+    run_script("sac_env_reward.py", "--resume", "runs/s", cwd=in_tmp)
+    assert torch.load(ckpt_path, weights_only=False)["global_step"] == 2500
+
+
+def test_atomic_checkpoint_survives_a_failed_save(in_tmp, monkeypatch):
+    _, first = train_in_process(quick_args(run_name="x", total_timesteps=300))
+    path = in_tmp / "runs" / "x" / "checkpoint.pt"
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    agent = sac.SAC(quick_args(), 3, gym.spaces.Box(-2 * np.ones(1, np.float32), 2 * np.ones(1, np.float32)),
+                    torch.device("cpu"))
+    envs = sac.make_envs(quick_args())
+    with pytest.raises(OSError):
+        sac.save_checkpoint(path, agent, sac.ReplayBuffer(10, 3, 1, "cpu"), envs, sac.EnvReward(), 1, 1, {})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--env-id", "NoSuchEnv-v9"], "unknown environment id 'NoSuchEnv-v9'"),
+    (["--env-id", "CartPole-v1"], "Discrete action space"),
+    (["--resume", "runs/missing"], "--resume runs/missing"),
+    (["--num-envs", "0"], "--num-envs must be at least 1"),
+])
+def test_bad_input_gives_one_line_error(in_tmp, argv, message):
+    proc = run_script("sac_env_reward.py", *argv, "--no-progress", cwd=in_tmp, check=False, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_pendulum_learns(in_tmp):
+    """The standard recipe solves Pendulum: final deterministic eval return above -400 within 15k steps."""
+    summary, _ = train_in_process(quick_args(run_name="learn", total_timesteps=15_000, learning_starts=1000,
+                                             batch_size=256, eval_episodes=5, buffer_size=100_000))
+    assert np.mean(summary["eval_returns"]) > -400, summary["eval_returns"]
