@@ -13,12 +13,13 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: slurm/submit.sh [--throttle N] [--tasks SPEC] [--no-eval] [--dry-run] SWEEP_FILE
+usage: slurm/submit.sh [--throttle N] [--tasks SPEC] [--no-eval | --eval-only] [--dry-run] SWEEP_FILE
 
   SWEEP_FILE      one training command per line (slurm/sweeps/*.txt; format: python slurm/sweepfile.py --help)
   --throttle N    run at most N tasks of the sweep at the same time (sbatch --array=...%N)
   --tasks SPEC    submit only these task ids, e.g. 0-3,7 (default: all; see python slurm/sweepfile.py list FILE)
   --no-eval       do not submit the evaluation job
+  --eval-only     submit only the evaluation of the sweep's runs (those with a checkpoint), starting now
   --dry-run       print the task list and the sbatch commands; submit nothing
 EOF
 }
@@ -27,7 +28,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHOWN=$(dirname "${BASH_SOURCE[0]}")  # the slurm/ folder as the user reached it, for the hints printed below
 PYTHON=${PYTHON:-python}
 export PYTHON
-throttle="" tasks="" eval=1 dry=0 sweep_file=""
+throttle="" tasks="" eval=1 train=1 dry=0 sweep_file=""
 while (( $# )); do
     case $1 in
         --throttle) throttle=${2-}; shift 2 || { usage >&2; exit 2; } ;;
@@ -35,6 +36,7 @@ while (( $# )); do
         --tasks) tasks=${2-}; shift 2 || { usage >&2; exit 2; } ;;
         --tasks=*) tasks=${1#*=}; shift ;;
         --no-eval) eval=0; shift ;;
+        --eval-only) train=0; shift ;;
         --dry-run) dry=1; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -81,17 +83,29 @@ sweep_cmd=(sbatch --parsable --export=ALL --array="$array" --job-name="sweep-$na
 eval_cmd=(sbatch --parsable --export=ALL --job-name="eval-$name" "${eval_opts[@]}"
           --dependency=afterok:JOBID --kill-on-invalid-dep=yes "$HERE/eval.sbatch" "$snapshot")
 
+if (( ! train )); then
+    (( eval )) || { echo "error: --no-eval and --eval-only leave nothing to submit" >&2; exit 2; }
+    eval_cmd=(sbatch --parsable --export=ALL --job-name="eval-$name" "${eval_opts[@]}" "$HERE/eval.sbatch" "$snapshot")
+fi
+
 if (( dry )); then
     echo "sweep $sweep_file: $count task(s)"
     "$PYTHON" "$HERE/sweepfile.py" list "$sweep_file"
     echo "would copy $sweep_file to $snapshot and run:"
-    echo "  ${sweep_cmd[*]}"
+    (( train )) && echo "  ${sweep_cmd[*]}"
     (( eval )) && echo "  ${eval_cmd[*]}"
     exit 0
 fi
 
 mkdir -p logs "logs/sweeps/$digest" runs
 cp "$sweep_file" "$snapshot.tmp" && mv "$snapshot.tmp" "$snapshot"
+if (( ! train )); then
+    ejob=$("${eval_cmd[@]}")
+    ejob=${ejob%%;*}
+    echo "submitted evaluation of sweep $name: job $ejob (log logs/${ejob}.out); results in eval/$name/"
+    echo "follow:    squeue -j $ejob    tail -f logs/${ejob}.out"
+    exit 0
+fi
 job=$("${sweep_cmd[@]}")
 job=${job%%;*}
 echo "submitted sweep $name: $count task(s) as array job $job (array $array)"

@@ -205,12 +205,15 @@ def workdir(tmp_path: Path, name: str, lines: list[str]) -> Path:
     return tmp_path
 
 
-def submit(cluster, cwd: Path, *args: str) -> tuple[str, str | None, str]:
+def submit(cluster, cwd: Path, *args: str, expect_sweep: bool = True):
+    """slurm/submit.sh with tiny resources; returns (array job id, eval job id or None, output)."""
     env = cluster.env()
     env.update(PYTHON=sys.executable, GPUS="0", CPUS="1", MEM="500M", TIME="15",
                EVAL_CMD=f"{sys.executable} fake_eval.py")
     result = subprocess.run(["bash", str(SUBMIT), *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    if not expect_sweep:
+        return result.stdout
     job = re.search(r"as array job (\d+)", result.stdout).group(1)
     eval_job = re.search(r"evaluation: job (\d+)", result.stdout)
     return job, eval_job and eval_job.group(1), result.stdout
@@ -257,7 +260,7 @@ def test_sweep_completes_with_checkpoints_then_eval_runs(cluster, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_usr1_checkpoints_requeues_and_resumes_to_the_full_step_count(cluster, tmp_path):
-    total = 1500
+    total = 1000
     cwd = workdir(tmp_path, "long", [f"sac_env_reward.py {TINY} --total-timesteps {total} --checkpoint-every 100"])
     job, eval_job, _ = submit(cluster, cwd, "long.txt")
     (task,) = sweepfile.read_tasks(cwd / "long.txt")
@@ -307,10 +310,18 @@ def test_a_malformed_line_fails_its_task_only(cluster, tmp_path):
         assert global_step(cwd / "runs" / tasks[i].run_name) == 300
     assert not (cwd / "eval").exists()
 
+    # The runs that did finish can still be evaluated, now.
+    out = submit(cluster, cwd, "--eval-only", "mixed.txt", expect_sweep=False)
+    eval_now = re.search(r"evaluation of sweep mixed: job (\d+)", out).group(1)
+    assert cluster.wait([eval_now], timeout=120) == {eval_now: "COMPLETED"}, logs(cwd)
+    report = json.loads((cwd / "eval" / "mixed" / "fake_eval.json").read_text())
+    assert report["runs"] == [f"runs/{tasks[i].run_name}" for i in (0, 3)] and all(report["finished"])
+    assert "warning: 2 run(s) of" in (cwd / "logs" / f"{eval_now}.out").read_text()
+
 
 @pytest.mark.timeout(300)
 def test_cancel_checkpoints_without_requeue_a_second_copy_is_refused_and_resubmission_resumes(cluster, tmp_path):
-    total = 1500
+    total = 1000
     cwd = workdir(tmp_path, "again", [f"sac_env_reward.py {TINY} --total-timesteps {total} --checkpoint-every 100"])
     job, _, _ = submit(cluster, cwd, "--no-eval", "again.txt")
     (task,) = sweepfile.read_tasks(cwd / "again.txt")
