@@ -142,13 +142,13 @@ class Args(SACArgs):
     clip_model_id: str = "openai/clip-vit-large-patch14"
     """any transformers CLIP checkpoint: a Hugging Face hub id or a local folder saved with save_pretrained"""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """goal prompt, e.g. "a person walking" (required; repeat the flag for several: their embeddings are averaged)"""
+    """goal prompt, e.g. "a person walking" (required; with several, their normalised embeddings are averaged)"""
     baseline_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """baseline prompt describing the scene without the goal (repeatable, averaged; none: "a simulated robot")"""
+    """baseline prompt: the scene without the goal, e.g. "a humanoid robot" (averaged; none given: "a simulated robot")"""
     clip_alpha: float = 0.0
     """VLM-RM's alpha in [0, 1]: 0 the plain CLIP reward, 1 only the projection onto goal - baseline"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """dtype of the CLIP model (auto: fp16 on CUDA, fp32 on CPU)"""
+    """precision of the CLIP model (auto: fp16 on CUDA, fp32 on the CPU); embeddings and reward are in fp32"""
     reward_batch_size: int = 64
     """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch"""
 
