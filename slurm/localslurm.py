@@ -188,15 +188,18 @@ PartitionName=local Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def stop(self, timeout: float = 30) -> None:
         """Cancels what is still queued or running, then stops slurmd, slurmctld and munged (by their pid files)."""
         if self.conf.exists() and "slurmctld" in self._pids():
-            self.run("scancel", "--user=root", check=False, timeout=20)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                result = self.run("squeue", "-h", "-t", "all", "-o", "%i %T", check=False, timeout=20)
-                states = result.stdout.split()[1::2]
-                if result.returncode != 0 or not any(s in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING")
-                                                     for s in states):
-                    break
-                time.sleep(0.5)
+            try:
+                self.run("scancel", "--user=root", check=False, timeout=20)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    result = self.run("squeue", "-h", "-t", "all", "-o", "%i %T", check=False, timeout=20)
+                    states = result.stdout.split()[1::2]
+                    if result.returncode != 0 or not any(s in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING")
+                                                         for s in states):
+                        break
+                    time.sleep(0.5)
+            except subprocess.TimeoutExpired:
+                pass  # slurmctld does not answer: stop the daemons anyway
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self._pids().get(name)
             if pid is None or not _alive(pid):

@@ -4,6 +4,7 @@
     python slurm/sweepfile.py check slurm/sweeps/pendulum.txt   # validates; prints the number of tasks
     python slurm/sweepfile.py runs slurm/sweeps/pendulum.txt    # runs/NAME of every task, one a line
     python slurm/sweepfile.py task slurm/sweeps/pendulum.txt 3  # task 3 as bash assignments (for sweep.sbatch)
+    python slurm/sweepfile.py eval-args slurm/sweeps/pendulum.txt  # the "# eval:" flags (for eval.sbatch)
 
 A sweep file holds one training command per line, written as in a shell:
 
@@ -19,6 +20,10 @@ parsed command (so spacing, quoting style and comments do not matter, but any ch
 run) and SWEEP is the sweep file's name without .txt. The name depends on neither the line number nor the job
 id: a requeued task, or the same sweep submitted again, finds its own run folder and resumes it. A line with
 its own --run-name keeps it. Two lines that name the same run are an error.
+
+A comment of the form `# eval: FLAGS` gives flags for the evaluation of the sweep's runs (eval_videos.py, run by
+slurm/eval.sbatch), e.g. `# eval: --clip-model-id demo/pendulum-clip --prompt "a pendulum pointing up"`; several
+such comments add up.
 """
 
 from __future__ import annotations
@@ -145,6 +150,23 @@ def read_tasks(path: str | Path, check_scripts: bool = False) -> list[Task]:
     return tasks
 
 
+EVAL_DIRECTIVE = re.compile(r"^\s*#\s*eval:(.*)$")
+
+
+def eval_args(path: str | Path) -> list[str]:
+    """The flags of the file's `# eval: ...` comments, in order."""
+    path = Path(path)
+    flags: list[str] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        m = EVAL_DIRECTIVE.match(line)
+        if m:
+            try:
+                flags += shlex.split(m.group(1), comments=True)
+            except ValueError as e:
+                raise SweepError(f"{path} line {number}: cannot parse the eval flags ({e})") from None
+    return flags
+
+
 def _bash(name: str, value) -> str:
     if isinstance(value, list):
         return f"{name}=({' '.join(shlex.quote(v) for v in value)})"
@@ -155,9 +177,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())
         return 0
-    usage = ("usage: sweepfile.py list|check|runs SWEEP_FILE\n"
+    usage = ("usage: sweepfile.py list|check|runs|eval-args SWEEP_FILE\n"
              "       sweepfile.py task SWEEP_FILE INDEX")
-    if len(argv) < 2 or argv[0] not in ("list", "check", "runs", "task") or len(argv) != (3 if argv[0] == "task" else 2):
+    actions = ("list", "check", "runs", "task", "eval-args")
+    if len(argv) < 2 or argv[0] not in actions or len(argv) != (3 if argv[0] == "task" else 2):
         print(usage, file=sys.stderr)
         return 2
     action, path = argv[0], argv[1]
@@ -166,7 +189,10 @@ def main(argv: list[str]) -> int:
         if not tasks:
             raise SweepError(f"{path}: no commands (only blank lines and comments)")
         if action == "check":
+            eval_args(path)
             print(len(tasks))
+        elif action == "eval-args":
+            print(_bash("eval_args", eval_args(path)))
         elif action == "runs":
             print("\n".join(f"runs/{t.run_name}" for t in tasks))
         elif action == "list":

@@ -56,7 +56,9 @@ def test_tasks_skip_blank_and_comment_lines_and_keep_file_order(tmp_path):
     assert [(t.index, t.line) for t in tasks] == [(0, 3), (1, 5), (2, 7)]
     assert tasks[1].argv == ["sac_clip.py", "--prompt", "a #1 runner", "--seed", "2"]
     assert tasks[2].argv == ["sac_sds.py", "--prompt", "x y"]
-    assert sweepfile.main(["check", str(f)]) == 0  # prints the array size submit.sh uses
+    assert sweepfile.eval_args(f) == []
+    g = write(tmp_path / "g.txt", '# eval: --episodes 2 --prompt "a b"  # note\nsac_env_reward.py\n  #eval: --x 1\n')
+    assert len(sweepfile.read_tasks(g)) == 1 and sweepfile.eval_args(g) == ["--episodes", "2", "--prompt", "a b", "--x", "1"]
 
 
 def test_task_lookup_agrees_with_the_array_size(tmp_path, capsys, monkeypatch):
@@ -128,6 +130,8 @@ def test_ready_sweeps_cover_the_comparison():
         assert {(value(t.argv, "--prompt"), value(t.argv, "--seed")) for t in runs} == {
             (p, s) for p in ("a pendulum pointing up", "a pendulum pointing down") for s in "123"}
     assert {value(t.argv, "--seed") for t in pendulum if t.script == "sac_env_reward.py"} == set("123")
+    scoring = sweepfile.eval_args(SLURM_DIR / "sweeps" / "pendulum.txt")  # scored by the Pendulum world's models
+    assert value(["eval"] + scoring, "--clip-model-id") == "demo/pendulum-clip"
 
     novel = sweeps["novel"]
     assert {t.script for t in novel} == {"sac_clip.py", "sac_sds.py"}  # the env reward cannot express these
@@ -190,9 +194,9 @@ def cluster():
 FAKE_EVAL = """\
 import json, sys, time
 from pathlib import Path
-runs, out = sys.argv[1:sys.argv.index("--out")], Path(sys.argv[sys.argv.index("--out") + 1])
+runs, out = [a for a in sys.argv[1:] if a.startswith("runs/")], Path(sys.argv[sys.argv.index("--out") + 1])
 out.mkdir(parents=True, exist_ok=True)
-(out / "fake_eval.json").write_text(json.dumps({"runs": runs, "start": time.time(),
+(out / "fake_eval.json").write_text(json.dumps({"runs": runs, "argv": sys.argv[1:], "start": time.time(),
                                                 "finished": [Path(r, "summary.json").is_file() for r in runs]}))
 """
 
@@ -231,7 +235,8 @@ def global_step(run: Path) -> int:
 
 @pytest.mark.timeout(300)
 def test_sweep_completes_with_checkpoints_then_eval_runs(cluster, tmp_path):
-    cwd = workdir(tmp_path, "three", [f"sac_env_reward.py {TINY} --total-timesteps 300 --seed {s}" for s in (1, 2, 3)])
+    cwd = workdir(tmp_path, "three", ['# eval: --episodes 2 --prompt "a pendulum"'] +
+                  [f"sac_env_reward.py {TINY} --total-timesteps 300 --seed {s}" for s in (1, 2, 3)])
     job, eval_job, out = submit(cluster, cwd, "--throttle", "2", "three.txt")
     assert "eval/three/" in out and f"logs/{job}_<task>.out" in out
     assert cluster.show_job(f"{job}_0").get("ArrayTaskThrottle") == "2"
@@ -245,6 +250,7 @@ def test_sweep_completes_with_checkpoints_then_eval_runs(cluster, tmp_path):
         assert f"finished runs/{run.name}" in (cwd / "logs" / f"{job}_{i}.out").read_text()
     report = json.loads((cwd / "eval" / "three" / "fake_eval.json").read_text())
     assert report["runs"] == [f"runs/{r.name}" for r in runs] and all(report["finished"])
+    assert report["argv"][3:] == ["--episodes", "2", "--prompt", "a pendulum", "--out", "eval/three/"]
     assert report["start"] >= max((r / "summary.json").stat().st_mtime for r in runs)  # after the whole sweep
     assert "done: results in eval/three/" in (cwd / "logs" / f"{eval_job}.out").read_text()
 
