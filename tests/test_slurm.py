@@ -250,9 +250,9 @@ def test_sweep_completes_with_checkpoints_then_eval_runs(cluster, tmp_path):
         assert f"finished runs/{run.name}" in (cwd / "logs" / f"{job}_{i}.out").read_text()
     report = json.loads((cwd / "eval" / "three" / "fake_eval.json").read_text())
     assert report["runs"] == [f"runs/{r.name}" for r in runs] and all(report["finished"])
-    assert report["argv"][3:] == ["--episodes", "2", "--prompt", "a pendulum", "--out", "eval/three/"]
+    assert report["argv"][3:] == ["--episodes", "2", "--prompt", "a pendulum", "--out", "eval/three"]
     assert report["start"] >= max((r / "summary.json").stat().st_mtime for r in runs)  # after the whole sweep
-    assert "done: results in eval/three/" in (cwd / "logs" / f"{eval_job}.out").read_text()
+    assert "done: results in eval/three" in (cwd / "logs" / f"{eval_job}.out").read_text()
 
     # Submitting the same sweep again completes only what is missing: here nothing.
     before = [(r / "checkpoint.pt").stat().st_mtime_ns for r in runs]
