@@ -144,7 +144,7 @@ class Args(SACArgs):
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """goal prompt, e.g. "a person walking" (required; with several, their normalised embeddings are averaged)"""
     baseline_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """baseline prompt: the scene without the goal, e.g. "a humanoid robot" (averaged; none given: "a simulated robot")"""
+    """baseline prompt: the scene without the goal, e.g. "a humanoid robot" (averaged; default "a simulated robot")"""
     clip_alpha: float = 0.0
     """VLM-RM's alpha in [0, 1]: 0 the plain CLIP reward, 1 only the projection onto goal - baseline"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -300,7 +300,7 @@ def load_error(model_id: str, e: Exception) -> str:
     get = (f"`hf download {model_id}` on a machine with internet (`hf auth login` first if the model is gated; "
            "`huggingface-cli` with older huggingface_hub) and pass --clip-model-id the downloaded folder")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return f"cannot load the CLIP model '{model_id}' ({reason}); HF_HUB_OFFLINE is set: unset it to download, or run {get}"
+        return f"cannot load the CLIP model '{model_id}' ({reason}); HF_HUB_OFFLINE is set: unset it, or run {get}"
     return f"cannot load the CLIP model '{model_id}' ({reason}); check the id, or run {get}"
 
 
