@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,25 +28,37 @@ GOOD = {  # run name -> (reward source, seed)
 }
 
 
+def train(script: str, argv: list[str], cwd: Path) -> None:
+    """Runs a training script's real entry point, main(Args, build_reward), in this process (no interpreter start
+    and imports per run: they were most of the time), with argv as its command line, in cwd."""
+    import importlib
+
+    module = importlib.import_module(script)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", [f"{script}.py", *argv])
+        try:
+            module.main(module.Args, module.build_reward)
+        except SystemExit as e:
+            pytest.fail(f"{script}.py {' '.join(argv)} exited with status {e.code}")
+        finally:
+            torch.set_num_threads(threads)  # --threads 1 must not slow down the rest of the session
+
+
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, tiny_sd, tiny_clip) -> Path:
-    """A folder with runs/ of five short trainings (env x2 seeds, clip x1, sds x2), run as parallel subprocesses,
-    plus broken folders: not_a_run (no args.json), truncated (half a checkpoint), no_ckpt, bad_env."""
+    """A folder with runs/ of five short trainings (env x2 seeds, clip x1, sds x2), plus broken folders:
+    not_a_run (no args.json), truncated (half a checkpoint), no_ckpt, bad_env (an unknown env id)."""
     root = tmp_path_factory.mktemp("eval_runs")
-    commands = {
-        "env": ["sac_env_reward.py"],
-        "clip": ["sac_clip.py", "--clip-model-id", str(tiny_clip), "--prompt", PROMPT, "--reward-batch-size", "20"],
-        "sds": ["sac_sds.py", "--model-id", str(tiny_sd), "--prompt", PROMPT, "--reward-batch-size", "20"],
+    extra = {
+        "env": ["sac_env_reward"],
+        "clip": ["sac_clip", "--clip-model-id", str(tiny_clip), "--prompt", PROMPT, "--reward-batch-size", "20"],
+        "sds": ["sac_sds", "--model-id", str(tiny_sd), "--prompt", PROMPT, "--reward-batch-size", "20"],
     }
-    procs = {}
     for name, (source, seed) in GOOD.items():
-        script, *extra = commands[source]
-        procs[name] = subprocess.Popen(
-            [sys.executable, str(ROOT / script), *TRAIN, *extra, "--seed", str(seed), "--run-name", name],
-            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"training {name} failed:\n{out[-3000:]}"
+        script, *flags = extra[source]
+        train(script, [*TRAIN, *flags, "--seed", str(seed), "--run-name", name], root)
     runs = root / "runs"
     (runs / "not_a_run").mkdir()
     (runs / "not_a_run" / "notes.txt").write_text("nothing here")
