@@ -169,7 +169,7 @@ def load_policy(run: Run):
     try:
         actor, _ = core.load_actor(run.path, "cpu")
     except Exception as e:  # truncated or corrupt file, not a SAC checkpoint, ...
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise RuntimeError(f"cannot read checkpoint.pt ({type(e).__name__}: {reason}); is it truncated?") from None
     try:
         env = core.make_env(core_args(run.args), render=True)
@@ -300,15 +300,16 @@ def evaluate_run(run: Run, actor, env, args: EvalArgs, clip: Optional[ClipScorer
     }
 
 
-def save_contact_sheet(frames: np.ndarray, n: int, path: Path, columns: int = 4) -> None:
-    """n evenly spaced frames (first and last included) in a grid, columns wide, as a PNG."""
+def save_contact_sheet(frames: np.ndarray, n: int, path: Path, columns: int = 4, border: int = 2) -> None:
+    """n evenly spaced frames (first and last included) in a grid, columns wide, each framed by a grey border of
+    border pixels, as a PNG."""
     import imageio.v2 as imageio
 
     idx = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
-    picked = list(frames[idx])
-    columns = min(columns, len(picked))
-    picked += [np.zeros_like(picked[0])] * (-len(picked) % columns)  # fill the last row
-    rows = [np.concatenate(picked[i:i + columns], axis=1) for i in range(0, len(picked), columns)]
+    tiles = [np.pad(f, ((border, border), (border, border), (0, 0)), constant_values=128) for f in frames[idx]]
+    columns = min(columns, len(tiles))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)  # fill the last row
+    rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.imwrite(path, np.concatenate(rows, axis=0))
 
@@ -446,7 +447,8 @@ def plot_learning_curves(runs: list[Run], path: Path, points: int = 100) -> bool
 
 
 def plot_final_metrics(rows: list[dict], path: Path) -> bool:
-    """Bars of each metric per (env, prompt) and reward source, with std over seeds as error bars."""
+    """One row of panels per (env, prompt), one panel per metric: a bar per reward source, std over seeds as
+    error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -454,19 +456,21 @@ def plot_final_metrics(rows: list[dict], path: Path) -> bool:
 
     ok = [r for r in rows if r["status"] == "ok"]
     shown = [m for m in ("env_return", "clip_score", "sds_score") if any(f"{m}_mean" in r for r in ok)]
-    if not ok or not shown:
+    panels: dict[tuple, list[dict]] = {}
+    for r in ok:
+        panels.setdefault((r["env_id"], r["prompt"]), []).append(r)
+    if not panels or not shown:
         return False
-    fig, axes = plt.subplots(1, len(shown), figsize=(max(4.0, 0.9 * len(ok) + 1.5) * len(shown) / 1.5, 3.8),
-                             squeeze=False)
-    labels = [f"{r['reward_source']}\n{r['env_id']}" + (f"\n{r['prompt'][:24]}" if r["prompt"] else "") for r in ok]
+    fig, axes = plt.subplots(len(panels), len(shown), figsize=(3.6 * len(shown), 3.0 * len(panels)), squeeze=False)
     colors = {"sds": "tab:purple", "clip": "tab:orange", "env": "tab:blue"}
-    for ax, m in zip(axes[0], shown):
-        x = np.arange(len(ok))
-        means = [r.get(f"{m}_mean", np.nan) for r in ok]
-        stds = [r.get(f"{m}_std", 0.0) for r in ok]
-        ax.bar(x, means, yerr=stds, capsize=3, color=[colors.get(r["reward_source"], "gray") for r in ok])
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.set_title(m)
+    for ax_row, ((env_id, prompt), group) in zip(axes, panels.items()):
+        for ax, m in zip(ax_row, shown):
+            x = np.arange(len(group))
+            ax.bar(x, [r.get(f"{m}_mean", np.nan) for r in group], yerr=[r.get(f"{m}_std", 0.0) for r in group],
+                   capsize=3, color=[colors.get(r["reward_source"], "gray") for r in group])
+            ax.set_xticks(x, [f"{r['reward_source']} ({r['seeds']})" for r in group], fontsize=8)
+            ax.set_title(f"{m}\n{env_id}" + (f" / {prompt[:40]}" if prompt else ""), fontsize=8)
+    fig.suptitle("mean ± std over seeds (seed count in brackets)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -108,7 +108,7 @@ def test_files_exist_and_videos_decode(evaluated):
         assert len(frames) == EPISODE_STEPS + 1  # the reset frame and one per step of the first episode
         assert frames[0].shape == (500, 500, 3)  # Pendulum renders at its own size
         sheet = imageio.imread(out / "runs" / f"{name}.png")
-        assert sheet.shape == (2 * 500, 4 * 500, 3)  # 8 frames, 4 per row
+        assert sheet.shape == (2 * 504, 4 * 504, 3)  # 8 frames with 2-pixel borders, 4 per row
         metrics = json.loads((out / "runs" / f"{name}.json").read_text())
         assert metrics["episodes"] == EPISODES and metrics["video_frames"] == EPISODE_STEPS + 1
         assert metrics["steps"] == 200
@@ -198,6 +198,16 @@ def test_runs_without_a_prompt_get_no_text_score(trained_runs, tmp_path):
     metrics = json.loads((tmp_path / "e" / "runs" / "env_s1.json").read_text())
     assert "clip_score" not in metrics and metrics["episodes"] == 1
     assert "evaluated 1 run(s)" in proc.stdout
+
+
+def test_a_scoring_model_that_does_not_load_stops_before_any_rollout(trained_runs, tmp_path):
+    proc = run_script("eval_videos.py", str(trained_runs / "runs" / "env_s1"), "--out", str(tmp_path / "e"),
+                      "--prompt", PROMPT, "--clip-model-id", str(tmp_path / "no-such-clip"), "--no-progress",
+                      cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --clip-model-id") and "no such folder" in lines[0], lines
+    assert not (tmp_path / "e" / "runs").exists()
 
 
 def test_importable_without_side_effects(tmp_path, monkeypatch):
