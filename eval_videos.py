@@ -32,7 +32,6 @@ import csv
 import dataclasses
 import glob
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import run_script
 
 PROMPT = "a pendulum pointing up"
 EPISODE_STEPS = 40  # short episodes: the evaluation renders and scores every frame
