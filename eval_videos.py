@@ -513,8 +513,8 @@ def run_evaluation(args: EvalArgs) -> list[Run]:
         sds.load(next(r.prompt for r in todo if r.prompt))
 
     bar = tqdm(total=len(todo) * args.episodes, unit="episode", disable=not args.progress, dynamic_ncols=True)
-    for run in todo:
-        bar.set_description(run.name[-40:])
+    for i, run in enumerate(todo):
+        bar.set_description(f"run {i + 1}/{len(todo)} {run.name[-40:]}")
         try:
             actor, env = load_policy(run)
         except RuntimeError as e:
