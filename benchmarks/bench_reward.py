@@ -1,0 +1,151 @@
+"""Reward throughput of the text rewards: frames/s batched against one frame at a time.
+
+    python benchmarks/bench_reward.py --which sds --resolution 256 --batch-sizes 1 2 4 8 --repeats 2
+    python benchmarks/bench_reward.py --which sds --batch-sizes 1 4 16 64 --modes eager compile     # on a GPU
+
+sds: sac_sds.SDSReward on the full-size Stable Diffusion 2.1-base architecture (DESIGN.md section 5), built from
+its config with random weights, so nothing is downloaded (speed does not depend on the weights). One reward =
+encode a rendered uint8 frame (resize on the device, VAE encoder) + one UNet pass on [z_t, z_t] with the
+[unconditional, prompt] embeddings + the two terms, exactly as training computes it. The text encoder is not
+timed: the prompt is embedded once per run. Batch size 1 is the per-step computation of the original code.
+
+Each reward model has its own section (functions named after it) and its own --which choice. Modes: eager, and
+torch.compile of the whole reward step (each batch size compiles its own graph; compile time is reported apart).
+Dtype: fp32 on the CPU, bf16 on CUDA (--dtype to change). Batch sizes run interleaved --repeats times; the median
+is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+# ----- sds: TADPoLe on SD 2.1-base -----
+def build_sd21_base(resolution: int, device: torch.device, dtype: torch.dtype):
+    """sac_sds.SDSReward with SD 2.1-base's UNet, VAE and DDPM schedule, random weights, random prompt embeddings."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    import sac_sds
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+        use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215,
+    )
+    vae.decoder = None  # as SDSReward.from_pretrained: only the encoder is used
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000)
+    text_embeddings = torch.randn(2, 77, 1024)  # [unconditional, prompt] as the OpenCLIP ViT-H text tower gives them
+    model = sac_sds.SDSReward(unet.to(dtype), vae.to(dtype), scheduler, text_embeddings.to(dtype), resolution)
+    return model.to(device)
+
+
+def sds_steps(args, device: torch.device, dtype: torch.dtype):
+    """(name, batch size) -> a function scoring one batch of frames, for each mode; plus a description."""
+    model = build_sd21_base(args.resolution, device, dtype)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    rng = np.random.default_rng(0)
+
+    def make_step(batch: int, fn):
+        frames = torch.from_numpy(rng.integers(0, 256, (batch, args.frame_size, args.frame_size, 3), dtype=np.uint8))
+        t = torch.full((batch,), 450, device=device)
+        noise = torch.randn(batch, *model.latent_shape, device=device)
+        return lambda: fn(frames, t, noise)
+
+    def reward(frames, t, noise):
+        return model(model.encode(frames), t, noise)
+
+    fns = {"eager": reward}
+    if "compile" in args.modes:
+        fns["compile"] = torch.compile(reward, dynamic=False)
+    desc = (f"sds: SD 2.1-base architecture ({params:.0f}M parameters without the text encoder), {args.resolution} px "
+            f"({model.latent_shape[1]}x{model.latent_shape[2]} latents), frames {args.frame_size} px, {dtype}")
+    return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items() if mode in args.modes}, desc
+
+
+# ----- the measurement, shared by the reward models -----
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(steps: dict, batch_sizes: list[int], repeats: int, device: torch.device) -> dict:
+    """{(mode, batch): [seconds per call, ...]} after one untimed warm-up call (which compiles, in compile mode)."""
+    calls = {(mode, b): make(b) for mode, make in steps.items() for b in batch_sizes}
+    times: dict = {key: [] for key in calls}
+    with torch.inference_mode():
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            sync(device)
+            print(f"  warm-up {key[0]:>7} batch {key[1]:>3}: {time.perf_counter() - t0:7.2f} s", flush=True)
+        for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits every setting alike
+            for key, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                sync(device)
+                times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def report(times: dict, desc: str) -> None:
+    base = statistics.median(times[("eager", min(b for m, b in times if m == "eager"))]) if any(
+        m == "eager" for m, _ in times) else None
+    print(f"\n{desc}")
+    print(f"{'mode':>8} {'batch':>5} {'s/batch':>9} {'frames/s':>9} {'vs batch 1':>11} {'vs eager 1':>11}")
+    for mode in dict.fromkeys(m for m, _ in times):
+        batches = sorted(b for m, b in times if m == mode)
+        one = statistics.median(times[(mode, batches[0])]) / batches[0]  # seconds per frame at the smallest batch
+        for b in batches:
+            s = statistics.median(times[(mode, b)])
+            vs_eager = f"{base / (s / b):10.2f}x" if base is not None else "-"
+            print(f"{mode:>8} {b:>5} {s:9.3f} {b / s:9.2f} {one / (s / b):10.2f}x {vs_eager:>11}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--which", nargs="+", choices=["sds"], default=["sds"], help="reward models to measure")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (median reported)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--frame-size", type=int, default=256, help="rendered frame size in pixels (sac_*.py --render-size)")
+    p.add_argument("--resolution", type=int, default=512, help="sds: model input size (SD 2.1-base: 512)")
+    args = p.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}; torch {torch.__version__}; batch sizes {args.batch_sizes}; modes {args.modes}; "
+          f"{args.repeats} repeats")
+    for which in args.which:
+        steps, desc = {"sds": sds_steps}[which](args, device, dtype)
+        print(desc)
+        {"sds": report}[which](measure(steps, args.batch_sizes, args.repeats, device), desc)
+
+
+if __name__ == "__main__":
+    main()
