@@ -297,15 +297,17 @@ def _load_error(what: str, model_id: str, e: Exception) -> UserError:
     )
 
 
-def _check_id(model_id: str, what: str) -> None:
-    """A local-looking id that is not a folder fails here, before any hub request (those retry for ~30 s offline)."""
-    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model_id)):
+def _check_id(model_id: str, what: str) -> str:
+    """The id with ~ expanded. A local-looking id that is not a folder fails here, before any hub request (those
+    retry for ~30 s when offline)."""
+    model_id = os.path.expanduser(model_id)
+    if (model_id.startswith((".", "/")) or model_id.count("/") > 1) and not os.path.isdir(model_id):
         raise UserError(
             f"cannot load {what}: there is no folder '{model_id}'. Pass a folder written by save_pretrained or "
             f"`hf download ID --local-dir DIR`, or a hub id (owner/name; offline: download it first and set "
             f"HF_HUB_OFFLINE=1). {MIRROR_NOTE}"
         )
+    return model_id
 
 
 class SDSReward(nn.Module):
@@ -344,9 +346,9 @@ class SDSReward(nn.Module):
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" else "fp32"
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        _check_id(model_id, "the diffusion model")
+        model_id = _check_id(model_id, "the diffusion model")
         if motion_adapter_id:
-            _check_id(motion_adapter_id, "the motion adapter")
+            motion_adapter_id = _check_id(motion_adapter_id, "the motion adapter")
         # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
         from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
         from huggingface_hub.errors import HFValidationError
