@@ -9,6 +9,16 @@ encode a rendered uint8 frame (resize on the device, VAE encoder) + one UNet pas
 [unconditional, prompt] embeddings + the two terms, exactly as training computes it. The text encoder is not
 timed: the prompt is embedded once per run. Batch size 1 is the per-step computation of the original code.
 
+clip: sac_clip.CLIPReward on the ViT-L/14 architecture (openai/clip-vit-large-patch14's config and image
+processor), random weights. Four modes, measured in the same run: the whole reward with sac_clip.py's batched
+tensor preprocessing on the device ("tensor") or with the checkpoint's PIL image processor, which works frame by
+frame on the CPU ("pil"), and each preprocessing alone ("tensor-prep", "pil-prep"); --modes does not apply. The
+table gives frames/s and the ratio tensor / PIL. On a 2-core CPU (ViT-L/14 takes seconds per frame there):
+
+    python benchmarks/bench_reward.py --which clip --batch-sizes 1 4 --repeats 2 --threads 1
+    python benchmarks/bench_reward.py --which clip --batch-sizes 1 4 16 64 --repeats 10 --threads 1 \
+        --clip-preprocessing-only
+
 Each reward model has its own section (functions named after it) and its own --which choice. Modes: eager, and
 torch.compile of the whole reward step (each batch size compiles its own graph; compile time is reported apart).
 Dtype: fp32 on the CPU, bf16 on CUDA (--dtype to change). Batch sizes run interleaved --repeats times; the median
@@ -79,6 +89,90 @@ def sds_steps(args, device: torch.device, dtype: torch.dtype):
     return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items() if mode in args.modes}, desc
 
 
+# ----- clip: VLM-RM's CLIP reward on ViT-L/14 -----
+def build_clip_vit_l14(device: torch.device, dtype: torch.dtype):
+    """sac_clip.CLIPReward with openai/clip-vit-large-patch14's architecture and image processor (CLIPImageProcessor's
+    defaults are that checkpoint's), random weights. A character-level tokenizer stands in for CLIP's BPE vocabulary:
+    the prompts are embedded once per run, untimed."""
+    import json
+    import tempfile
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    import sac_clip
+
+    chars = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
+    config = CLIPConfig(
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14),
+        projection_dim=768,
+    )
+    with torch.device(device):
+        model = CLIPModel(config).to(dtype)
+    return sac_clip.CLIPReward(model, tokenizer, CLIPImageProcessor(), ["a person walking"], ["a person"], alpha=0.5)
+
+
+def clip_steps(args, device: torch.device, dtype: torch.dtype):
+    """Four ways to score a batch of uint8 frames, each a mode: the whole reward (preprocessing + ViT-L/14 + formula)
+    with the batched tensor preprocessing of sac_clip.py ("tensor") or with the checkpoint's PIL image processor,
+    which works frame by frame ("pil"), and the two preprocessings alone ("tensor-prep", "pil-prep")."""
+    import sac_clip
+    from transformers import CLIPImageProcessor
+
+    dtype = sac_clip.resolve_dtype(args.dtype, device)  # CLIP's auto: fp16 on CUDA, fp32 on the CPU
+    model = build_clip_vit_l14(device, dtype)
+    processor = CLIPImageProcessor()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    rng = np.random.default_rng(0)
+
+    def pil_prep(frames: np.ndarray) -> torch.Tensor:
+        return processor(images=list(frames), return_tensors="pt")["pixel_values"].to(device)
+
+    def tensor_prep(frames: np.ndarray) -> torch.Tensor:
+        return model.preprocess(torch.from_numpy(frames))
+
+    def pil_reward(frames: np.ndarray) -> torch.Tensor:
+        return model.reward_from_embeddings(model.embed_images(pil_prep(frames)))
+
+    fns = {"pil-prep": pil_prep, "tensor-prep": tensor_prep}
+    if not args.clip_preprocessing_only:
+        fns.update({"pil": pil_reward, "tensor": model.forward})
+
+    def make_step(batch: int, fn):
+        frames = rng.integers(0, 256, (batch, args.frame_size, args.frame_size, 3), dtype=np.uint8)
+        return lambda: fn(frames)
+
+    frames = rng.integers(0, 256, (4, args.frame_size, args.frame_size, 3), dtype=np.uint8)
+    off = ((pil_prep(frames) - tensor_prep(frames)).abs() > 1e-5).float().mean().item()  # PIL's rounding
+    desc = (f"clip: ViT-L/14 architecture ({params:.0f}M parameters), random weights, {dtype}; frames "
+            f"{args.frame_size} px -> 224 (bicubic resize, center crop); the two preprocessings differ on "
+            f"{100 * off:.2f}% of the pixel values")
+    return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items()}, desc
+
+
+def clip_report(times: dict, desc: str) -> None:
+    fps = {key: key[1] / statistics.median(t) for key, t in times.items()}
+    print(f"\n{desc}")
+    print(f"{'':>5} | {'preprocessing frames/s':^34} | {'reward frames/s (preprocessing + model)':^40}")
+    print(f"{'batch':>5} | {'PIL per frame':>13} {'tensor':>10} {'ratio':>8} | {'PIL per frame':>13} {'tensor':>10} "
+          f"{'ratio':>8}")
+    for b in sorted({b for _, b in times}):
+        p, t = fps["pil-prep", b], fps["tensor-prep", b]
+        row = f"{b:>5} | {p:13.1f} {t:10.1f} {t / p:7.2f}x |"
+        if ("pil", b) in fps:
+            rp, rt = fps["pil", b], fps["tensor", b]
+            row += f" {rp:13.2f} {rt:10.2f} {rt / rp:7.2f}x"
+        print(row)
+
+
 # ----- the measurement, shared by the reward models -----
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -120,16 +214,18 @@ def report(times: dict, desc: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--which", nargs="+", choices=["sds"], default=["sds"], help="reward models to measure")
+    p.add_argument("--which", nargs="+", choices=["sds", "clip"], default=["sds"], help="reward models to measure")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting (median reported)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: bf16 on CUDA, fp32 on the CPU")
+                   help="auto: bf16 on CUDA (clip: fp16), fp32 on the CPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--frame-size", type=int, default=256, help="rendered frame size in pixels (sac_*.py --render-size)")
     p.add_argument("--resolution", type=int, default=512, help="sds: model input size (SD 2.1-base: 512)")
+    p.add_argument("--clip-preprocessing-only", action="store_true",
+                   help="clip: time the two preprocessings only (fast: affords more batch sizes and repeats)")
     args = p.parse_args()
 
     if args.threads:
@@ -142,9 +238,9 @@ def main() -> None:
     print(f"{name}; torch {torch.__version__}; batch sizes {args.batch_sizes}; modes {args.modes}; "
           f"{args.repeats} repeats")
     for which in args.which:
-        steps, desc = {"sds": sds_steps}[which](args, device, dtype)
+        steps, desc = {"sds": sds_steps, "clip": clip_steps}[which](args, device, dtype)
         print(desc)
-        {"sds": report}[which](measure(steps, args.batch_sizes, args.repeats, device), desc)
+        {"sds": report, "clip": clip_report}[which](measure(steps, args.batch_sizes, args.repeats, device), desc)
 
 
 if __name__ == "__main__":
