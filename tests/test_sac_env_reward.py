@@ -23,7 +23,7 @@ QUICK = ["--learning-starts", "200", "--batch-size", "64", "--eval-every", "0", 
 
 def quick_args(**overrides) -> sac.Args:
     base = dict(env_id="Pendulum-v1", total_timesteps=400, learning_starts=200, batch_size=64, eval_every=0,
-                eval_episodes=1, progress=False, log_every=100, buffer_size=10_000, run_name="t")
+                eval_episodes=1, progress=False, log_every=100, buffer_size=10_000, run_name="t", threads=1)
     base.update(overrides)
     return sac.Args(**base)
 
