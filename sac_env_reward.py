@@ -165,10 +165,10 @@ def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
     if "mujoco" not in str(spec.entry_point):
         return {}  # classic control (Pendulum-v1) renders at its own size
     kwargs = {"width": size, "height": size}
-    if camera is not None:
-        kwargs["camera_id" if camera.lstrip("-").isdigit() else "camera_name"] = (
-            int(camera) if camera.lstrip("-").isdigit() else camera
-        )
+    if camera is not None and camera.lstrip("-").isdigit():
+        kwargs["camera_id"] = int(camera)
+    elif camera is not None:
+        kwargs["camera_name"] = camera
     return kwargs
 
 
@@ -401,7 +401,7 @@ class SAC(nn.Module):
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
-        self.args, self.device = args, device
+        self.args = args
         act_dim = action_space.shape[0]
         self.actor = Actor(obs_dim, action_space.low, action_space.high)
         self.critic = EnsembleCritic(obs_dim, act_dim)
