@@ -3,18 +3,24 @@
     python sac_clip.py --env-id Walker2d-v4 --prompt "a person walking"
     python sac_clip.py --env-id Humanoid-v4 --prompt "a humanoid robot kneeling" \
         --baseline-prompt "a humanoid robot" --clip-alpha 0.5
+    python sac_clip.py --env-id Walker2d-v4 --prompt "a person walking" --prompt "a person waving" \
+        --prompt-weight 1 --prompt-weight 0.5                               # a weighted composition of goals
+    python sac_clip.py --env-id Walker2d-v4 --prompt-schedule "0:a person standing;500:a person walking"
     python sac_clip.py --resume runs/Walker2d-v4__sac_clip__1__1790000000
 
 The reward is VLM-RM's (Rocamonde et al., "Vision-Language Models are Zero-Shot Reward Models for Reinforcement
 Learning", ICLR 2024). For a rendered frame s:
     x = CLIP_image(s) / |CLIP_image(s)|                         the normalised image embedding
-    g = mean_i CLIP_text(goal_i) / |CLIP_text(goal_i)|          mean of the normalised goal-prompt embeddings
+    e_i = CLIP_text(goal_i) / |CLIP_text(goal_i)|               the normalised goal-prompt embeddings
+    g = sum_i w_i e_i / sum_i |w_i|                             their weighted mean (w_i: --prompt-weight, default 1)
     b = mean_j CLIP_text(base_j) / |CLIP_text(base_j)|          mean of the normalised baseline-prompt embeddings
     d = g - b,   P = alpha d d^T / |d|^2 + (1 - alpha) I
     reward(s) = 1 - |(x - g) P|^2 / 2
 The means are not re-normalised (as in the paper's code), so with alpha = 0 the reward is x.g + (1 - |g|^2) / 2:
 the cosine similarity x.g for a single goal prompt, and x.g plus a constant for several. alpha = 1 keeps only the
-component of x - g along the goal-baseline direction d.
+component of x - g along the goal-baseline direction d. A negative weight pushes g away from that prompt ("not
+this"). With --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." the goal changes within each episode: the frame of
+the episode's 0-based step s is scored on g_k = e_k (and P_k from d_k = e_k - b) of the last entry with START_k <= s.
 
 The agent never sees the environment's reward: it is logged as charts/episodic_return next to the learned
 charts/clip_return. The file reads top to bottom like sac_env_reward.py, whose SAC core it carries byte for byte
@@ -23,6 +29,7 @@ between the "SAC CORE" marker comments (tests check it); only Args and the rewar
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -34,7 +41,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -142,7 +149,11 @@ class Args(SACArgs):
     clip_model_id: str = "openai/clip-vit-large-patch14"
     """any transformers CLIP checkpoint: a Hugging Face hub id or a local folder saved with save_pretrained"""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """goal prompt, e.g. "a person walking" (required; with several, their normalised embeddings are averaged)"""
+    """goal prompt, e.g. "a person walking" (or use --prompt-schedule); several: g = sum_i w_i e_i / sum_i |w_i|"""
+    prompt_weight: Annotated[tuple[float, ...], tyro.conf.UseAppendAction] = ()
+    """weight w_i per --prompt, in order (default 1 each: g is the mean of the e_i); negative: 'not this'"""
+    prompt_schedule: Optional[str] = None
+    """goal prompts in sequence (not with --prompt): "0:a person standing;200:a person jumping"; START: 0-based step"""
     baseline_prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """baseline prompt: the scene without the goal, e.g. "a humanoid robot" (averaged; default "a simulated robot")"""
     clip_alpha: float = 0.0
@@ -273,20 +284,99 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_reward_settings(prompts, baseline_prompts, alpha: float) -> tuple[list[str], list[str]]:
-    """The goal and baseline prompts as lists; raises UserError for empty prompts or alpha outside [0, 1]."""
+def check_reward_settings(prompts, baseline_prompts, alpha: float,
+                          weights: Optional[Sequence[float]] = None) -> tuple[list[str], list[str], list[float]]:
+    """The goal and baseline prompts as lists, and one weight per goal prompt (default 1 each); raises UserError for
+    empty prompts, alpha outside [0, 1], or weights that are not one finite float per prompt, or all 0."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(baseline_prompts, str):
         baseline_prompts = [baseline_prompts]
     prompts, baseline_prompts = list(prompts or []), list(baseline_prompts or DEFAULT_BASELINE_PROMPTS)
     if not prompts:
-        raise UserError('no goal prompt: describe the behaviour with --prompt, e.g. --prompt "a person walking"')
+        raise UserError('no goal prompt: describe the behaviour with --prompt (or --prompt-schedule), e.g. --prompt '
+                        '"a person walking"')
     if not all(p.strip() for p in prompts + baseline_prompts):
         raise UserError(f"empty prompt in --prompt {prompts} / --baseline-prompt {baseline_prompts}; give text")
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--clip-alpha must be in [0, 1] (got {alpha})")
-    return prompts, baseline_prompts
+    weights = [1.0] * len(prompts) if weights is None or len(weights) == 0 else [float(w) for w in weights]
+    if len(weights) != len(prompts):
+        raise UserError(f"{len(weights)} --prompt-weight for {len(prompts)} --prompt: give one weight per prompt, "
+                        "in the same order (or none: weight 1 each)")
+    if not all(math.isfinite(w) for w in weights):
+        raise UserError(f"--prompt-weight {weights}: weights must be finite numbers")
+    if not any(weights):
+        raise UserError(f"--prompt-weight {weights}: all 0, so the goal sum_i w_i e_i / sum_i |w_i| is undefined; give "
+                        "at least one prompt a non-zero weight")
+    return prompts, baseline_prompts, weights
+
+
+def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
+    """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
+    jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
+    Raises UserError for an empty schedule, an entry without ':', a start that is not a whole number >= 0, starts
+    that do not increase strictly, a first start other than 0, or an entry without text."""
+    example = 'e.g. --prompt-schedule "0:a person standing;200:a person jumping"'
+    parts = [e for e in (text or "").split(";")]
+    if parts and not parts[-1].strip():
+        parts.pop()  # "0:a;100:b;"
+    if not parts:
+        raise UserError(f"--prompt-schedule is empty: give ';'-separated START:TEXT entries, {example}")
+    entries: list[tuple[int, str]] = []
+    for i, entry in enumerate(parts):
+        where = f"--prompt-schedule entry {i + 1} '{entry.strip()}'"
+        if ":" not in entry:
+            raise UserError(f"{where} has no ':': write START:TEXT, {example}")
+        start, prompt = (x.strip() for x in entry.split(":", 1))
+        try:
+            step = int(start)
+        except ValueError:
+            raise UserError(f"{where}: the start '{start}' is not a whole number of steps, {example}") from None
+        if step < 0:
+            raise UserError(f"{where}: the start {step} is negative; starts are 0-based steps of the episode")
+        if not prompt:
+            raise UserError(f"{where} has no text after ':'; describe the behaviour, {example}")
+        if entries and step <= entries[-1][0]:
+            raise UserError(f"{where}: starts must increase strictly ({step} after "
+                            f"{entries[-1][0]}); list the entries in the order they apply")
+        entries.append((step, prompt))
+    if entries[0][0] != 0:
+        raise UserError(f"--prompt-schedule starts at step {entries[0][0]}: the first entry must start at 0, so that "
+                        "every step of an episode has a prompt")
+    return entries
+
+
+def schedule_entry(starts: Sequence[int], episode_step: int) -> int:
+    """The schedule entry in force for a transition: the last one whose start is <= s = episode_step - 1, the
+    0-based index of the env step in its episode (TransitionQueue items count episode_step from 1)."""
+    return bisect.bisect_right(starts, max(int(episode_step) - 1, 0)) - 1
+
+
+def resolve_prompts(args: "Args") -> tuple[list[str], Optional[list[float]], Optional[list[int]]]:
+    """The run's goal texts, their weights (None: 1 each) and the schedule's starts (None without a schedule),
+    from --prompt / --prompt-weight / --prompt-schedule; raises UserError for --prompt with --prompt-schedule, or
+    --prompt-weight with --prompt-schedule (the prompts themselves are checked by check_reward_settings)."""
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+    weights = list(args.prompt_weight or ())
+    if args.prompt_schedule is None:
+        return prompts, weights or None, None
+    if prompts:
+        raise UserError("--prompt and --prompt-schedule exclude each other: give the goal prompts either together "
+                        "(--prompt, composed) or in sequence (--prompt-schedule)")
+    if weights:
+        raise UserError("--prompt-weight weighs repeated --prompt flags; it does not apply to --prompt-schedule")
+    entries = parse_prompt_schedule(args.prompt_schedule)
+    return [text for _, text in entries], None, [start for start, _ in entries]
+
+
+def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
+    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
+    if starts is not None:
+        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
+        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
+    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
+    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
 
 
 def load_error(model_id: str, e: Exception) -> str:
@@ -308,38 +398,72 @@ class CLIPReward(nn.Module):
     """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
     1 - |(x - g) P|^2 / 2 (see the module docstring).
 
+    Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
+    (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
+    is a goal of its own instead (g_k = e_k, with its own projection P_k from d_k = e_k - b), and forward(frames,
+    prompt) scores each frame on the goal of its index (a --prompt-schedule entry).
+
     Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
     resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
     as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
     values equal the processor's but for under 1% of them (0.02% on rendered frames), off by one or two uint8
     levels: PIL computes its filter weights in fixed point (measured in tests/test_sac_clip.py)."""
 
-    def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0):
+    def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0,
+                 weights: Optional[Sequence[float]] = None, schedule: bool = False):
         super().__init__()
-        prompts, baseline_prompts = check_reward_settings(prompts, baseline_prompts, alpha)
+        prompts, baseline_prompts, weights = check_reward_settings(prompts, baseline_prompts, alpha, weights)
         self.model = model.eval().requires_grad_(False)
         self.prompts, self.baseline_prompts, self.alpha = prompts, baseline_prompts, float(alpha)
+        self.weights, self.schedule = weights, schedule
         self.read_image_processor(image_processor)
 
-        goal = self.embed_text(tokenizer, prompts).mean(0)  # means of unit vectors, not re-normalised
+        embeddings = self.embed_text(tokenizer, prompts)  # (K, D) unit vectors e_i
         baseline = self.embed_text(tokenizer, baseline_prompts).mean(0)
+        if schedule:  # one goal per entry
+            goals = embeddings
+        elif all(w == 1.0 for w in weights):
+            goals = embeddings.mean(0, keepdim=True)  # means of unit vectors, not re-normalised
+        else:
+            w = torch.tensor(weights, device=embeddings.device)
+            goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
+        texts = [[p] for p in prompts] if schedule else [prompts]
+        projections = torch.stack([self.projection_for(g, baseline, alpha, t, baseline_prompts)
+                                   for g, t in zip(goals, texts)])
+        self.register_buffer("prompt_embeddings", embeddings)
+        self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projections", projections)  # (1, D, D), or (K, D, D)
+
+    @staticmethod
+    def projection_for(goal: torch.Tensor, baseline: torch.Tensor, alpha: float, prompts, baseline_prompts):
+        """P = alpha d d^T / |d|^2 + (1 - alpha) I with d = goal - baseline; UserError if d = 0 and alpha > 0."""
         d = goal - baseline
         eye = torch.eye(len(d), device=d.device)
         if alpha > 0 and d.norm() < 1e-6:
             raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
                             "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
         direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
-        self.register_buffer("goal", goal)
-        self.register_buffer("baseline", baseline)
-        self.register_buffer("projection", alpha * direction + (1.0 - alpha) * eye)
+        return alpha * direction + (1.0 - alpha) * eye
+
+    @property
+    def goal(self) -> torch.Tensor:
+        """The goal g (D,) (a schedule's first entry's)."""
+        return self.goals[0]
+
+    @property
+    def projection(self) -> torch.Tensor:
+        """The projection P (D, D) (a schedule's first entry's)."""
+        return self.projections[0]
 
     @classmethod
     def from_pretrained(cls, model_id: str, prompts, baseline_prompts=None, alpha: float = 0.0, dtype="auto",
-                        device="cpu") -> "CLIPReward":
+                        device="cpu", weights: Optional[Sequence[float]] = None,
+                        schedule: bool = False) -> "CLIPReward":
         """Loads a transformers CLIP checkpoint (hub id or local folder): model, tokenizer and image processor."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        check_reward_settings(prompts, baseline_prompts, alpha)  # fail before loading gigabytes
+        check_reward_settings(prompts, baseline_prompts, alpha, weights)  # fail before loading gigabytes
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
         try:
@@ -348,7 +472,7 @@ class CLIPReward(nn.Module):
             image_processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
             raise UserError(load_error(model_id, e)) from None
-        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha)
+        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
 
     def read_image_processor(self, p) -> None:
         """Keeps the image processor's settings (its rescaling and normalisation as buffers) for the batched version."""
@@ -424,30 +548,61 @@ class CLIPReward(nn.Module):
         e = getattr(out, "pooler_output", out).float()
         return e / e.norm(dim=-1, keepdim=True)
 
-    def reward_from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D)."""
-        return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+    def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D); prompt: None (the goal), or per frame
+        the index of its goal (a schedule's entry: g_k and P_k)."""
+        if prompt is None:
+            return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+        prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
+        reward = torch.empty(len(x), device=x.device)
+        for k in prompt.unique().tolist():  # the frames of each goal together
+            m = prompt == k
+            reward[m] = 1.0 - 0.5 * ((x[m] - self.goals[k]) @ self.projections[k]).pow(2).sum(-1)
+        return reward
+
+    def cosines(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain cosine similarity x . e_i of each normalised image embedding with each goal prompt (N, K)."""
+        return x @ self.prompt_embeddings.T
 
     @torch.inference_mode()
-    def forward(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device."""
+    def embed_frames(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), numpy or torch -> normalised image embeddings x (N, D) on the model's device."""
         frames = torch.as_tensor(frames)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 RGB frames shaped (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
-        return self.reward_from_embeddings(self.embed_images(self.preprocess(frames)))
+        return self.embed_images(self.preprocess(frames))
+
+    @torch.inference_mode()
+    def forward(self, frames, prompt=None) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device. prompt: None,
+        or an int or N goal indices (a schedule's entries)."""
+        return self.reward_from_embeddings(self.embed_frames(frames), prompt)
 
 
 class CLIPLabeler:
     """The reward source of the training loop: labels queued transitions with the CLIP reward of their frame
     (the frame rendered after the step, i.e. of next_obs), --reward-batch-size frames per forward pass, oldest
-    steps first across all envs. Transitions wait in the queue until a batch is full (or a flush)."""
+    steps first across all envs. Transitions wait in the queue until a batch is full (or a flush). With a
+    --prompt-schedule (starts: the entries' first steps), each frame is scored on the goal of the entry in force at
+    its step (schedule_entry); frames of different entries share the forward passes."""
 
     name = "clip"  # the loop logs charts/clip_return
     needs_frames = True  # the training envs render every step
 
-    def __init__(self, model: CLIPReward, batch_size: int):
+    def __init__(self, model: CLIPReward, batch_size: int, starts: Optional[Sequence[int]] = None):
         self.model, self.batch_size = model, batch_size
-        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0  # since the last log
+        self.starts = list(starts) if starts is not None else None
+        # a composition (several prompts, or weights): also each prompt's plain cosine, for the logs
+        self.each = self.starts is None and (len(model.prompts) > 1 or model.weights != [1.0])
+        self.texts_logged = False
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Sums over the frames labelled since the last log."""
+        k = len(self.model.prompts)
+        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
+        self.cosine_sum = np.zeros(k)  # per goal prompt (composition)
+        self.schedule_sum, self.schedule_frames = np.zeros(k), np.zeros(k, dtype=np.int64)  # per entry (schedule)
 
     def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
         pending = len(queue)
@@ -458,27 +613,56 @@ class CLIPLabeler:
         order = sorted((pos, env) for env, q in enumerate(queue.items) for pos in range(len(q)))[:n]
         take = np.bincount([env for _, env in order], minlength=len(queue.items))
         items = [queue.items[env].popleft() for env in range(len(queue.items)) for _ in range(take[env])]
-        rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]))
+        entry = None
+        if self.starts is not None:
+            entry = np.array([schedule_entry(self.starts, it["episode_step"]) for it in items])
+        rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]),
+                                None if entry is None else entry[i: i + self.batch_size])
                    for i in range(0, n, self.batch_size)]
         batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
         batch["reward"] = np.concatenate(rewards)
+        if entry is not None:
+            self.schedule_sum += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
+            self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
         return batch
 
-    def compute(self, frames: np.ndarray) -> np.ndarray:
+    def compute(self, frames: np.ndarray, entry: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal)."""
         t = time.perf_counter()
-        r = self.model(frames).cpu().numpy()  # .cpu() waits for the device: the timing is complete
+        with torch.inference_mode():
+            x = self.model.embed_frames(frames)
+            prompt = None if entry is None else torch.as_tensor(entry, device=x.device)
+            r = self.model.reward_from_embeddings(x, prompt).cpu().numpy()  # .cpu() waits: the timing is complete
+            if self.each:
+                self.cosine_sum += self.model.cosines(x).sum(0).double().cpu().numpy()
         self.seconds += time.perf_counter() - t
         self.frames += len(r)
         self.reward_sum, self.reward_sq = self.reward_sum + float(r.sum()), self.reward_sq + float((r ** 2).sum())
         return r
 
     def log(self, logger: "Logger", step: int) -> None:
+        """Means per frame since the last log: clip/reward, clip/reward_std, clip/frames_per_s; for a composition
+        clip/cosine_prompt{i}, the plain cosine x . e_i with goal prompt i; for a schedule clip/reward_schedule{k},
+        the mean reward of the frames under entry k. The index -> text table is written once as TensorBoard text
+        ("prompts")."""
+        if not self.texts_logged and (self.each or self.starts is not None):
+            writer = getattr(logger, "writer", None)
+            if writer is not None:
+                writer.add_text("prompts", prompt_table(self.model.prompts, self.model.weights, self.starts), step)
+            self.texts_logged = True
         if self.frames:
             mean = self.reward_sum / self.frames
             logger.scalar("clip/frames_per_s", self.frames / self.seconds, step)
             logger.scalar("clip/reward", mean, step)
             logger.scalar("clip/reward_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
-        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
+            if self.each:
+                for i, total in enumerate(self.cosine_sum):
+                    logger.scalar(f"clip/cosine_prompt{i}", total / self.frames, step)
+        if self.starts is not None:
+            for k, count in enumerate(self.schedule_frames):
+                if count:
+                    logger.scalar(f"clip/reward_schedule{k}", self.schedule_sum[k] / count, step)
+        self.reset_stats()
 
     def state_dict(self) -> dict:
         """Nothing to save: the CLIP reward is deterministic."""
@@ -492,9 +676,14 @@ def build_reward(args: Args, device: torch.device) -> CLIPLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     if args.reward_batch_size < 1:
         raise UserError(f"--reward-batch-size must be at least 1 (got {args.reward_batch_size})")
-    model = CLIPReward.from_pretrained(args.clip_model_id, args.prompt, args.baseline_prompt, args.clip_alpha,
-                                       args.dtype, device)
-    return CLIPLabeler(model, args.reward_batch_size)
+    prompts, weights, starts = resolve_prompts(args)
+    model = CLIPReward.from_pretrained(args.clip_model_id, prompts, args.baseline_prompt, args.clip_alpha,
+                                       args.dtype, device, weights=weights, schedule=starts is not None)
+    labeler = CLIPLabeler(model, args.reward_batch_size, starts)
+    if labeler.each or starts is not None:  # the per-prompt logs' indices (also saved in args.json)
+        kind = "schedule (clip/reward_schedule{k})" if starts is not None else "composition (clip/cosine_prompt{i})"
+        print(f"goal prompt {kind}:\n" + prompt_table(model.prompts, model.weights, starts))
+    return labeler
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===

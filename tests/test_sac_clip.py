@@ -230,3 +230,158 @@ def test_missing_model_from_the_command_line(in_tmp):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ----- compositional and sequential prompts -----
+OTHER = "a pendulum hanging down"
+
+
+class RecordingLogger:
+    """The parts of the core's Logger a reward source uses: scalar(), and writer.add_text for the prompt table."""
+
+    def __init__(self):
+        self.scalars, self.texts = {}, {}
+        self.writer = self
+
+    def scalar(self, tag, value, step):
+        self.scalars[tag] = float(value)
+
+    def add_text(self, tag, text, step):
+        self.texts[tag] = text
+
+
+def items_for(images, first_step=1, env=0):
+    """Queue items of one episode, episode_step first_step, first_step + 1, ..., one per image."""
+    return [{"obs": np.zeros(3, np.float32), "next_obs": np.zeros(3, np.float32), "action": np.zeros(1),
+             "env_reward": -1.0, "terminated": False, "done": False, "env": env, "episode": 0,
+             "episode_step": first_step + i, "frame": f} for i, f in enumerate(images)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_one_prompt_of_weight_1_is_bit_for_bit_the_single_prompt_reward(tiny_clip, frames, alpha):
+    """Against the formula as it was before weights: g = the mean of the normalised embeddings, P from d = g - b."""
+    single = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [GOAL], [BASELINE], alpha=alpha)
+    weighted = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), GOAL, [BASELINE], alpha=alpha, weights=[1.0])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_clip)
+    goal = single.embed_text(tokenizer, [GOAL]).mean(0)
+    d = goal - single.embed_text(tokenizer, [BASELINE]).mean(0)
+    eye = torch.eye(len(d))
+    P = alpha * (torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)) + (1.0 - alpha) * eye
+    with torch.inference_mode():
+        before = 1.0 - 0.5 * ((single.embed_frames(frames) - goal) @ P).pow(2).sum(-1)
+    assert torch.equal(single(frames), before) and torch.equal(weighted(frames), before)
+    # several prompts without weights: exactly the mean, as before
+    several = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [GOAL, OTHER], alpha=0.0)
+    assert torch.equal(several.goal, several.embed_text(tokenizer, [GOAL, OTHER]).mean(0))
+
+
+def test_weighted_goal_is_the_weighted_sum_over_the_sum_of_absolute_weights(tiny_clip, reference, frames):
+    prompts, weights = [GOAL, OTHER, "an upright pole"], [2.0, -1.0, 0.5]
+    reward = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), prompts, weights=weights)
+    x, e = reference_embeddings(reference, frames, prompts)
+    g = (np.array(weights)[:, None] * e).sum(0) / np.abs(weights).sum()
+    np.testing.assert_allclose(reward.goal.numpy(), g, atol=1e-6)
+    np.testing.assert_allclose(reward(frames).numpy(), x @ g + (1 - g @ g) / 2, atol=1e-4)  # alpha 0
+    # the scale of the weights does not matter, their ratios and signs do
+    scaled = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), prompts, weights=[4.0, -2.0, 1.0])
+    torch.testing.assert_close(scaled.goal, reward.goal)
+    with torch.inference_mode():
+        cos = reward.cosines(reward.embed_frames(frames)).numpy()
+    np.testing.assert_allclose(cos, x @ e.T, atol=1e-4)  # the plain per-prompt cosines of the logs
+
+
+@pytest.mark.parametrize("weights, message", [([0.0, 0.0], "all 0"), ([1.0], "1 --prompt-weight for 2 --prompt"),
+                                              ([1.0, float("nan")], "finite")])
+def test_bad_weights_are_refused(tiny_clip, weights, message):
+    with pytest.raises(sac_clip.UserError, match=message):
+        sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [GOAL, OTHER], weights=weights)
+
+
+def test_schedule_switches_goal_at_the_right_step_and_logs_each_entry(tiny_clip):
+    """"0:GOAL;3:OTHER" at alpha 0.5: transitions with episode_step 1-3 (steps s = 0..2) are rewarded as a
+    single-prompt CLIPReward of GOAL rewards them, 4-6 as one of OTHER (each with its own projection)."""
+    args = sac_clip.Args(prompt_schedule=f"0:{GOAL};3:{OTHER}", baseline_prompt=(BASELINE,), clip_alpha=0.5,
+                         clip_model_id=str(tiny_clip), reward_batch_size=4)
+    labeler = sac_clip.build_reward(args, torch.device("cpu"))
+    assert labeler.starts == [0, 3] and labeler.model.goals.shape[0] == 2
+    images = noise_frames(6, 40, 40, seed=8)
+    queue = sac_clip.TransitionQueue(1)
+    for it in items_for(images):
+        queue.push(it)
+    out = [labeler.label(queue), labeler.label(queue, flush=True)]  # a batch of 4 with both goals, then 2
+    rewards = np.concatenate([b["reward"] for b in out])
+    assert list(np.concatenate([b["episode_step"] for b in out])) == [1, 2, 3, 4, 5, 6]
+    single = {p: sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [p], [BASELINE], alpha=0.5)(images).numpy()
+              for p in (GOAL, OTHER)}
+    np.testing.assert_allclose(rewards[:3], single[GOAL][:3], atol=1e-6)
+    np.testing.assert_allclose(rewards[3:], single[OTHER][3:], atol=1e-6)
+    assert np.abs(single[GOAL] - single[OTHER]).min() > 1e-4  # the goals tell the frames apart
+    logger = RecordingLogger()
+    labeler.log(logger, 6)
+    assert logger.scalars["clip/reward_schedule0"] == pytest.approx(rewards[:3].mean(), abs=1e-6)
+    assert logger.scalars["clip/reward_schedule1"] == pytest.approx(rewards[3:].mean(), abs=1e-6)
+    assert f"|schedule1|3|{OTHER}|" in logger.texts["prompts"]
+
+
+def test_composition_logs_each_prompts_cosine(tiny_clip):
+    args = sac_clip.Args(prompt=(GOAL, OTHER), prompt_weight=(1.0, -0.5), clip_model_id=str(tiny_clip),
+                         reward_batch_size=4)
+    labeler = sac_clip.build_reward(args, torch.device("cpu"))
+    images = noise_frames(4, 40, 40, seed=9)
+    queue = sac_clip.TransitionQueue(1)
+    for it in items_for(images):
+        queue.push(it)
+    rewards = labeler.label(queue)["reward"]
+    np.testing.assert_allclose(rewards, labeler.model(images).numpy(), atol=1e-6)
+    logger = RecordingLogger()
+    labeler.log(logger, 4)
+    for i, p in enumerate((GOAL, OTHER)):  # alpha 0, one prompt: the reward is the plain cosine
+        alone = sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [p])(images).numpy()
+        assert logger.scalars[f"clip/cosine_prompt{i}"] == pytest.approx(alone.mean(), abs=1e-5)
+    assert "|prompt1|-0.5|" in logger.texts["prompts"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prompt-schedule", "0:a;200:b;100:c"], "starts must increase strictly (100 after 200)"),
+    (["--prompt-schedule", "5:a;200:b"], "the first entry must start at 0"),
+    (["--prompt-schedule", "0:a;100:"], "has no text"),
+    (["--prompt-schedule", "0:a;b"], "has no ':'"),
+    (["--prompt-schedule", "0:a", "--prompt", GOAL], "exclude each other"),
+    (["--prompt", GOAL, "--prompt", OTHER, "--prompt-weight", "0", "--prompt-weight", "0"], "all 0"),
+])
+def test_bad_prompt_flags_are_one_line_and_exit_2(in_tmp, tiny_clip, monkeypatch, capsys, flags, message):
+    """In-process through main(), as the command line runs it."""
+    argv = ["sac_clip.py", "--env-id", "Pendulum-v1", "--clip-model-id", str(tiny_clip), "--no-progress"]
+    monkeypatch.setattr("sys.argv", argv + flags)
+    with pytest.raises(SystemExit) as exit_:
+        sac_clip.main(sac_clip.Args, sac_clip.build_reward)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and message in last, err
+
+
+def test_unsorted_schedule_from_the_command_line(in_tmp):
+    proc = run_script("sac_clip.py", "--env-id", "Pendulum-v1", "--prompt-schedule", "0:a;200:b;100:c", cwd=in_tmp,
+                      check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: --prompt-schedule entry 3 '100:c': starts must increase strictly")
+
+
+def test_end_to_end_with_a_schedule(in_tmp, tiny_clip):
+    """In-process through train(): the per-entry rewards reach TensorBoard, the schedule is saved in args.json."""
+    schedule = f"0:{GOAL};100:{OTHER}"
+    args = sac_clip.Args(prompt_schedule=schedule, clip_model_id=str(tiny_clip), reward_batch_size=25,
+                         run_name="schedule", env_id="Pendulum-v1", total_timesteps=300, learning_starts=100,
+                         batch_size=32, eval_every=0, eval_episodes=0, log_every=100, checkpoint_every=0, threads=1,
+                         progress=False)
+    args, run_dir = sac_clip.prepare_run(args, sac_clip.Args)
+    summary = sac_clip.train(args, run_dir, sac_clip.build_reward)
+    assert summary["buffer_size"] == 300
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["prompt_schedule"] == schedule and saved["prompt"] == []
+    logged = scalars(run_dir)
+    for tag in ("clip/reward_schedule0", "clip/reward_schedule1", "clip/reward", "charts/clip_return"):
+        assert tag in logged, f"{tag} not logged: {sorted(logged)}"
+    assert logged["clip/reward_schedule0"][0][0] == 100 and logged["clip/reward_schedule1"][0][0] > 100
