@@ -257,7 +257,7 @@ def test_end_to_end_image_model(tiny_sd, in_tmp):
                "--run-name", "image", cwd=in_tmp)
     run_dir = in_tmp / "runs" / "image"
     saved = json.loads((run_dir / "args.json").read_text())
-    assert saved["prompt"] == PROMPT and saved["model_id"] == str(tiny_sd) and saved["exp_name"] == "sac_sds"
+    assert saved["prompt"] == [PROMPT] and saved["model_id"] == str(tiny_sd) and saved["exp_name"] == "sac_sds"
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert state["global_step"] == 300 and state["replay_buffer"]["size"] == 300  # every transition got its reward
     assert state["reward"]["generator"] is not None
