@@ -20,7 +20,10 @@ environment is rebuilt from the run's saved args (make_env of the SAC core, rend
 Metrics of a run: the environment's own return (mean and std over episodes); the CLIP score, the mean cosine
 similarity between every rendered frame and the run's prompt (--prompt for runs trained without one), computed
 by sac_clip.CLIPReward with alpha 0 under --clip-model-id; with --sds-model-id, the TADPoLe score of
-sac_sds.SDSReward (mean per-frame reward, and its align and recon terms). The reward source of a run is read
+sac_sds.SDSReward (mean per-frame reward, and its align and recon terms). A run trained on a composition of prompts
+(repeated --prompt, --prompt-weight) is scored on that composition: the CLIP score against its weighted goal g, the
+SDS score with eps_u + sum_i w_i (eps_i - eps_u). A run trained on a --prompt-schedule is scored frame by frame on
+the entry in force at the frame's step, as in training. The reward source of a run is read
 from args.json's exp_name. A run that cannot be evaluated (not a run folder, missing or unreadable checkpoint,
 an env that cannot be built) is reported in one line, skipped and listed as failed; the exit status is non-zero
 only if no run could be evaluated.
@@ -97,6 +100,8 @@ class Run:
     env_id: str = ""
     source: str = ""
     prompt: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()  # the run's --prompt-weight (empty: 1 each)
+    starts: tuple[int, ...] = ()  # a --prompt-schedule run: the first step of each entry of prompt (empty: none)
     seed: Optional[int] = None
     args: dict = dataclasses.field(default_factory=dict)
     error: Optional[str] = None
@@ -104,7 +109,23 @@ class Run:
 
     @property
     def prompt_text(self) -> str:
-        return " | ".join(self.prompt)
+        if self.starts:
+            return ";".join(f"{start}:{text}" for start, text in zip(self.starts, self.prompt))
+        weights = self.weights or (1.0,) * len(self.prompt)
+        return " | ".join(text if w == 1.0 else f"{text} (x{w:g})" for text, w in zip(self.prompt, weights))
+
+    @property
+    def text(self) -> tuple:
+        """What the text scores are computed against: (prompts, weights, schedule starts)."""
+        return self.prompt, self.weights, self.starts
+
+    def entries(self, n: int) -> Optional[np.ndarray]:
+        """A schedule run: the entry of each of the n frames of an evaluation episode. Frame j >= 1 is the frame
+        after step j, a transition of episode_step j in training, so it gets the entry training gave it; frame 0
+        (the reset frame, which training never scores) gets the first entry. None without a schedule."""
+        if not self.starts:
+            return None
+        return np.array([sac_sds.schedule_entry(self.starts, j) for j in range(n)])
 
 
 def expand(patterns) -> list[str]:
@@ -149,9 +170,19 @@ def read_run(path: str, default_prompt: Optional[str]) -> Run:
     except (ValueError, OSError) as e:
         run.error = f"unreadable args.json ({e})"
         return run
-    prompt = args.get("prompt") or default_prompt or ()
     run.args, run.env_id, run.source, run.seed = args, args["env_id"], reward_source(args), args.get("seed")
-    run.prompt = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+    if args.get("prompt_schedule"):  # scored per its schedule (see Run.entries)
+        try:
+            entries = sac_sds.parse_prompt_schedule(args["prompt_schedule"])
+        except USER_ERRORS as e:
+            run.error = f"unreadable prompt_schedule in args.json ({e})"
+            return run
+        run.prompt, run.starts = tuple(t for _, t in entries), tuple(s for s, _ in entries)
+    else:
+        prompt = args.get("prompt") or default_prompt or ()
+        run.prompt = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        if args.get("prompt") and args.get("prompt_weight"):
+            run.weights = tuple(float(w) for w in args["prompt_weight"])
     if not (folder / "checkpoint.pt").is_file():
         run.error = "no checkpoint.pt (training not started, or not saved yet)"
     return run
@@ -187,7 +218,8 @@ def load_policy(run: Run):
 class ClipScorer:
     """Mean cosine similarity between frames and a prompt: sac_clip.CLIPReward with alpha 0, one per prompt,
     all sharing one loaded CLIP model. For several prompts it is x . g with g the mean of their normalised
-    embeddings, i.e. the mean of the cosine similarities (CLIPReward's reward adds (1 - |g|^2) / 2 to that)."""
+    embeddings, i.e. the mean of the cosine similarities (CLIPReward's reward adds (1 - |g|^2) / 2 to that); with
+    weights g = sum_i w_i e_i / sum_i |w_i|; for a schedule x . e_k with the entry k of the frame's step."""
 
     def __init__(self, model_id: str, device: torch.device, dtype: str):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -200,22 +232,30 @@ class ClipScorer:
             raise sac_clip.UserError(sac_clip.load_error(model_id, e)) from None
         self.rewards: dict[tuple[str, ...], sac_clip.CLIPReward] = {}
 
-    def __call__(self, frames: np.ndarray, prompt: tuple[str, ...], batch_size: int) -> np.ndarray:
-        if prompt not in self.rewards:
-            self.rewards[prompt] = sac_clip.CLIPReward(self.model, self.tokenizer, self.image_processor, prompt,
-                                                       alpha=0.0)
-        reward = self.rewards[prompt]
+    def __call__(self, frames: np.ndarray, run: Run, batch_size: int) -> np.ndarray:
+        prompt, weights, starts = run.text
+        if run.text not in self.rewards:
+            self.rewards[run.text] = sac_clip.CLIPReward(  # (an SDS run's weights may all be 0: no goal, the mean)
+                self.model, self.tokenizer, self.image_processor, prompt, alpha=0.0,
+                weights=weights if any(weights) else None, schedule=bool(starts))
+        reward = self.rewards[run.text]
+        entries = run.entries(len(frames))
         out = []
         with torch.inference_mode():
             for i in range(0, len(frames), batch_size):
                 x = reward.embed_images(reward.preprocess(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size]))))
-                out.append((x @ reward.goal).cpu().numpy())
+                if entries is None:
+                    out.append((x @ reward.goal).cpu().numpy())
+                else:  # each frame against its entry's goal
+                    goals = reward.goals[torch.as_tensor(entries[i:i + batch_size], device=x.device)]
+                    out.append((x * goals).sum(-1).cpu().numpy())
         return np.concatenate(out)
 
 
 class SdsScorer:
-    """TADPoLe's per-frame reward and its align and recon terms from sac_sds.SDSReward (image mode). The prompt's
-    embedding is made when the model loads, so a new prompt reloads it (runs are evaluated grouped by prompt)."""
+    """TADPoLe's per-frame reward and its align and recon terms from sac_sds.SDSReward (image mode), on the run's
+    prompt, its composition (prompts and weights), or its schedule (each frame on its step's entry). The prompts'
+    embeddings are made when the model loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
 
     def __init__(self, args: EvalArgs, device: torch.device):
         self.args, self.device, self.prompt, self.model = args, device, None, None
@@ -226,23 +266,28 @@ class SdsScorer:
         """Every run gets the same noise levels and noise: called at the start of each run."""
         self.generator.manual_seed(self.args.seed)
 
-    def load(self, prompt: tuple[str, ...]) -> None:
-        text = prompt[0]  # SDSReward takes one prompt: a run trained on several (CLIP) is scored on its first
-        if text != self.prompt:
+    def load(self, text: tuple) -> None:
+        """text: Run.text, (prompts, weights, schedule starts); a schedule's entries are the model's prompts."""
+        prompts, weights, _ = text
+        key = (prompts, weights)
+        if key != self.prompt:
             self.model = None  # free the previous copy first
-            self.model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, text, dtype=self.args.dtype,
-                                                           device=self.device)
-            self.prompt = text
+            self.model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
+                                                           device=self.device, weights=list(weights) or None)
+            self.prompt = key
 
-    def __call__(self, frames: np.ndarray, prompt: tuple[str, ...]) -> dict[str, np.ndarray]:
-        self.load(prompt)
+    def __call__(self, frames: np.ndarray, run: Run) -> dict[str, np.ndarray]:
+        self.load(run.text)
+        entries = run.entries(len(frames))
         low = self.args.sds_noise_level_base
         t = int(torch.randint(low, low + self.args.sds_noise_level_range, (1,), generator=self.generator))
         align, recon = [], []
         for i in range(0, len(frames), self.args.batch_size):
             latents = self.model.encode(frames[i:i + self.args.batch_size])
             noise = torch.randn(latents.shape, generator=self.generator)
-            a, r = self.model.terms(latents, torch.full((len(latents),), t, device=self.device), noise.to(self.device))
+            prompt = None if entries is None else torch.as_tensor(entries[i:i + len(latents)], device=self.device)
+            a, r = self.model.terms(latents, torch.full((len(latents),), t, device=self.device), noise.to(self.device),
+                                    prompt=prompt)
             align.append(a.cpu())
             recon.append(r.cpu())
         align, recon = torch.cat(align), torch.cat(recon)
@@ -276,9 +321,9 @@ def evaluate_run(run: Run, actor, env, args: EvalArgs, clip: Optional[ClipScorer
         if ep == 0:
             first_frames = frames
         if run.prompt and clip is not None:
-            scores.setdefault("clip_score", []).append(clip(frames, run.prompt, args.batch_size))
+            scores.setdefault("clip_score", []).append(clip(frames, run, args.batch_size))
         if run.prompt and sds is not None:
-            for k, v in sds(frames, run.prompt).items():
+            for k, v in sds(frames, run).items():
                 scores.setdefault(k, []).append(v)
         if bar is not None:
             bar.update(1)
@@ -510,7 +555,7 @@ def run_evaluation(args: EvalArgs) -> list[Run]:
     clip = ClipScorer(args.clip_model_id, device, args.dtype) if todo and needs_text and args.clip_model_id else None
     sds = SdsScorer(args, device) if needs_text and args.sds_model_id else None
     if todo and sds is not None:  # fail early, before any rollout, on a model that does not load
-        sds.load(next(r.prompt for r in todo if r.prompt))
+        sds.load(next(r.text for r in todo if r.prompt))
 
     bar = tqdm(total=len(todo) * args.episodes, unit="episode", disable=not args.progress, dynamic_ncols=True)
     for i, run in enumerate(todo):

@@ -216,3 +216,47 @@ def test_importable_without_side_effects(tmp_path, monkeypatch):
 
     assert not any(tmp_path.iterdir())
     assert callable(eval_videos.main) and eval_videos.EvalArgs().out == "eval"
+
+
+def test_composed_and_scheduled_runs_are_scored_on_their_own_prompts(tmp_path, tiny_sd, tiny_clip):
+    """A schedule run's frames are scored on the entry of their step (frame j >= 1 is the frame after step j,
+    episode_step j in training; frame 0, the reset frame, on the first entry); a composition run on its weights.
+    Checked against single-prompt SDSReward and CLIPReward with the scorer's own noise."""
+    import eval_videos
+    import sac_clip
+    import sac_sds
+
+    def run_folder(name, **args):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "args.json").write_text(json.dumps({"env_id": "Pendulum-v1", "exp_name": "sac_sds", **args}))
+        return eval_videos.read_run(str(tmp_path / name), None)
+
+    other = "a pendulum hanging down"
+    scheduled = run_folder("sched", prompt=[], prompt_weight=[], prompt_schedule=f"0:{PROMPT};2:{other}")
+    assert scheduled.prompt == (PROMPT, other) and scheduled.starts == (0, 2)
+    assert scheduled.prompt_text == f"0:{PROMPT};2:{other}"
+    assert list(scheduled.entries(6)) == [0, 0, 0, 1, 1, 1]  # frames: reset, after steps 1, 2 (s = 0, 1), 3, ...
+    composed = run_folder("comp", prompt=[PROMPT, other], prompt_weight=[1.0, -0.5])
+    assert composed.weights == (1.0, -0.5) and composed.prompt_text == f"{PROMPT} | {other} (x-0.5)"
+    assert run_folder("old", prompt=PROMPT).text == ((PROMPT,), (), ())  # args.json from before composition
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
+    args = eval_videos.EvalArgs(sds_model_id=str(tiny_sd), batch_size=4, seed=7)
+    scorer = eval_videos.SdsScorer(args, torch.device("cpu"))
+    got = scorer(frames, scheduled)["sds_score"]
+    g = torch.Generator().manual_seed(7)  # the scorer's draws: t for the episode, then noise per batch of 4
+    t = int(torch.randint(400, 500, (1,), generator=g))
+    noise = torch.cat([torch.randn(4, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)])
+    single = {p: sac_sds.SDSReward.from_pretrained(str(tiny_sd), p) for p in (PROMPT, other)}
+    expected = [single[PROMPT if k == 0 else other](single[PROMPT].encode(frames[j:j + 1]), t, noise[j:j + 1]).item()
+                for j, k in enumerate(scheduled.entries(6))]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    scorer.reset()
+    composed_score = scorer(frames, composed)["sds_score"]
+    model = sac_sds.SDSReward.from_pretrained(str(tiny_sd), [PROMPT, other], weights=[1.0, -0.5])
+    np.testing.assert_allclose(composed_score, model(model.encode(frames), t, noise).numpy(), rtol=1e-4, atol=1e-4)
+
+    clip = eval_videos.ClipScorer(str(tiny_clip), torch.device("cpu"), "fp32")
+    cosines = {p: sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [p])(frames).numpy() for p in (PROMPT, other)}
+    expected = [cosines[PROMPT if k == 0 else other][j] for j, k in enumerate(scheduled.entries(6))]
+    np.testing.assert_allclose(clip(frames, scheduled, 4), expected, atol=1e-5)
