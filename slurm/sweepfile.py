@@ -17,7 +17,8 @@ dropped) and uses shell quoting only: no variables, pipes or line continuations.
 
 Every task gets a stable run name, runs/SWEEP__SCRIPT__ENV__PROMPT__sSEED__HASH, where HASH is a hash of the
 parsed command (so spacing, quoting style and comments do not matter, but any change of a flag gives a new
-run) and SWEEP is the sweep file's name without .txt. The name depends on neither the line number nor the job
+run) and SWEEP is the sweep file's name without .txt. PROMPT is the first --prompt, or for a --prompt-schedule its
+texts joined by "then" ("0:a person standing;200:a person jumping" -> a-person-standing-then-a-person-jumping). The name depends on neither the line number nor the job
 id: a requeued task, or the same sweep submitted again, finds its own run folder and resumes it. A line with
 its own --run-name keeps it. Two lines that name the same run are an error.
 
@@ -85,17 +86,28 @@ def slug(text: str, limit: int) -> str:
     return s[:limit].rstrip("-.")
 
 
+def prompt_slug(argv: list[str]) -> str:
+    """The PROMPT part of a run name: the first --prompt, else the texts of --prompt-schedule joined by "then"."""
+    prompt = flag_value(argv, "--prompt")
+    if prompt:
+        return slug(prompt, 40)
+    schedule = flag_value(argv, "--prompt-schedule")
+    if schedule:
+        texts = [entry.split(":", 1)[1] for entry in schedule.split(";") if ":" in entry]
+        return slug(" then ".join(texts), 40)
+    return ""
+
+
 def run_name(sweep: str, argv: list[str]) -> str:
     own = flag_value(argv, "--run-name")
     if own is not None:
         return own
     script = Path(argv[0]).stem
     parts = [sweep, script[4:] if script.startswith("sac_") else script]
-    env_id, prompt, seed = (flag_value(argv, f) for f in ("--env-id", "--prompt", "--seed"))
+    env_id, seed = (flag_value(argv, f) for f in ("--env-id", "--seed"))
     if env_id:
         parts.append(slug(env_id, 40))
-    if prompt:
-        parts.append(slug(prompt, 40))
+    parts.append(prompt_slug(argv))
     if seed is not None:
         parts.append("s" + slug(seed, 10))
     digest = hashlib.sha1("\0".join(argv).encode()).hexdigest()[:8]

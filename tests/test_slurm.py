@@ -94,6 +94,11 @@ def test_run_names_are_stable_and_readable(tmp_path):
                                                           "--no-progress"]
     assert ta.fresh_command()[-3:] == ["--run-name", ta.run_name, "--no-progress"]
     assert ta.resume_command() == ["sac_sds.py", "--resume", f"runs/{ta.run_name}"]
+    sched = write(tmp_path / "sched.txt", "sac_clip.py --env-id Pendulum-v1 --prompt-schedule "
+                                          "'0:a pendulum hanging down;100:a pendulum pointing up' --seed 1\n")
+    (t,) = sweepfile.read_tasks(sched)
+    assert re.fullmatch(r"sched__clip__Pendulum-v1__a-pendulum-hanging-down-then-a-pendulum__s1__[0-9a-f]{8}",
+                        t.run_name), t.run_name
 
 
 @pytest.mark.parametrize("text, message", [
