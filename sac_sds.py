@@ -828,8 +828,9 @@ class SDSLabeler:
                 if seg.items or not seg.closed:
                     break
                 segments.pop(0)
-        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device).T  # (rows, n)
-        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device).T
+        shape = (len(items), rows)  # (also when no frame is finished yet)
+        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device).reshape(shape).T
+        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device).reshape(shape).T
         return (items, align, recon) if self.each else (items, align[0], recon[0])
 
     def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:

@@ -566,6 +566,28 @@ def test_video_labeler_streams_a_schedule(tiny_sd, tiny_motion_adapter):
     np.testing.assert_allclose(rewards, expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_video_labeler_streams_a_composition_and_logs_each_prompt(tiny_sd, tiny_motion_adapter):
+    labeler = labeler_for(tiny_sd, tiny_motion_adapter, num_envs=1, batch=8, prompt=(PROMPT, OTHER),
+                          prompt_weight=(0.5, 0.5))
+    queue = TransitionQueue(1)
+    stream = push_episodes(queue, 0, [9], 0, 15)
+    out = []
+    for it in stream:
+        queue.push(it)
+        out.append(labeler.label(queue))
+    out.append(labeler.label(queue, flush=True))
+    rewards = np.concatenate([b["reward"] for b in out if b is not None])
+    latents, noise = labeler.model.encode(np.stack([it["frame"] for it in stream])), torch.zeros(9, 4, 8, 8)
+    np.testing.assert_allclose(rewards, labeler.model(latents, 450, noise).numpy(), rtol=1e-4, atol=1e-4)
+    logger = RecordingLogger()
+    labeler.log(logger, 9)
+    for i, text in enumerate((PROMPT, OTHER)):  # each prompt's own video reward, its terms summed over windows
+        alone = SDSReward.from_pretrained(str(tiny_sd), text, motion_adapter_id=str(tiny_motion_adapter),
+                                          context_size=4, stride=2)
+        assert logger.scalars[f"sds/reward_prompt{i}"] == pytest.approx(float(alone(latents, 450, noise).mean()),
+                                                                        rel=1e-4, abs=1e-4)
+
+
 @pytest.mark.parametrize("schedule, message", [
     ("", "--prompt-schedule is empty"),
     (" ; ", "has no ':'"),
