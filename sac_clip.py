@@ -318,7 +318,7 @@ def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     Raises UserError for an empty schedule, an entry without ':', a start that is not a whole number >= 0, starts
     that do not increase strictly, a first start other than 0, or an entry without text."""
     example = 'e.g. --prompt-schedule "0:a person standing;200:a person jumping"'
-    parts = [e for e in (text or "").split(";")]
+    parts = (text or "").split(";")
     if parts and not parts[-1].strip():
         parts.pop()  # "0:a;100:b;"
     if not parts:

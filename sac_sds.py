@@ -327,7 +327,7 @@ def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     Raises UserError for an empty schedule, an entry without ':', a start that is not a whole number >= 0, starts
     that do not increase strictly, a first start other than 0, or an entry without text."""
     example = 'e.g. --prompt-schedule "0:a person standing;200:a person jumping"'
-    parts = [e for e in (text or "").split(";")]
+    parts = (text or "").split(";")
     if parts and not parts[-1].strip():
         parts.pop()  # "0:a;100:b;"
     if not parts:
@@ -369,7 +369,7 @@ def resolve_prompts(args: "Args") -> tuple[list[str], list[float], Optional[list
     prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     weights = list(args.prompt_weight or ())
     if args.prompt_schedule is not None:
-        if any(p.strip() for p in prompts):
+        if prompts:
             raise UserError("--prompt and --prompt-schedule exclude each other: give the prompts either together "
                             "(--prompt, composed) or in sequence (--prompt-schedule)")
         if weights:
