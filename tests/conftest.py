@@ -3,9 +3,7 @@ them through the same from_pretrained(model_id) path users run with hub ids (no 
 
 from __future__ import annotations
 
-import json
 import os
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_PROMPT_CHARS = string.ascii_lowercase + string.digits + " .,'-!?"
 
 # ----- running the scripts (tests run them for real: as subprocesses, or in-process through train()) -----
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "demo"))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,17 +51,11 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def write_tiny_clip_tokenizer(folder: Path):
-    """A CLIP tokenizer over single characters (vocab.json + merges.txt, no merges): one token per character."""
-    from transformers import CLIPTokenizer
+    """A CLIP tokenizer over single characters (one token per character), 77 positions: the Pendulum world's
+    tokenizer (demo/train_pendulum_models.py)."""
+    from train_pendulum_models import write_char_tokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in TINY_PROMPT_CHARS.replace(" ", ""):
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)  # CLIP's BPE marks the last character of each word
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    return write_char_tokenizer(folder, max_length=77)
 
 
 def make_tiny_unet(cross_attention_dim: int = 32):

@@ -1,0 +1,299 @@
+"""Pendulum world: known-answer results for the text rewards, with the models trained by demo/train_pendulum_models.py.
+
+    python benchmarks/pendulum_world.py ranking             # do the rewards rank held-out frames by the pole angle?
+    python benchmarks/pendulum_world.py rl --jobs 2         # SAC from each reward, 3 seeds: return and pole angle
+
+ranking: held-out frames at random angles (seed unlike the training data's); for each prompt, the Spearman rank
+correlation over frames between the reward (and, for SDS, each of its two terms) and cos(angle), i.e. how upright
+the pole is. SDS draws t and the noise per frame as training does, so its figure is that of the single-sample
+reward SAC sees; "mean of N" also gives the correlation of the reward averaged over N noise draws.
+
+rl: each configuration (--configs) trains --seeds seeds for --steps steps as its own process (one torch thread,
+--jobs at a time) under runs/pendulum_world/; then every trained actor plays --eval-episodes deterministic
+episodes (the same start states for every configuration, and for the random policy, which is the floor;
+env-reward SAC is the ceiling). Reported per configuration, mean +- std over seeds: the environment's own return,
+the mean absolute pole angle (0 = up, 180 = down) over the whole episode and over each half of it, and the
+fraction of steps with the pole within 30 degrees of upright. Finished runs are reused, so an interrupted
+benchmark continues where it stopped. Results go to stdout and runs/pendulum_world/results.{md,json}.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
+import torch
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "demo"))
+
+UP, DOWN = "a pendulum pointing up", "a pendulum pointing down"
+SDS_MODEL, CLIP_MODEL = "demo/pendulum-sd", "demo/pendulum-clip"
+SCHEDULE = f"0:{DOWN};100:{UP}"
+# This world's diffusion model: the align term ranks frames backwards at every noise level and the recon term ranks
+# them best at high noise (`ranking` measures both), so the SDS runs use the recon term alone at t in [700, 900).
+# demo/pendulum-sd/tadpole_config.json holds the same settings (so plain `--model-id demo/pendulum-sd` uses them);
+# they are spelled out here so that the table shows what ran.
+SDS_WORLD = ["--model-id", SDS_MODEL, "--align-scale", "0", "--noise-level-base", "700", "--noise-level-range", "200"]
+# name -> (script, flags); every run also gets the common SAC flags of run_command
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "env": ("sac_env_reward.py", []),
+    "sds-up": ("sac_sds.py", [*SDS_WORLD, "--prompt", UP]),
+    "clip-up": ("sac_clip.py", ["--clip-model-id", CLIP_MODEL, "--prompt", UP]),
+    "sds-down": ("sac_sds.py", [*SDS_WORLD, "--prompt", DOWN]),
+    "clip-down": ("sac_clip.py", ["--clip-model-id", CLIP_MODEL, "--prompt", DOWN]),
+    # issue 8: sequence and composition
+    "sds-schedule": ("sac_sds.py", [*SDS_WORLD, "--prompt-schedule", SCHEDULE, "--time-feature"]),
+    "clip-schedule": ("sac_clip.py", ["--clip-model-id", CLIP_MODEL, "--prompt-schedule", SCHEDULE,
+                                      "--time-feature"]),
+    "sds-up-not-down": ("sac_sds.py", [*SDS_WORLD, "--prompt", UP, "--prompt-weight", "1",
+                                       "--prompt", DOWN, "--prompt-weight", "-1"]),
+    "clip-up-not-down": ("sac_clip.py", ["--clip-model-id", CLIP_MODEL, "--prompt", UP, "--prompt-weight", "1",
+                                         "--prompt", DOWN, "--prompt-weight", "-1"]),
+}
+BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
+
+
+@dataclass
+class Args:
+    what: Literal["ranking", "rl"] = "ranking"
+    """ranking: how the reward models rank held-out frames; rl: train and evaluate SAC"""
+    configs: tuple[str, ...] = BASIC
+    """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
+    sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down)"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """rl: training seeds"""
+    steps: int = 20_000
+    """rl: environment steps per run"""
+    learning_starts: int = 1_000
+    """rl: random steps before learning"""
+    eval_episodes: int = 10
+    """rl: deterministic evaluation episodes per trained actor (and for the random policy)"""
+    jobs: int = 2
+    """rl: runs trained at the same time (each uses one torch thread)"""
+    out: str = "runs/pendulum_world"
+    """rl: folder of the runs and the results files"""
+    extra: str = ""
+    """rl: further flags for every training run, one string, e.g. --extra "--align-scale 0" """
+    frames: int = 300
+    """ranking: held-out frames"""
+    noise_draws: int = 8
+    """ranking: noise draws per frame for the SDS reward"""
+    sds_model: str = SDS_MODEL
+    """ranking: the diffusion model"""
+    clip_model: str = CLIP_MODEL
+    """ranking: the CLIP model"""
+    sds_flags: str = ""
+    """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags "--align-scale 0" """
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ranking
+# ----------------------------------------------------------------------------------------------------------------
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (values are continuous: no ties)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def held_out_frames(n: int, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+    """n frames at random angles with random torque arrows, from a seed the training data did not use."""
+    from train_pendulum_models import render_frames
+
+    rng = np.random.default_rng(seed)
+    angles = rng.uniform(-math.pi, math.pi, n)
+    torques = np.where(rng.random(n) < 0.25, np.nan, rng.uniform(-2.0, 2.0, n))
+    return angles, render_frames(angles, torques)
+
+
+def ranking(args: Args) -> dict:
+    import sac_clip
+    import sac_sds
+
+    sds_args = tyro.cli(sac_sds.Args, args=["--prompt", UP, "--model-id", args.sds_model, *shlex.split(args.sds_flags)])
+    defaults, _ = sac_sds.tadpole_defaults(args.sds_model)  # the model's tadpole_config.json, unless flags say else
+    for k, v in defaults.items():
+        if getattr(sds_args, k) is None:
+            setattr(sds_args, k, v)
+    angles, frames = held_out_frames(args.frames)
+    upright = np.cos(angles)
+    results: dict = {"frames": args.frames, "noise_draws": args.noise_draws, "sds": {}, "clip": {}}
+    g = torch.Generator().manual_seed(0)
+    for prompt in (UP, DOWN):
+        model = sac_sds.SDSReward.from_pretrained(
+            args.sds_model, prompt, sds_args.negative_prompt, align_scale=sds_args.align_scale,
+            recon_scale=sds_args.recon_scale, resolution=sds_args.resolution)
+        latents = model.encode(frames)
+        low, high = sds_args.noise_level_base, sds_args.noise_level_base + sds_args.noise_level_range
+        terms = {"align": [], "recon": [], "reward": []}
+        for _ in range(args.noise_draws):
+            t = torch.randint(low, high, (len(latents),), generator=g)
+            noise = torch.randn(latents.shape, generator=g)
+            align, recon = model.terms(latents, t, noise)
+            for k, v in zip(terms, (align, recon, model.combine(align, recon))):
+                terms[k].append(v.numpy())
+        row = {}
+        for k, draws in terms.items():
+            draws = np.stack(draws)
+            row[k] = float(np.mean([spearman(d, upright) for d in draws]))
+            row[f"{k}_mean_of_{args.noise_draws}"] = spearman(draws.mean(0), upright)
+        row["reward_up_minus_down_frames"] = float(
+            np.mean(np.stack(terms["reward"])[:, upright > 0.9]) - np.mean(np.stack(terms["reward"])[:, upright < -0.9]))
+        results["sds"][prompt] = row
+        clip = sac_clip.CLIPReward.from_pretrained(args.clip_model, [prompt])
+        r = clip(frames).numpy()
+        results["clip"][prompt] = {"reward": spearman(r, upright),
+                                   "reward_up_minus_down_frames": float(r[upright > 0.9].mean() - r[upright < -0.9].mean())}
+
+    settings = (f"t in [{sds_args.noise_level_base}, {sds_args.noise_level_base + sds_args.noise_level_range}), "
+                f"align_scale {sds_args.align_scale}, recon_scale {sds_args.recon_scale}")
+    lines = [f"Spearman correlation with cos(angle) (1 = ranks frames exactly by uprightness) on {args.frames} "
+             f"held-out frames; SDS: {settings}",
+             "", "| model | prompt | term | one noise draw | mean of draws | up frames - down frames |",
+             "|---|---|---|---|---|---|"]
+    for prompt, row in results["sds"].items():
+        for k in ("align", "recon", "reward"):
+            gap = f"{row['reward_up_minus_down_frames']:+.3f}" if k == "reward" else ""
+            lines.append(f"| {args.sds_model} | {prompt} | {k} | {row[k]:+.2f} | "
+                         f"{row[f'{k}_mean_of_{args.noise_draws}']:+.2f} | {gap} |")
+    for prompt, row in results["clip"].items():
+        lines.append(f"| {args.clip_model} | {prompt} | reward | {row['reward']:+.2f} | (deterministic) | "
+                     f"{row['reward_up_minus_down_frames']:+.3f} |")
+    results["table"] = "\n".join(lines)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rl
+# ----------------------------------------------------------------------------------------------------------------
+def run_command(args: Args, config: str, seed: int) -> tuple[list[str], Path]:
+    script, flags = CONFIGS[config]
+    name = f"{Path(args.out).relative_to('runs') if args.out.startswith('runs/') else args.out}/{config}__s{seed}"
+    cmd = [sys.executable, str(ROOT / script), "--env-id", "Pendulum-v1", "--seed", str(seed), "--total-timesteps",
+           str(args.steps), "--learning-starts", str(args.learning_starts), "--eval-every", "0", "--eval-episodes",
+           "1", "--checkpoint-every", "0", "--threads", "1", "--no-progress", "--run-name", name, *flags,
+           *shlex.split(args.extra)]
+    return cmd, ROOT / "runs" / name
+
+
+def train_all(args: Args) -> dict[tuple[str, int], Path]:
+    todo, runs = [], {}
+    for config in args.configs:
+        if config == "random":
+            continue
+        if config not in CONFIGS:
+            sys.exit(f"error: unknown config '{config}'; choose from random, {', '.join(CONFIGS)}")
+        for seed in args.seeds:
+            cmd, run_dir = run_command(args, config, seed)
+            runs[config, seed] = run_dir
+            if not (run_dir / "summary.json").exists():
+                todo.append((cmd, run_dir))
+
+    def train(job):
+        cmd, run_dir = job
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / "checkpoint.pt").exists():  # an interrupted run: continue it
+            cmd = [*cmd[:2], "--resume", str(run_dir)]
+        start = time.time()
+        with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+            code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"  {run_dir.name}: exit {code} after {(time.time() - start) / 60:.1f} min", flush=True)
+        return code
+
+    if todo:
+        print(f"training {len(todo)} runs, {args.jobs} at a time", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(train, todo))
+        failed = [str(run_dir) for (_, run_dir), code in zip(todo, codes) if code != 0]
+        if failed:
+            sys.exit(f"error: runs failed (see their .log beside them): {', '.join(failed)}")
+    return runs
+
+
+def rollout(policy, run_args: dict, episodes: int) -> dict:
+    """Deterministic episodes with start states from seeds 10_000.. ; per step the pole angle from the observation
+    (cos, sin, angular velocity). policy: obs -> action, or None for uniform random actions."""
+    import sac_env_reward as core
+
+    known = {f.name for f in dataclasses.fields(core.SACArgs)}
+    env = core.make_env(core.SACArgs(**{k: v for k, v in run_args.items() if k in known}))
+    env.action_space.seed(0)
+    returns, angles = [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=10_000 + ep)
+        done, ret, ep_angles = False, 0.0, []
+        while not done:
+            if policy is None:
+                action = env.action_space.sample()
+            else:
+                with torch.no_grad():
+                    action = policy(torch.as_tensor(obs)[None])[0].numpy()
+            obs, r, terminated, truncated, _ = env.step(action)
+            ret += r
+            ep_angles.append(abs(math.atan2(obs[1], obs[0])))
+            done = terminated or truncated
+        returns.append(ret)
+        angles.append(ep_angles)
+    a = np.degrees(np.array(angles))  # (episodes, 200)
+    half = a.shape[1] // 2
+    return {"return": float(np.mean(returns)), "angle": float(a.mean()), "angle_first_half": float(a[:, :half].mean()),
+            "angle_second_half": float(a[:, half:].mean()), "upright": float((a < 30).mean())}
+
+
+def rl(args: Args) -> dict:
+    import sac_env_reward as core
+
+    runs = train_all(args)
+    per_seed: dict[str, list[dict]] = {}
+    for config in args.configs:
+        if config == "random":
+            per_seed[config] = [rollout(None, {"env_id": "Pendulum-v1"}, args.eval_episodes)]
+            continue
+        for seed in args.seeds:
+            actor, run_args = core.load_actor(runs[config, seed])
+            per_seed.setdefault(config, []).append(rollout(actor.act, run_args, args.eval_episodes))
+    metrics = ["return", "angle", "angle_first_half", "angle_second_half", "upright"]
+    heads = ["env return", "mean abs angle (deg)", "angle, steps 0-99", "angle, steps 100-199", "upright (<30 deg)"]
+    lines = [f"Pendulum-v1, {args.steps} steps per run, seeds {list(args.seeds)}, {args.eval_episodes} deterministic "
+             "evaluation episodes per actor (random policy: the same episodes); mean +- std over seeds",
+             "", "| config | command flags | " + " | ".join(heads) + " |", "|---" * (2 + len(heads)) + "|"]
+    summary = {}
+    for config, rows in per_seed.items():
+        summary[config] = {m: [r[m] for r in rows] for m in metrics}
+        flags = "uniform random actions" if config == "random" else \
+            f"{CONFIGS[config][0]} " + " ".join(f'"{f}"' if " " in f else f for f in CONFIGS[config][1])
+        cells = [f"{np.mean(summary[config][m]):.2f} +- {np.std(summary[config][m]):.2f}" if m == "upright" else
+                 f"{np.mean(summary[config][m]):.1f} +- {np.std(summary[config][m]):.1f}" for m in metrics]
+        lines.append(f"| {config} | {flags} | " + " | ".join(cells) + " |")
+    return {"steps": args.steps, "seeds": list(args.seeds), "per_seed": summary, "table": "\n".join(lines)}
+
+
+def main(args: Args) -> None:
+    start = time.time()
+    results = ranking(args) if args.what == "ranking" else rl(args)
+    print(results["table"])
+    print(f"\n({(time.time() - start) / 60:.1f} min)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.what}.md").write_text(results["table"] + "\n")
+    (out / f"{args.what}.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(tyro.cli(Args))
