@@ -72,10 +72,11 @@ class EvalArgs:
     """CLIP checkpoint (hub id or local folder) for the CLIP score; None to skip the CLIP score"""
     sds_model_id: Optional[str] = None
     """Stable Diffusion pipeline (hub id or local folder) for the TADPoLe score; None to skip it"""
-    sds_noise_level_base: int = 400
-    """SDS score: lowest noise level t; t is drawn once per episode from a generator seeded --seed"""
-    sds_noise_level_range: int = 100
-    """SDS score: t is uniform in [base, base + range)"""
+    sds_noise_level_base: Optional[int] = None
+    """SDS score: lowest noise level t, drawn once per episode from a generator seeded --seed (default: the SDS
+    model's tadpole_config.json, else the paper's 400)"""
+    sds_noise_level_range: Optional[int] = None
+    """SDS score: t is uniform in [base, base + range) (default: the model's tadpole_config.json, else 100)"""
     device: str = "auto"
     """device of the scoring models (the actor runs on the CPU): auto (cuda if available), cpu, cuda, cuda:1 ..."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -296,9 +297,17 @@ class SdsScorer:
 
 
 def check_scoring_settings(args: EvalArgs) -> None:
+    """Raises UserError for bad settings; fills the SDS noise levels in from the SDS model's own tadpole_config.json
+    (else the paper's) where not given."""
+    if args.sds_model_id:
+        defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id)
+        if args.sds_noise_level_base is None:
+            args.sds_noise_level_base = defaults["noise_level_base"]
+        if args.sds_noise_level_range is None:
+            args.sds_noise_level_range = defaults["noise_level_range"]
     if args.episodes < 1 or args.batch_size < 1 or args.contact_frames < 1:
         raise core.UserError("--episodes, --batch-size and --contact-frames must be at least 1")
-    if args.sds_noise_level_base < 0 or args.sds_noise_level_range < 1:
+    if (args.sds_noise_level_base or 0) < 0 or (args.sds_noise_level_range or 1) < 1:
         raise core.UserError("--sds-noise-level-base must be >= 0 and --sds-noise-level-range >= 1")
     if args.prompt is not None and not args.prompt.strip():
         raise core.UserError("--prompt is empty; give text, or leave it out")

@@ -162,14 +162,15 @@ class Args(SACArgs):
     """precision of the diffusion model (auto: bf16 on CUDA, fp32 on the CPU); the reward terms are summed in fp32"""
     resolution: Optional[int] = None
     """frames are resized to this many pixels square before encoding (default: the model's own, 512 for SD 2.1-base)"""
-    noise_level_base: int = 400
-    """lowest noise level t (of the 1000-step DDPM schedule); t is drawn once per episode"""
-    noise_level_range: int = 100
-    """t is uniform in [noise_level_base, noise_level_base + noise_level_range)"""
-    align_scale: float = 2000.0
-    """weight of the alignment term inside its symlog (0 drops the term)"""
-    recon_scale: float = 200.0
-    """weight of the reconstruction term inside its symlog (0 drops the term)"""
+    # The next four default to the model folder's tadpole_config.json if it has one, else to the paper's values
+    noise_level_base: Optional[int] = None
+    """lowest noise level t (of the 1000-step DDPM schedule), drawn once per episode (paper: 400)"""
+    noise_level_range: Optional[int] = None
+    """t is uniform in [noise_level_base, noise_level_base + noise_level_range) (paper: 100)"""
+    align_scale: Optional[float] = None
+    """weight of the alignment term inside its symlog; 0 drops the term (paper: 2000)"""
+    recon_scale: Optional[float] = None
+    """weight of the reconstruction term inside its symlog; 0 drops the term (paper: 200)"""
     reward_batch_size: int = 32
     """frames scored together, from all envs and consecutive steps (transitions wait for their reward until then)"""
     reward_compile: bool = False
@@ -396,6 +397,28 @@ def check_weights(prompts: list[str], weights: Optional[Sequence[float]]) -> lis
     return weights
 
 
+TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0}
+TADPOLE_CONFIG = "tadpole_config.json"
+
+
+def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
+    """The reward settings for a model: the paper's (DESIGN.md section 3), overridden by the model folder's
+    tadpole_config.json if it has one (a model's own defaults, as transformers' generation_config.json; flags given
+    on the command line override both). Returns the settings and the file they came from (None: the paper's)."""
+    settings, path = dict(TADPOLE_DEFAULTS), Path(os.path.expanduser(model_id)) / TADPOLE_CONFIG
+    if not path.is_file():
+        return settings, None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") from None
+    unknown = set(saved) - set(settings) - {"comment"}
+    if unknown:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
+    settings.update({k: type(settings[k])(v) for k, v in saved.items() if k in settings})
+    return settings, str(path)
+
+
 class SDSReward(nn.Module):
     """TADPoLe's reward for rendered frames (DESIGN.md section 3) from a frozen Stable Diffusion model.
 
@@ -439,12 +462,17 @@ class SDSReward(nn.Module):
         """Loads a diffusers Stable Diffusion pipeline (hub id or local folder): its UNet, VAE, scheduler, and its text
         encoder only long enough to embed the prompt(s) and the negative prompt. prompt: one text, or several to
         compose with weights (default 1 each), or a schedule's texts (scored one at a time with terms(prompt=...)).
-        options: align_scale, recon_scale, context_size, stride. Raises UserError for a model that cannot be
-        loaded, an empty prompt, or a number of weights other than the number of prompts."""
+        options: align_scale, recon_scale (default: tadpole_defaults(model_id)), context_size, stride. Raises
+        UserError for a model that cannot be loaded, an empty prompt, or a number of weights other than the number
+        of prompts."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(p.strip() for p in prompts):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
         weights = check_weights(prompts, weights)
+        defaults, _ = tadpole_defaults(model_id)
+        for k in ("align_scale", "recon_scale"):
+            if options.get(k) is None:
+                options[k] = defaults[k]
         device = torch.device(device)
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -908,6 +936,12 @@ def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optio
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     prompts, weights, starts = resolve_prompts(args)
+    defaults, source = tadpole_defaults(args.model_id)
+    unset = [k for k in defaults if getattr(args, k) is None]
+    for k in unset:  # the values in force go to the TensorBoard hyperparameter table; args.json keeps None
+        setattr(args, k, defaults[k])
+    if source and unset:
+        print(f"reward settings from {source}: " + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
     for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")

@@ -648,3 +648,29 @@ def test_end_to_end_with_a_schedule(tiny_sd, in_tmp):
         assert tag in logged, f"{tag} not logged: {sorted(logged)}"
     # the first 100 steps of the first episode are all on entry 0: the first log (step 100) has no entry 1 yet
     assert logged["sds/reward_schedule0"][0][0] == 100 and logged["sds/reward_schedule1"][0][0] > 100
+
+
+def test_model_folder_tadpole_config_sets_reward_defaults(tiny_sd, tmp_path):
+    """Reward settings: a flag given > the model folder's tadpole_config.json > the paper's (400, 100, 2000, 200)."""
+    import shutil
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_sd, folder)
+    cpu = torch.device("cpu")
+    settings = ("noise_level_base", "noise_level_range", "align_scale", "recon_scale")
+    args = Args(prompt=(PROMPT,), model_id=str(folder))
+    sac_sds.build_reward(args, cpu)
+    assert tuple(getattr(args, k) for k in settings) == (400, 100, 2000.0, 200.0)
+
+    (folder / "tadpole_config.json").write_text(json.dumps({"comment": "x", "noise_level_base": 700, "align_scale": 0}))
+    args = Args(prompt=(PROMPT,), model_id=str(folder), recon_scale=50.0)
+    labeler = sac_sds.build_reward(args, cpu)
+    assert tuple(getattr(args, k) for k in settings) == (700, 100, 0.0, 50.0)
+    assert labeler.noise_levels == (700, 800)
+    assert (labeler.model.align_scale, labeler.model.recon_scale) == (0.0, 50.0)
+    model = SDSReward.from_pretrained(str(folder), PROMPT)  # the class reads the folder's scales too
+    assert (model.align_scale, model.recon_scale) == (0.0, 200.0)
+
+    (folder / "tadpole_config.json").write_text(json.dumps({"noise_level": 700}))
+    with pytest.raises(UserError, match="unknown keys"):
+        sac_sds.build_reward(Args(prompt=(PROMPT,), model_id=str(folder)), cpu)
