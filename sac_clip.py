@@ -312,6 +312,7 @@ def check_reward_settings(prompts, baseline_prompts, alpha: float,
     return prompts, baseline_prompts, weights
 
 
+# === TEXT PROMPTS BEGIN: schedules (identical in sac_clip.py and sac_sds.py) ===
 def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
     jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
@@ -353,6 +354,16 @@ def schedule_entry(starts: Sequence[int], episode_step: int) -> int:
     return bisect.bisect_right(starts, max(int(episode_step) - 1, 0)) - 1
 
 
+def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
+    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
+    if starts is not None:
+        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
+        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
+    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
+    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
+# === TEXT PROMPTS END: schedules ===
+
+
 def resolve_prompts(args: "Args") -> tuple[list[str], Optional[list[float]], Optional[list[int]]]:
     """The run's goal texts, their weights (None: 1 each) and the schedule's starts (None without a schedule),
     from --prompt / --prompt-weight / --prompt-schedule; raises UserError for --prompt with --prompt-schedule, or
@@ -368,15 +379,6 @@ def resolve_prompts(args: "Args") -> tuple[list[str], Optional[list[float]], Opt
         raise UserError("--prompt-weight weighs repeated --prompt flags; it does not apply to --prompt-schedule")
     entries = parse_prompt_schedule(args.prompt_schedule)
     return [text for _, text in entries], None, [start for start, _ in entries]
-
-
-def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
-    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
-    if starts is not None:
-        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
-        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
-    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
-    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
 
 
 def load_error(model_id: str, e: Exception) -> str:

@@ -322,6 +322,7 @@ def _check_id(model_id: str, what: str) -> str:
     return model_id
 
 
+# === TEXT PROMPTS BEGIN: schedules (identical in sac_clip.py and sac_sds.py) ===
 def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
     jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
@@ -361,6 +362,16 @@ def schedule_entry(starts: Sequence[int], episode_step: int) -> int:
     """The schedule entry in force for a transition: the last one whose start is <= s = episode_step - 1, the
     0-based index of the env step in its episode (TransitionQueue items count episode_step from 1)."""
     return bisect.bisect_right(starts, max(int(episode_step) - 1, 0)) - 1
+
+
+def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
+    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
+    if starts is not None:
+        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
+        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
+    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
+    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
+# === TEXT PROMPTS END: schedules ===
 
 
 def resolve_prompts(args: "Args") -> tuple[list[str], list[float], Optional[list[int]]]:
@@ -922,15 +933,6 @@ class SDSLabeler:
     def load_state_dict(self, state: dict) -> None:
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
-
-
-def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optional[Sequence[int]]) -> str:
-    """The index -> text mapping of the per-prompt logs, as a markdown table (also printed at the start)."""
-    if starts is not None:
-        rows = [f"|schedule{k}|{start}|{text}|" for k, (start, text) in enumerate(zip(starts, prompts))]
-        return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
-    rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
-    return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
 
 
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:

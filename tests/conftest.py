@@ -40,6 +40,20 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+class RecordingLogger:
+    """The parts of the core's Logger a reward source uses: scalar(), and writer.add_text for the prompt table."""
+
+    def __init__(self):
+        self.scalars, self.texts = {}, {}
+        self.writer = self
+
+    def scalar(self, tag, value, step):
+        self.scalars[tag] = float(value)
+
+    def add_text(self, tag, text, step):
+        self.texts[tag] = text
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in a fresh working directory (runs/ lands there)."""

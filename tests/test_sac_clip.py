@@ -14,7 +14,7 @@ import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 import sac_clip
-from conftest import ROOT, run_script, scalars
+from conftest import ROOT, RecordingLogger, run_script, scalars
 from test_sac_core import EXPECTED, SOURCE, blocks
 
 GOAL, BASELINE = "a pendulum pointing up", "a pendulum"
@@ -234,20 +234,6 @@ def test_missing_model_from_the_command_line(in_tmp):
 
 # ----- compositional and sequential prompts -----
 OTHER = "a pendulum hanging down"
-
-
-class RecordingLogger:
-    """The parts of the core's Logger a reward source uses: scalar(), and writer.add_text for the prompt table."""
-
-    def __init__(self):
-        self.scalars, self.texts = {}, {}
-        self.writer = self
-
-    def scalar(self, tag, value, step):
-        self.scalars[tag] = float(value)
-
-    def add_text(self, tag, text, step):
-        self.texts[tag] = text
 
 
 def items_for(images, first_step=1, env=0):

@@ -4,6 +4,9 @@ Each shared block sits between `# === SAC CORE BEGIN: <name> ...` and `# === SAC
 sac_env_reward.py is the source of truth; after editing a block there, copy it to the other scripts with
 
     python tests/test_sac_core.py --sync
+
+The two text rewards also share their prompt-schedule code between `# === TEXT PROMPTS BEGIN/END ===` markers;
+sac_sds.py is its source of truth and --sync copies it to sac_clip.py.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ BLOCK = re.compile(r"^# === SAC CORE BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === S
                    re.M | re.S)
 EXPECTED = ["args", "environments", "networks", "replay buffer", "update", "checkpoints", "evaluation and logging",
             "training loop"]
+TEXT_SOURCE, TEXT_COPIES = ROOT / "sac_sds.py", [ROOT / "sac_clip.py"]
+TEXT_BLOCK = re.compile(r"^# === TEXT PROMPTS BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === TEXT PROMPTS END: (?P=name) ===$",
+                        re.M | re.S)
 
 
-def blocks(path: Path) -> dict[str, str]:
-    return {m["name"]: m[0] for m in BLOCK.finditer(path.read_text())}
+def blocks(path: Path, pattern: re.Pattern = BLOCK) -> dict[str, str]:
+    return {m["name"]: m[0] for m in pattern.finditer(path.read_text())}
 
 
 def test_source_has_every_block_once():
@@ -46,6 +52,16 @@ def test_copies_are_byte_identical():
             )
 
 
+def test_text_prompt_blocks_are_byte_identical():
+    source = blocks(TEXT_SOURCE, TEXT_BLOCK)
+    assert list(source) == ["schedules"]
+    for path in TEXT_COPIES:
+        assert blocks(path, TEXT_BLOCK) == source, (
+            f"the TEXT PROMPTS blocks of {path.name} differ from sac_sds.py's; edit sac_sds.py and run: "
+            "python tests/test_sac_core.py --sync"
+        )
+
+
 def test_block_extraction_sees_a_one_character_change(tmp_path):
     text = SOURCE.read_text()
     changed = tmp_path / "changed.py"
@@ -55,15 +71,16 @@ def test_block_extraction_sees_a_one_character_change(tmp_path):
 
 
 def sync() -> None:
-    source = blocks(SOURCE)
-    for path in COPIES:
-        if not path.exists():
-            continue
-        text = path.read_text()
-        for m in reversed(list(BLOCK.finditer(text))):
-            text = text[: m.start()] + source[m["name"]] + text[m.end():]
-        path.write_text(text)
-        print(f"synced {path.name}")
+    for source_path, copies, pattern in ((SOURCE, COPIES, BLOCK), (TEXT_SOURCE, TEXT_COPIES, TEXT_BLOCK)):
+        source = blocks(source_path, pattern)
+        for path in copies:
+            if not path.exists():
+                continue
+            text = path.read_text()
+            for m in reversed(list(pattern.finditer(text))):
+                text = text[: m.start()] + source[m["name"]] + text[m.end():]
+            path.write_text(text)
+            print(f"synced {path.name} from {source_path.name}")
 
 
 if __name__ == "__main__" and "--sync" in sys.argv:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, scalars
+from conftest import RecordingLogger, run_script, scalars
 
 import sac_sds
 from sac_sds import Args, SDSReward, TransitionQueue, UserError
@@ -363,20 +363,6 @@ def test_motion_adapter_that_does_not_fit(tiny_sd, tmp_path):
 OTHER = "a pendulum hanging down"
 
 
-class RecordingLogger:
-    """The parts of the core's Logger a reward source uses: scalar(), and writer.add_text for the prompt table."""
-
-    def __init__(self):
-        self.scalars, self.texts = {}, {}
-        self.writer = self
-
-    def scalar(self, tag, value, step):
-        self.scalars[tag] = float(value)
-
-    def add_text(self, tag, text, step):
-        self.texts[tag] = text
-
-
 def hand_embeddings(tiny_sd, texts: list[str]) -> torch.Tensor:
     """Text embeddings straight from the saved tokenizer and text encoder, as the pipeline makes them."""
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -549,17 +535,22 @@ def test_composition_logs_each_prompts_own_reward(tiny_sd):
     assert "|prompt1|-0.5|" in logger.texts["prompts"]
 
 
-def test_video_labeler_streams_a_schedule(tiny_sd, tiny_motion_adapter):
-    """Streamed windows with a schedule equal the whole-episode computation with each frame's entry."""
-    labeler = labeler_for(tiny_sd, tiny_motion_adapter, num_envs=1, batch=8, prompt_schedule=f"0:{PROMPT};5:{OTHER}")
-    queue = TransitionQueue(1)
-    stream = push_episodes(queue, 0, [11], 0, 14)
+def label_streamed(labeler, queue, stream) -> np.ndarray:
+    """Pushes the items one step at a time, labelling after each push, then flushes: the rewards in order."""
     out = []
     for it in stream:
         queue.push(it)
         out.append(labeler.label(queue))
     out.append(labeler.label(queue, flush=True))
-    rewards = np.concatenate([b["reward"] for b in out if b is not None])
+    return np.concatenate([b["reward"] for b in out if b is not None])
+
+
+def test_video_labeler_streams_a_schedule(tiny_sd, tiny_motion_adapter):
+    """Streamed windows with a schedule equal the whole-episode computation with each frame's entry."""
+    labeler = labeler_for(tiny_sd, tiny_motion_adapter, num_envs=1, batch=8, prompt_schedule=f"0:{PROMPT};5:{OTHER}")
+    queue = TransitionQueue(1)
+    stream = push_episodes(queue, 0, [11], 0, 14)
+    rewards = label_streamed(labeler, queue, stream)
     x = np.stack([it["frame"] for it in stream])
     entry = [0] * 5 + [1] * 6  # steps s = 0..4, then 5..10
     expected = labeler.model(labeler.model.encode(x), 450, torch.zeros(11, 4, 8, 8), prompt=entry)
@@ -571,12 +562,7 @@ def test_video_labeler_streams_a_composition_and_logs_each_prompt(tiny_sd, tiny_
                           prompt_weight=(0.5, 0.5))
     queue = TransitionQueue(1)
     stream = push_episodes(queue, 0, [9], 0, 15)
-    out = []
-    for it in stream:
-        queue.push(it)
-        out.append(labeler.label(queue))
-    out.append(labeler.label(queue, flush=True))
-    rewards = np.concatenate([b["reward"] for b in out if b is not None])
+    rewards = label_streamed(labeler, queue, stream)
     latents, noise = labeler.model.encode(np.stack([it["frame"] for it in stream])), torch.zeros(9, 4, 8, 8)
     np.testing.assert_allclose(rewards, labeler.model(latents, 450, noise).numpy(), rtol=1e-4, atol=1e-4)
     logger = RecordingLogger()
