@@ -13,8 +13,9 @@ rl: each configuration (--configs) trains --seeds seeds for --steps steps as its
 episodes (the same start states for every configuration, and for the random policy, which is the floor;
 env-reward SAC is the ceiling). Reported per configuration, mean +- std over seeds: the environment's own return,
 the mean absolute pole angle (0 = up, 180 = down) over the whole episode and over each half of it, and the
-fraction of steps with the pole within 30 degrees of upright. Finished runs are reused, so an interrupted
-benchmark continues where it stopped. Results go to stdout and runs/pendulum_world/results.{md,json}.
+fraction of steps with the pole within 30 degrees of upright; angles.png plots the mean angle at each step of the
+episode. Finished runs are reused, so an interrupted benchmark continues where it stopped. Results go to stdout
+and to {out}/rl.md, rl.json and angles.png ({out}/ranking.md and ranking.json for ranking).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class Args:
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down)"""
     seeds: tuple[int, ...] = (1, 2, 3)
     """rl: training seeds"""
-    steps: int = 20_000
-    """rl: environment steps per run"""
+    steps: int = 10_000
+    """rl: environment steps per run (of runs still to train; finished runs keep theirs, shown in the table)"""
     learning_starts: int = 1_000
     """rl: random steps before learning"""
     eval_episodes: int = 10
@@ -252,7 +253,8 @@ def rollout(policy, run_args: dict, episodes: int) -> dict:
     a = np.degrees(np.array(angles))  # (episodes, 200)
     half = a.shape[1] // 2
     return {"return": float(np.mean(returns)), "angle": float(a.mean()), "angle_first_half": float(a[:, :half].mean()),
-            "angle_second_half": float(a[:, half:].mean()), "upright": float((a < 30).mean())}
+            "angle_second_half": float(a[:, half:].mean()), "upright": float((a < 30).mean()),
+            "angle_by_step": a.mean(0).tolist()}
 
 
 def rl(args: Args) -> dict:
@@ -260,27 +262,57 @@ def rl(args: Args) -> dict:
 
     runs = train_all(args)
     per_seed: dict[str, list[dict]] = {}
+    trained_steps = set()
     for config in args.configs:
         if config == "random":
             per_seed[config] = [rollout(None, {"env_id": "Pendulum-v1"}, args.eval_episodes)]
             continue
         for seed in args.seeds:
             actor, run_args = core.load_actor(runs[config, seed])
+            trained_steps.add(run_args["total_timesteps"])
             per_seed.setdefault(config, []).append(rollout(actor.act, run_args, args.eval_episodes))
     metrics = ["return", "angle", "angle_first_half", "angle_second_half", "upright"]
     heads = ["env return", "mean abs angle (deg)", "angle, steps 0-99", "angle, steps 100-199", "upright (<30 deg)"]
-    lines = [f"Pendulum-v1, {args.steps} steps per run, seeds {list(args.seeds)}, {args.eval_episodes} deterministic "
+    steps = "/".join(str(n) for n in sorted(trained_steps)) or "-"
+    lines = [f"Pendulum-v1, {steps} steps per run, seeds {list(args.seeds)}, {args.eval_episodes} deterministic "
              "evaluation episodes per actor (random policy: the same episodes); mean +- std over seeds",
              "", "| config | command flags | " + " | ".join(heads) + " |", "|---" * (2 + len(heads)) + "|"]
     summary = {}
     for config, rows in per_seed.items():
-        summary[config] = {m: [r[m] for r in rows] for m in metrics}
+        summary[config] = {m: [r[m] for r in rows] for m in metrics + ["angle_by_step"]}
         flags = "uniform random actions" if config == "random" else \
             f"{CONFIGS[config][0]} " + " ".join(f'"{f}"' if " " in f else f for f in CONFIGS[config][1])
         cells = [f"{np.mean(summary[config][m]):.2f} +- {np.std(summary[config][m]):.2f}" if m == "upright" else
                  f"{np.mean(summary[config][m]):.1f} +- {np.std(summary[config][m]):.1f}" for m in metrics]
         lines.append(f"| {config} | {flags} | " + " | ".join(cells) + " |")
-    return {"steps": args.steps, "seeds": list(args.seeds), "per_seed": summary, "table": "\n".join(lines)}
+    plot_angles(per_seed, Path(args.out) / "angles.png", args)
+    return {"steps": sorted(trained_steps), "seeds": list(args.seeds), "per_seed": summary, "table": "\n".join(lines)}
+
+
+def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args) -> None:
+    """Mean absolute pole angle at each step of the evaluation episodes, one line per configuration (mean over
+    seeds, band: min to max over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for config, rows in per_seed.items():
+        curves = np.array([r["angle_by_step"] for r in rows])
+        (line,) = ax.plot(curves.mean(0), label=config, lw=1.5)
+        if len(curves) > 1:
+            ax.fill_between(np.arange(curves.shape[1]), curves.min(0), curves.max(0), color=line.get_color(), alpha=0.12)
+    ax.axvline(100, color="grey", ls=":", lw=1)
+    ax.set(xlabel="step of the episode", ylabel="mean |pole angle| (deg; 0 = up, 180 = down)", ylim=(0, 180),
+           title=f"Pendulum world: seeds {list(args.seeds)}, "
+                 f"{args.eval_episodes} evaluation episodes each")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"angle curves: {path}")
 
 
 def main(args: Args) -> None:
