@@ -259,6 +259,7 @@ class SdsScorer:
     embeddings are made when the model loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
 
     def __init__(self, args: EvalArgs, device: torch.device):
+        resolve_sds_noise_levels(args)
         self.args, self.device, self.prompt, self.model = args, device, None, None
         self.generator = torch.Generator()
         self.reset()
@@ -296,15 +297,19 @@ class SdsScorer:
                 "sds_recon": recon.numpy()}
 
 
-def check_scoring_settings(args: EvalArgs) -> None:
-    """Raises UserError for bad settings; fills the SDS noise levels in from the SDS model's own tadpole_config.json
-    (else the paper's) where not given."""
-    if args.sds_model_id:
+def resolve_sds_noise_levels(args: EvalArgs) -> None:
+    """Fills the SDS noise levels not given in from the SDS model's own tadpole_config.json (else the paper's)."""
+    if args.sds_model_id and (args.sds_noise_level_base is None or args.sds_noise_level_range is None):
         defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id)
         if args.sds_noise_level_base is None:
             args.sds_noise_level_base = defaults["noise_level_base"]
         if args.sds_noise_level_range is None:
             args.sds_noise_level_range = defaults["noise_level_range"]
+
+
+def check_scoring_settings(args: EvalArgs) -> None:
+    """Raises UserError for bad settings (and fills in the SDS noise levels not given)."""
+    resolve_sds_noise_levels(args)
     if args.episodes < 1 or args.batch_size < 1 or args.contact_frames < 1:
         raise core.UserError("--episodes, --batch-size and --contact-frames must be at least 1")
     if (args.sds_noise_level_base or 0) < 0 or (args.sds_noise_level_range or 1) < 1:
