@@ -90,7 +90,7 @@ class Args:
     out: str = "runs/pendulum_world"
     """rl: folder of the runs and the results files"""
     extra: str = ""
-    """rl: further flags for every training run, one string, e.g. --extra "--align-scale 0" """
+    """rl: further flags for every training run, one string, e.g. --extra="--align-scale 0" """
     frames: int = 300
     """ranking: held-out frames"""
     noise_draws: int = 8
@@ -100,7 +100,7 @@ class Args:
     clip_model: str = CLIP_MODEL
     """ranking: the CLIP model"""
     sds_flags: str = ""
-    """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags "--align-scale 0" """
+    """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags="--align-scale 0" """
 
 
 # ----------------------------------------------------------------------------------------------------------------
