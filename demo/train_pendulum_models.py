@@ -17,9 +17,10 @@ where it can be, in minutes on two CPU cores, deterministically (fixed seeds, fi
    then set from the measured latent std, so scaled latents have unit variance as SD's 0.18215 gives them
    (DESIGN.md section 8). The text encoder and the UNet are trained together on the epsilon objective with the
    caption dropped for 10% of samples (classifier-free training gives the unconditional prediction that both
-   TADPoLe terms compare against). tadpole_config.json beside it holds the reward settings measured to work for
-   this model (the recon term alone at high noise; see TADPOLE_CONFIG). The tokenizer spends one token per character, so its model_max_length and the
+   TADPoLe terms compare against). The tokenizer spends one token per character, so its model_max_length and the
    text encoder's positions (48) cover whole captions: truncation would make "up" and "down" identical.
+   tadpole_config.json beside the pipeline holds the reward settings measured to work for this model (the recon
+   term alone at high noise; see TADPOLE_CONFIG).
 3. demo/pendulum-clip: a transformers CLIP checkpoint (CLIPModel, tokenizer, CLIPImageProcessor at 32x32) trained
    with CLIP's contrastive loss against the four captions, using the same soft caption weights as targets.
 
