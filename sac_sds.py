@@ -430,6 +430,16 @@ def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
     return settings, str(path)
 
 
+def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
+    """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id); returns the
+    names filled in and the file they came from (None: the paper's)."""
+    defaults, source = tadpole_defaults(args.model_id)
+    unset = [k for k in defaults if getattr(args, k) is None]
+    for k in unset:
+        setattr(args, k, defaults[k])
+    return unset, source
+
+
 class SDSReward(nn.Module):
     """TADPoLe's reward for rendered frames (DESIGN.md section 3) from a frozen Stable Diffusion model.
 
@@ -938,10 +948,7 @@ class SDSLabeler:
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     prompts, weights, starts = resolve_prompts(args)
-    defaults, source = tadpole_defaults(args.model_id)
-    unset = [k for k in defaults if getattr(args, k) is None]
-    for k in unset:  # the values in force go to the TensorBoard hyperparameter table; args.json keeps None
-        setattr(args, k, defaults[k])
+    unset, source = apply_tadpole_defaults(args)  # the values in force go to the hparams table; args.json keeps None
     if source and unset:
         print(f"reward settings from {source}: " + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
     for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):

@@ -127,10 +127,7 @@ def ranking(args: Args) -> dict:
     import sac_sds
 
     sds_args = tyro.cli(sac_sds.Args, args=["--prompt", UP, "--model-id", args.sds_model, *shlex.split(args.sds_flags)])
-    defaults, _ = sac_sds.tadpole_defaults(args.sds_model)  # the model's tadpole_config.json, unless flags say else
-    for k, v in defaults.items():
-        if getattr(sds_args, k) is None:
-            setattr(sds_args, k, v)
+    sac_sds.apply_tadpole_defaults(sds_args)  # the model's tadpole_config.json, unless the flags say otherwise
     angles, frames = held_out_frames(args.frames)
     upright = np.cos(angles)
     results: dict = {"frames": args.frames, "noise_draws": args.noise_draws, "sds": {}, "clip": {}}
