@@ -90,12 +90,11 @@ def test_critic_target_bootstraps_through_truncation_only():
     with torch.no_grad():
         a2, logp2, _ = agent.actor.get_action(b["next_obs"])
         qs = []
-        for m in range(2):
-            h = torch.cat([b["next_obs"], a2], 1)
-            for i in range(3):
-                h = h @ agent.critic_target.weights[i][m] + agent.critic_target.biases[i][m]
-                h = torch.relu(h) if i < 2 else h
-            qs.append(h[:, 0])
+        c = agent.critic_target
+        for m in range(2):  # each member as a plain MLP
+            h = torch.relu(torch.cat([b["next_obs"], a2], 1) @ c.w1[m] + c.b1[m])
+            h = torch.relu(h @ c.w2[m] + c.b2[m])
+            qs.append(h @ c.w3[m, 0] + c.b3[m])
         soft_q = torch.minimum(*qs) - args.alpha * logp2[:, 0]
         y = b["reward"][:, 0] + (1 - b["terminated"][:, 0]) * args.gamma * soft_q
         q = agent.critic(b["obs"], b["action"])
