@@ -771,7 +771,10 @@ class ReplayBuffer:
     def add(self, batch: dict) -> None:
         """batch: numpy arrays or tensors with a leading dimension n (rewards and terminated flags shaped (n,))."""
         n = len(batch["obs"])
-        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        if self.pos + n <= self.capacity:  # a slice is cheaper than an index tensor, and the usual case
+            idx = slice(self.pos, self.pos + n)
+        else:
+            idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
         for k in self.FIELDS:
             v = torch.as_tensor(batch[k], dtype=torch.float32).to(self.device, non_blocking=True)
             self.data[k][idx] = v.reshape(n, -1)
@@ -780,7 +783,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> dict:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return {k: v[idx] for k, v in self.data.items()}
+        return {k: torch.index_select(v, 0, idx) for k, v in self.data.items()}
 
     def state_dict(self) -> dict:
         n = self.size  # only the filled part is saved; the ring order is kept by pos

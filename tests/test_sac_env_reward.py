@@ -76,6 +76,25 @@ def test_termination_and_truncation_under_autoreset(in_tmp):
     assert term.sum() == 2
 
 
+def test_replay_buffer_ring_wraps_around():
+    rb = sac.ReplayBuffer(5, obs_dim=2, act_dim=1, device=torch.device("cpu"))
+
+    def batch(start, n):  # transition i has every field equal to i
+        v = np.arange(start, start + n, dtype=np.float32)
+        return {"obs": np.repeat(v[:, None], 2, 1), "next_obs": np.repeat(v[:, None], 2, 1), "action": v[:, None],
+                "reward": v, "terminated": v}
+
+    rb.add(batch(0, 3))
+    rb.add(batch(3, 4))  # 3, 4 fill the end; 5, 6 overwrite the two oldest
+    assert (rb.pos, rb.size) == (2, 5)
+    for k in rb.FIELDS:
+        np.testing.assert_array_equal(rb.data[k][:, 0].numpy(), [5, 6, 2, 3, 4])
+    s = rb.sample(64)
+    assert set(s["reward"][:, 0].tolist()) <= {2.0, 3.0, 4.0, 5.0, 6.0}
+    torch.testing.assert_close(s["obs"][:, 0], s["reward"][:, 0])  # fields of one row stay together
+    torch.testing.assert_close(s["action"][:, 0], s["terminated"][:, 0])
+
+
 def test_critic_target_bootstraps_through_truncation_only():
     args = quick_args()
     space = gym.spaces.Box(-np.ones(1, np.float32), np.ones(1, np.float32))
