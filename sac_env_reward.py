@@ -397,6 +397,47 @@ class TransitionQueue:
 
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class FusedAdam:
+    """Adam over fixed parameter groups [(params, lr), ...], one fused kernel call per group and step.
+
+    The arithmetic is torch.optim.Adam(fused=True)'s: the same kernel (torch._fused_adam_), defaults (betas 0.9 and
+    0.999, eps 1e-8, no weight decay) and state (exp_avg, exp_avg_sq, a float32 step counter on the parameter's
+    device); tests/test_sac_env_reward.py checks they give identical parameters. What it leaves out is
+    torch.optim's per-step Python bookkeeping (grouping tensors, hooks, lazy state), which on a 2-core CPU costs more
+    than the arithmetic: about 1 ms of a 13 ms SAC update (benchmarks/profile_update.py). No host sync, so a step
+    can be captured in a CUDA graph."""
+
+    def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
+        self.groups = [(list(params), lr) for params, lr in groups]
+        params = [p for group, _ in self.groups for p in group]
+        self.state = {"exp_avg": [torch.zeros_like(p) for p in params],
+                      "exp_avg_sq": [torch.zeros_like(p) for p in params],
+                      "step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]}
+
+    def zero_grad(self) -> None:
+        """Zeroes the gradients in place (their tensors stay the same, as CUDA graphs need)."""
+        grads = [p.grad for group, _ in self.groups for p in group if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
+
+    def step(self) -> None:
+        torch._foreach_add_(self.state["step"], 1.0)
+        start = 0
+        for params, lr in self.groups:
+            state = {k: v[start:start + len(params)] for k, v in self.state.items()}
+            start += len(params)
+            torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
+                               state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                               amsgrad=False, maximize=False)
+
+    def state_dict(self) -> dict:
+        return {k: [t.detach().clone() for t in v] for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, tensors in self.state.items():  # in place: the tensors stay the same objects
+            torch._foreach_copy_(tensors, [t.to(tensors[0].device) for t in state[k]])
+
+
 class SAC(nn.Module):
     """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
 
@@ -418,17 +459,14 @@ class SAC(nn.Module):
         self.target_entropy = -float(act_dim)
         self.to(device)
         self.use_graphs = args.cudagraphs and device.type == "cuda"
-        opt = dict(capturable=True, foreach=True) if self.use_graphs else dict(fused=True)
-        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **opt)
-        groups = [{"params": list(self.actor.parameters()), "lr": args.policy_lr}]
+        self.q_optimizer = FusedAdam([(self.critic.parameters(), args.q_lr)])
+        groups = [(self.actor.parameters(), args.policy_lr)]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
-            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
-        self.actor_optimizer = torch.optim.Adam(groups, **opt)
+            groups.append(([self.log_alpha], args.q_lr))
+        self.actor_optimizer = FusedAdam(groups)
         self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
-        self.q_step, self.actor_step = self.q_optimizer.step, self.actor_optimizer.step
-        if args.compile:  # losses compile to one fused forward and backward each; the Adam steps to one kernel
+        if args.compile:  # each loss compiles to one fused forward and backward; Adam is one kernel already
             self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)
-            self.q_step, self.actor_step = torch.compile(self.q_optimizer.step), torch.compile(self.actor_optimizer.step)
         self._graphs: dict = {}
 
     def _critic_loss(self, obs, action, reward, next_obs, terminated):
@@ -453,16 +491,16 @@ class SAC(nn.Module):
 
     def critic_update(self, b: dict) -> dict:
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
-        self.q_optimizer.zero_grad(set_to_none=False)
+        self.q_optimizer.zero_grad()
         qf_loss.backward()
-        self.q_step()
+        self.q_optimizer.step()
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:
         actor_loss, alpha_loss = self.actor_loss(b["obs"])
-        self.actor_optimizer.zero_grad(set_to_none=False)
+        self.actor_optimizer.zero_grad()
         (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-        self.actor_step()
+        self.actor_optimizer.step()
         return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
                 "losses/alpha": self.log_alpha.detach().exp()}
 
