@@ -833,8 +833,8 @@ class FusedAdam:
     0.999, eps 1e-8, no weight decay) and state (exp_avg, exp_avg_sq, a float32 step counter on the parameter's
     device); tests/test_sac_env_reward.py checks they give identical parameters. What it leaves out is
     torch.optim's per-step Python bookkeeping (grouping tensors, hooks, lazy state), which on a 2-core CPU costs more
-    than the arithmetic: about 1 ms of a 13 ms SAC update (benchmarks/profile_update.py). No host sync, so a step
-    can be captured in a CUDA graph."""
+    than the arithmetic: about 1 ms of a 13 ms SAC update (benchmarks/profile_update.py). It makes no host sync, as
+    capture in a CUDA graph (--cudagraphs) requires."""
 
     def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
         self.groups = [(list(params), lr) for params, lr in groups]
@@ -1004,9 +1004,13 @@ def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dic
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); is the run folder complete?") from None
-    sac.load_state_dict(state["sac"])
-    sac.q_optimizer.load_state_dict(state["q_optimizer"])
-    sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    try:
+        sac.load_state_dict(state["sac"])
+        sac.q_optimizer.load_state_dict(state["q_optimizer"])
+        sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path} does not fit this SAC core's networks or optimizer state "
+                        f"({type(e).__name__}); it was written by another version: resume it with that version") from None
     if state["replay_buffer"] is not None:
         rb.load_state_dict(state["replay_buffer"])
     reward.load_state_dict(state["reward"])
@@ -1029,7 +1033,11 @@ def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
     obs_dim = actor_state["net.0.weight"].shape[1]
     scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
     actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
-    actor.load_state_dict(actor_state)
+    try:
+        actor.load_state_dict(actor_state)
+    except RuntimeError:
+        raise UserError(f"the actor in {run_dir / 'checkpoint.pt'} does not fit this SAC core's Actor; it was written "
+                        f"by another version: evaluate it with that version") from None
     return actor.eval(), args
 # === SAC CORE END: checkpoints ===
 

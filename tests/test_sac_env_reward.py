@@ -239,6 +239,22 @@ def test_checkpoint_and_resume_continue_the_same_run(in_tmp):
     assert steps == sorted(steps) and steps[-1] == 700
 
 
+def test_checkpoint_of_another_version_gives_one_line_error(in_tmp):
+    """A checkpoint whose networks or optimizer state have another layout (an older SAC core) is refused with one
+    line, both for --resume and for load_actor (eval_videos.py)."""
+    train_in_process(quick_args(run_name="old", total_timesteps=250))
+    path = in_tmp / "runs" / "old" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["sac"] = {k.replace("actor.head.", "actor.fc_mean."): v for k, v in state["sac"].items()}
+    torch.save(state, path)
+    with pytest.raises(sac.UserError, match="another version"):
+        sac.load_actor(in_tmp / "runs" / "old")
+    proc = run_script("sac_env_reward.py", "--resume", "runs/old", cwd=in_tmp, check=False, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "another version" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_checkpoint_and_resume_finishes(in_tmp, sig):
     cmd = [sys.executable, str(ROOT / "sac_env_reward.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "2500",
