@@ -118,7 +118,7 @@ class SACArgs:
 
     # Speed
     compile: bool = False
-    """torch.compile the update step"""
+    """torch.compile the critic and actor losses (slower than eager on a 2-core CPU: README, Speed)"""
     cudagraphs: bool = False
     """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
     threads: int = 0
