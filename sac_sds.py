@@ -1123,24 +1123,26 @@ class FusedAdam:
     capture in a CUDA graph (--cudagraphs) requires."""
 
     def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
-        self.groups = [(list(params), lr) for params, lr in groups]
-        params = [p for group, _ in self.groups for p in group]
-        self.state = {"exp_avg": [torch.zeros_like(p) for p in params],
-                      "exp_avg_sq": [torch.zeros_like(p) for p in params],
-                      "step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]}
+        self.groups = []  # (params, lr, that group's state): the same tensors as in self.state, listed per group
+        self.state = {"exp_avg": [], "exp_avg_sq": [], "step": []}
+        for params, lr in groups:
+            params = list(params)
+            state = {"exp_avg": [torch.zeros_like(p) for p in params],
+                     "exp_avg_sq": [torch.zeros_like(p) for p in params],
+                     "step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]}
+            for k, tensors in state.items():
+                self.state[k] += tensors
+            self.groups.append((params, lr, state))
 
     def zero_grad(self) -> None:
         """Zeroes the gradients in place (their tensors stay the same, as CUDA graphs need)."""
-        grads = [p.grad for group, _ in self.groups for p in group if p.grad is not None]
+        grads = [p.grad for params, _, _ in self.groups for p in params if p.grad is not None]
         if grads:
             torch._foreach_zero_(grads)
 
     def step(self) -> None:
         torch._foreach_add_(self.state["step"], 1.0)
-        start = 0
-        for params, lr in self.groups:
-            state = {k: v[start:start + len(params)] for k, v in self.state.items()}
-            start += len(params)
+        for params, lr, state in self.groups:
             torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
                                state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                                amsgrad=False, maximize=False)
