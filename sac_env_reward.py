@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -100,7 +101,8 @@ class SACArgs:
 
     # Speed
     compile: bool = False
-    """torch.compile the critic and actor losses (slower than eager on a 2-core CPU: README, Speed)"""
+    """torch.compile the critic and actor losses (needs a C++ compiler such as g++ on the CPU; compiling takes
+    about a minute, then each update is faster: README, Speed)"""
     cudagraphs: bool = False
     """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
     threads: int = 0
@@ -295,9 +297,21 @@ class Actor(nn.Module):
         return action, log_prob.sum(-1, keepdim=True), torch.tanh(mean) * self.action_scale + self.action_bias
 
     @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action get_action samples (the same random draw), without its log-probability: for acting."""
+        mean, log_std = self(obs)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean)) * self.action_scale + self.action_bias
+
+    @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for evaluation."""
         return self.get_action(obs)[2]
+
+
+def _relu_float_grad(x: torch.Tensor) -> torch.Tensor:
+    """max(x, 0) as (x + |x|) / 2, for torch.compile: its backward keeps a float tensor where relu's keeps a bool
+    mask, which inductor's CPU code stores element by element, ~30x slower (benchmarks/compile_relu_mask.py)."""
+    return (x + x.abs()) * 0.5
 
 
 class EnsembleCritic(nn.Module):
@@ -322,8 +336,11 @@ class EnsembleCritic(nn.Module):
         params = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)
         w1, b1, w2, b2, w3, b3 = (p.detach() for p in params) if detach else params
         x = torch.cat([obs, action], -1).expand(len(w1), -1, -1)
-        h = torch.baddbmm(b1, x, w1).relu_()  # in place: baddbmm's backward does not need its output
-        h = torch.baddbmm(b2, h, w2).relu_()
+        relu = torch.relu_  # in place: baddbmm's backward does not need its output
+        if detach and torch.compiler.is_compiling():
+            relu = _relu_float_grad
+        h = relu(torch.baddbmm(b1, x, w1))
+        h = relu(torch.baddbmm(b2, h, w2))
         return (h * w3).sum(-1) + b3  # a (hidden x 1) matmul is slow on the CPU; this is the same sum
 # === SAC CORE END: networks ===
 
@@ -419,13 +436,20 @@ class FusedAdam:
                 self.state[k] += tensors
             self.groups.append((params, lr, state))
 
-    def zero_grad(self) -> None:
-        """Zeroes the gradients in place (their tensors stay the same, as CUDA graphs need)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """set_to_none: the next backward writes fresh gradients instead of adding to zeroed ones (one pass less
+        per parameter). False zeroes them in place, so their tensors stay the same, as CUDA graphs need."""
+        if set_to_none:
+            for params, _, _ in self.groups:
+                for p in params:
+                    p.grad = None
+            return
         grads = [p.grad for params, _, _ in self.groups for p in params if p.grad is not None]
         if grads:
             torch._foreach_zero_(grads)
 
     def step(self) -> None:
+        """One Adam step; every parameter must have a gradient."""
         torch._foreach_add_(self.state["step"], 1.0)
         for params, lr, state in self.groups:
             torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
@@ -468,8 +492,13 @@ class SAC(nn.Module):
         self.actor_optimizer = FusedAdam(groups)
         self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
         if args.compile:  # each loss compiles to one fused forward and backward; Adam is one kernel already
-            self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)
+            # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
+            # cpp_wrapper: the code calling the kernels is C++, not Python (less overhead per call)
+            options = {"fallback_random": True, "cpp_wrapper": True}
+            self.critic_loss = torch.compile(self._critic_loss, options=options)
+            self.actor_loss = torch.compile(self._actor_loss, options=options)
         self._graphs: dict = {}
+        self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
 
     def _critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
@@ -493,14 +522,14 @@ class SAC(nn.Module):
 
     def critic_update(self, b: dict) -> dict:
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
-        self.q_optimizer.zero_grad()
+        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)
         qf_loss.backward()
         self.q_optimizer.step()
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:
         actor_loss, alpha_loss = self.actor_loss(b["obs"])
-        self.actor_optimizer.zero_grad()
+        self.actor_optimizer.zero_grad(set_to_none=not self.use_graphs)
         (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
         self.actor_optimizer.step()
         return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
@@ -508,7 +537,7 @@ class SAC(nn.Module):
 
     def target_update(self) -> None:
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+            torch._foreach_lerp_(*self._polyak, self.args.tau)
 
     def step(self, b: dict, actor: bool, target: bool) -> dict:
         out = self.critic_update(b)
@@ -739,6 +768,9 @@ def validate(args: SACArgs) -> None:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
     if args.alpha <= 0:
         raise UserError(f"--alpha must be positive (got {args.alpha})")
+    if args.compile and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c):
+        raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
+                        "(apt install g++, or module load gcc on a cluster) or drop --compile")
 
 
 def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
@@ -821,9 +853,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
             if global_step < args.learning_starts:
                 actions = envs.action_space.sample()
             else:
-                with torch.no_grad():
-                    actions, _, _ = sac.actor.get_action(torch.as_tensor(obs, device=device))
-                actions = actions.cpu().numpy()
+                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
             next_obs, env_rewards, terminations, truncations, _ = envs.step(actions)
             frames = envs.render() if reward.needs_frames else None
             global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted

@@ -4,6 +4,7 @@ learning, bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,33 @@ def test_fused_adam_equals_torch_optim_adam():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert all(not torch.equal(p, p0) for p, p0 in zip(ours, start))  # and the parameters did move
     assert opt.state["step"][0].item() == 6.0
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler (.ci/run installs g++)")
+def test_compile_matches_eager():
+    """--compile: four updates (critic, actor and temperature, Polyak) give the parameters and losses of eager
+    mode from the same state and seed (fallback_random keeps torch's random draws)."""
+    space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+    torch.manual_seed(0)
+    agents = [sac.SAC(quick_args(compile=c), 5, space, torch.device("cpu")) for c in (False, True)]
+    agents[1].load_state_dict(agents[0].state_dict())
+    g = torch.Generator().manual_seed(1)
+    batches = [{"obs": torch.randn(32, 5, generator=g), "next_obs": torch.randn(32, 5, generator=g),
+                "action": torch.rand(32, 2, generator=g) * 4 - 2, "reward": torch.randn(32, 1, generator=g),
+                "terminated": (torch.rand(32, 1, generator=g) < 0.2).float()} for _ in range(4)]
+    losses = []
+    for agent in agents:
+        torch.manual_seed(2)
+        losses.append([agent.update(b, i) for i, b in enumerate(batches)])
+    for eager, compiled in zip(*losses):
+        assert eager.keys() == compiled.keys()
+        for k in eager:
+            torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
+    start = sac.SAC(quick_args(), 5, space, torch.device("cpu"))
+    for (name, p), p_eager, p0 in zip(agents[1].named_parameters(), agents[0].parameters(), start.parameters()):
+        torch.testing.assert_close(p, p_eager, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(agents[1].critic.w2, agents[0].critic_target.w2)  # and the update did something
 
 
 def test_replay_buffer_ring_wraps_around():
@@ -294,14 +322,15 @@ def test_atomic_checkpoint_survives_a_failed_save(in_tmp, monkeypatch):
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--env-id", "NoSuchEnv-v9"], "unknown environment id 'NoSuchEnv-v9'"),
-    (["--env-id", "CartPole-v1"], "Discrete action space"),
-    (["--resume", "runs/missing"], "--resume runs/missing"),
-    (["--num-envs", "0"], "--num-envs must be at least 1"),
+@pytest.mark.parametrize("argv,message,env", [
+    (["--env-id", "NoSuchEnv-v9"], "unknown environment id 'NoSuchEnv-v9'", None),
+    (["--env-id", "CartPole-v1"], "Discrete action space", None),
+    (["--resume", "runs/missing"], "--resume runs/missing", None),
+    (["--num-envs", "0"], "--num-envs must be at least 1", None),
+    (["--env-id", "Pendulum-v1", "--compile"], "--compile needs a C++ compiler", {"PATH": "/nonexistent", "CXX": ""}),
 ])
-def test_bad_input_gives_one_line_error(in_tmp, argv, message):
-    proc = run_script("sac_env_reward.py", *argv, "--no-progress", cwd=in_tmp, check=False, timeout=120)
+def test_bad_input_gives_one_line_error(in_tmp, argv, message, env):
+    proc = run_script("sac_env_reward.py", *argv, "--no-progress", cwd=in_tmp, check=False, timeout=120, env=env)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and message in lines[0], proc.stderr
