@@ -776,35 +776,41 @@ class EnsembleCritic(nn.Module):
 
 # === SAC CORE BEGIN: replay buffer (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 class ReplayBuffer:
-    """Preallocated ring buffer of transitions as torch tensors on the training device."""
+    """Preallocated ring buffer of transitions on the training device, one row per transition with the fields side
+    by side (obs, next_obs, action, reward, terminated): adding is one copy, sampling one gather."""
 
     FIELDS = ("obs", "next_obs", "action", "reward", "terminated")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
         dims = {"obs": obs_dim, "next_obs": obs_dim, "action": act_dim, "reward": 1, "terminated": 1}
-        self.data = {k: torch.empty(capacity, dims[k], dtype=torch.float32, device=device) for k in self.FIELDS}
+        self.columns, width = {}, 0
+        for k in self.FIELDS:
+            self.columns[k], width = slice(width, width + dims[k]), width + dims[k]
+        self.storage = torch.empty(capacity, width, dtype=torch.float32, device=device)
+        self.data = {k: self.storage[:, c] for k, c in self.columns.items()}  # views: one field of every row
 
     def add(self, batch: dict) -> None:
-        """batch: numpy arrays or tensors with a leading dimension n (rewards and terminated flags shaped (n,))."""
+        """batch: numpy arrays with a leading dimension n (rewards and terminated flags shaped (n,))."""
         n = len(batch["obs"])
+        rows = np.concatenate([np.asarray(batch[k], dtype=np.float32).reshape(n, -1) for k in self.FIELDS], 1)
+        rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
         if self.pos + n <= self.capacity:  # a slice is cheaper than an index tensor, and the usual case
-            idx = slice(self.pos, self.pos + n)
+            self.storage[self.pos : self.pos + n] = rows
         else:
-            idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
-        for k in self.FIELDS:
-            v = torch.as_tensor(batch[k], dtype=torch.float32).to(self.device, non_blocking=True)
-            self.data[k][idx] = v.reshape(n, -1)
+            self.storage[torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity] = rows
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int) -> dict:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return {k: torch.index_select(v, 0, idx) for k, v in self.data.items()}
+        rows = torch.index_select(self.storage, 0, idx)
+        return {k: rows[:, c] for k, c in self.columns.items()}
 
     def state_dict(self) -> dict:
-        n = self.size  # only the filled part is saved; the ring order is kept by pos
-        return {"pos": self.pos, "size": n, "data": {k: v[:n].cpu().clone() for k, v in self.data.items()}}
+        n = self.size  # only the filled part is saved, field by field; the ring order is kept by pos
+        return {"pos": self.pos, "size": n,
+                "data": {k: v[:n].cpu().clone(memory_format=torch.contiguous_format) for k, v in self.data.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.pos, self.size = state["pos"], state["size"]

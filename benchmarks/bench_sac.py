@@ -4,7 +4,9 @@ Both run the same loop on the same env: `--learning-starts` random steps (not ti
 acting + one update per step, timed. The baseline below is a faithful transcription of CleanRL's update (two
 separate QNetworks, torch.distributions.Normal, Adam with default settings, critic gradients computed in the actor
 loss and zeroed later, a fresh sample for the alpha loss, a Python loop for the Polyak update). Variants run
-interleaved, `--repeats` times, and the ratio of medians is printed.
+interleaved, `--repeats` times. Printed: each variant's median steps/s, the ratio of medians, and the median of
+the per-repeat ratios (each run against the baseline run just before it, which cancels most of a shared machine's
+slow drift in speed).
 
     python benchmarks/bench_sac.py --env-id Hopper-v4 --steps 2000 --repeats 2
 """
@@ -165,12 +167,15 @@ def main() -> None:
         for name, fn in variants.items():
             results[name].append(fn(r + 1))
             print(f"  repeat {r + 1} {name}: {results[name][-1]:.1f} steps/s", flush=True)
-    base = statistics.median(results["cleanrl (eager baseline)"])
+    base_runs = results["cleanrl (eager baseline)"]
+    base = statistics.median(base_runs)
     print(f"\n{a.env_id}, learning phase, {a.steps} steps x {a.repeats} repeats, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"| variant | steps/s (median) | ratio |\n|-|-|-|")
+    print("| variant | steps/s (median) | ratio of medians | per-repeat ratios: median (range) |\n|-|-|-|-|")
     for name, v in results.items():
-        print(f"| {name} | {statistics.median(v):.1f} | {statistics.median(v) / base:.2f}x |")
+        ratios = [x / b for x, b in zip(v, base_runs)]  # each against the baseline run just before it
+        print(f"| {name} | {statistics.median(v):.1f} | {statistics.median(v) / base:.2f}x | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
 if __name__ == "__main__":
