@@ -1214,8 +1214,8 @@ class SAC(nn.Module):
         self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
         if args.compile:  # each loss compiles to one fused forward and backward; Adam is one kernel already
             # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
-            # cpp_wrapper: the code calling the kernels is C++, not Python (less overhead per call)
-            options = {"fallback_random": True, "cpp_wrapper": True}
+            # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call)
+            options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
             self.critic_loss = torch.compile(self._critic_loss, options=options)
             self.actor_loss = torch.compile(self._actor_loss, options=options)
         self._graphs: dict = {}
