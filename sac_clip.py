@@ -722,14 +722,17 @@ class Actor(nn.Module):
         # log N(x; mean, std) - log|d action / d x|, with log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
         log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         log_prob = log_prob - 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) - self.action_scale.log()
-        action = torch.tanh(x) * self.action_scale + self.action_bias
-        return action, log_prob.sum(-1, keepdim=True), torch.tanh(mean) * self.action_scale + self.action_bias
+        return self.squash(x), log_prob.sum(-1, keepdim=True), self.squash(mean)
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh into (-1, 1), then scaled to the action space's bounds."""
+        return torch.tanh(x) * self.action_scale + self.action_bias
 
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         """The action get_action samples (the same random draw), without its log-probability: for acting."""
         mean, log_std = self(obs)
-        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean)) * self.action_scale + self.action_bias
+        return self.squash(mean + log_std.exp() * torch.randn_like(mean))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -1194,6 +1197,12 @@ def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
     return args, run_dir
 
 
+def cxx_compiler() -> Optional[str]:
+    """The C++ compiler torch.compile's generated code would be built with ($CXX, g++, c++ or clang++), or None."""
+    found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
+    return next((path for path in found if path), None)
+
+
 def validate(args: SACArgs) -> None:
     for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "policy_frequency",
                  "target_network_frequency", "render_size", "log_every"):
@@ -1203,7 +1212,7 @@ def validate(args: SACArgs) -> None:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
     if args.alpha <= 0:
         raise UserError(f"--alpha must be positive (got {args.alpha})")
-    if args.compile and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c):
+    if args.compile and cxx_compiler() is None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
 

@@ -4,7 +4,6 @@ learning, bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -103,7 +102,7 @@ def test_fused_adam_equals_torch_optim_adam():
     assert opt.state["step"][0].item() == 6.0
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+@pytest.mark.skipif(sac.cxx_compiler() is None,
                     reason="torch.compile's CPU backend needs a C++ compiler (.ci/run installs g++)")
 def test_compile_matches_eager():
     """--compile: four updates (critic, actor and temperature, Polyak) give the parameters and losses of eager
@@ -124,8 +123,7 @@ def test_compile_matches_eager():
         assert eager.keys() == compiled.keys()
         for k in eager:
             torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
-    start = sac.SAC(quick_args(), 5, space, torch.device("cpu"))
-    for (name, p), p_eager, p0 in zip(agents[1].named_parameters(), agents[0].parameters(), start.parameters()):
+    for (name, p), p_eager in zip(agents[1].named_parameters(), agents[0].parameters()):
         torch.testing.assert_close(p, p_eager, rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(agents[1].critic.w2, agents[0].critic_target.w2)  # and the update did something
 
