@@ -311,12 +311,6 @@ class Actor(nn.Module):
         return self.get_action(obs)[2]
 
 
-def _relu_float_grad(x: torch.Tensor) -> torch.Tensor:
-    """max(x, 0) as (x + |x|) / 2, for torch.compile: its backward keeps a float tensor where relu's keeps a bool
-    mask, which inductor's CPU code stores element by element, ~30x slower (benchmarks/compile_relu_mask.py)."""
-    return (x + x.abs()) * 0.5
-
-
 class EnsembleCritic(nn.Module):
     """n Q-networks (256-256 ReLU MLPs) evaluated together: one batched matmul per hidden layer for all members,
     the output layer (hidden -> 1) as a dot product. Each member is initialised like nn.Linear. forward returns
@@ -339,11 +333,8 @@ class EnsembleCritic(nn.Module):
         params = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)
         w1, b1, w2, b2, w3, b3 = (p.detach() for p in params) if detach else params
         x = torch.cat([obs, action], -1).expand(len(w1), -1, -1)
-        relu = torch.relu_  # in place: baddbmm's backward does not need its output
-        if detach and torch.compiler.is_compiling():
-            relu = _relu_float_grad
-        h = relu(torch.baddbmm(b1, x, w1))
-        h = relu(torch.baddbmm(b2, h, w2))
+        h = torch.relu_(torch.baddbmm(b1, x, w1))  # in place: baddbmm's backward does not need its output
+        h = torch.relu_(torch.baddbmm(b2, h, w2))
         return (h * w3).sum(-1) + b3  # a (hidden x 1) matmul is slow on the CPU; this is the same sum
 # === SAC CORE END: networks ===
 
@@ -457,13 +448,23 @@ class FusedAdam:
         if grads:
             torch._foreach_zero_(grads)
 
+    @torch.no_grad()
     def step(self) -> None:
         """One Adam step; every parameter must have a gradient."""
         torch._foreach_add_(self.state["step"], 1.0)
         for params, lr, state in self.groups:
-            torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
-                               state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
-                               amsgrad=False, maximize=False)
+            if not torch.compiler.is_compiling():
+                torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
+                                   state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                                   amsgrad=False, maximize=False)
+                continue
+            # torch.compile cannot trace _fused_adam_ (in place on lists of tensors); the same arithmetic in plain
+            # ops, which inductor fuses into the update's own loops
+            for p, m, v, t in zip(params, state["exp_avg"], state["exp_avg_sq"], state["step"]):
+                m.lerp_(p.grad, 1 - 0.9)
+                v.mul_(0.999).addcmul_(p.grad, p.grad, value=1 - 0.999)
+                denom = (v.sqrt() / (1 - 0.999**t).sqrt()).add_(1e-8)
+                p.sub_(lr / (1 - 0.9**t) * m / denom)
 
     def state_dict(self) -> dict:
         return {k: [t.detach().clone() for t in v] for k, v in self.state.items()}
@@ -499,17 +500,17 @@ class SAC(nn.Module):
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
             groups.append(([self.log_alpha], args.q_lr))
         self.actor_optimizer = FusedAdam(groups)
-        self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
-        if args.compile:  # each loss compiles to one fused forward and backward; Adam is one kernel already
+        if args.compile:  # the whole update step (losses, backward passes, Adam, Polyak) as one compiled program
             # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
-            # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call)
+            # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call);
+            # trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three
             options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
-            self.critic_loss = torch.compile(self._critic_loss, options=options)
-            self.actor_loss = torch.compile(self._actor_loss, options=options)
+            compiled = torch.compile(self.step, options=options)
+            self.step = torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
         self._graphs: dict = {}
         self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
 
-    def _critic_loss(self, obs, action, reward, next_obs, terminated):
+    def critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_action, next_log_prob, _ = self.actor.get_action(next_obs)
@@ -520,7 +521,7 @@ class SAC(nn.Module):
         qf_loss = (q - target).pow(2).mean(1).sum()  # = CleanRL's qf1_loss + qf2_loss
         return qf_loss, q.detach().mean(1)
 
-    def _actor_loss(self, obs):
+    def actor_loss(self, obs):
         log_alpha = self.log_alpha
         action, log_prob, _ = self.actor.get_action(obs)
         log_prob = log_prob.squeeze(-1)
@@ -531,16 +532,16 @@ class SAC(nn.Module):
 
     def critic_update(self, b: dict) -> dict:
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
-        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)
         qf_loss.backward()
         self.q_optimizer.step()
+        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)  # after the step: every update starts alike
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:
         actor_loss, alpha_loss = self.actor_loss(b["obs"])
-        self.actor_optimizer.zero_grad(set_to_none=not self.use_graphs)
         (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
         self.actor_optimizer.step()
+        self.actor_optimizer.zero_grad(set_to_none=not self.use_graphs)
         return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
                 "losses/alpha": self.log_alpha.detach().exp()}
 

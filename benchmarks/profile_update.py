@@ -1,5 +1,6 @@
-"""Where one SAC update's time goes: each phase of sac_env_reward.SAC's update timed with perf_counter, eager and
-(with --compile) with the losses compiled, the two interleaved in rounds in one process.
+"""Where one SAC update's time goes: each phase of sac_env_reward.SAC's eager update timed with perf_counter; with
+--compile, also the whole update, eager against compiled (sac_env_reward.py --compile compiles the update as one
+program, so it has no phases to time), by kind of update. Variants run interleaved in rounds in one process.
 
 torch.profiler is not used: on the 2-core CPU it inflates the in-place timings of elementwise ops on (2, 256, 256)
 tensors by 5-10x (measured: a mul that takes 34 us under perf_counter shows as 250 us), which points at the wrong
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=300, help="timed updates per variant (after 40 warm-up updates)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compile", action="store_true",
-                   help="also the losses compiled (sac_env_reward.py --compile), interleaved with eager in rounds")
+                   help="also the whole update, eager against compiled (sac_env_reward.py --compile), by kind")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -46,9 +47,9 @@ def main() -> None:
     rng, n = np.random.default_rng(0), 20_000
     rb.add({"obs": rng.standard_normal((n, obs_dim)), "next_obs": rng.standard_normal((n, obs_dim)),
             "action": rng.uniform(-1, 1, (n, act_dim)), "reward": rng.standard_normal(n), "terminated": np.zeros(n)})
-    times = {k: defaultdict(list) for k in variants}
+    times = defaultdict(list)
 
-    def update(agent, times, iteration):  # SAC.update's eager path, phase by phase
+    def update(agent, iteration):  # SAC.update's eager path, phase by phase
         def timed(name, fn):
             t0 = time.perf_counter()
             out = fn()
@@ -58,44 +59,58 @@ def main() -> None:
         b = timed("sample the batch", lambda: rb.sample(args.batch_size))
         qf_loss, _ = timed("critic: target + forward + loss", lambda: agent.critic_loss(
             b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"]))
-        timed("critic: zero_grad", agent.q_optimizer.zero_grad)
         timed("critic: backward", qf_loss.backward)
         timed("critic: Adam step", agent.q_optimizer.step)
+        timed("critic: zero_grad", agent.q_optimizer.zero_grad)
         if iteration % args.policy_frequency == 0:
             for _ in range(args.policy_frequency):
                 actor_loss, alpha_loss = timed("actor: forward + loss", lambda: agent.actor_loss(b["obs"]))
-                timed("actor: zero_grad", agent.actor_optimizer.zero_grad)
                 timed("actor: backward", (actor_loss + alpha_loss).backward)
                 timed("actor: Adam step", agent.actor_optimizer.step)
+                timed("actor: zero_grad", agent.actor_optimizer.zero_grad)
         if iteration % args.target_network_frequency == 0:
             timed("target: Polyak", agent.target_update)
 
-    for k, agent in agents.items():  # warm-up (and compilation)
-        for i in range(40):
-            update(agent, times[k], i)
-        times[k].clear()
+    # kinds of update: (with actor updates, with Polyak update), as SAC.update picks them from the iteration
+    cycle = range(args.policy_frequency * args.target_network_frequency)
+    weights = Counter((i % args.policy_frequency == 0, i % args.target_network_frequency == 0) for i in cycle)
+    kinds = sorted(weights)
+    whole = {k: defaultdict(float) for k in variants}
+    for i in range(40):  # warm-up (and compilation)
+        update(agents["eager"], i)
+        for agent in agents.values():
+            agent.update(rb.sample(args.batch_size), i)
+    times.clear()
     rounds = 10  # variants alternate in rounds, so that the machine's drift in speed hits both alike
     per_round = max(a.updates // rounds // 2 * 2, 2)
-    total = dict.fromkeys(variants, 0.0)
     for r in range(rounds):
-        for k, agent in agents.items():
-            t0 = time.perf_counter()
-            for i in range(per_round):
-                update(agent, times[k], i)
-            total[k] += time.perf_counter() - t0
+        for i in range(per_round):
+            update(agents["eager"], i)
+        if a.compile:
+            for kind in kinds:
+                for k, agent in agents.items():
+                    t0 = time.perf_counter()
+                    for _ in range(per_round):
+                        agent.step(rb.sample(args.batch_size), *kind)
+                    whole[k][kind] += time.perf_counter() - t0
     count = rounds * per_round
-    total = {k: v / count * 1e3 for k, v in total.items()}
+    total = sum(sum(v) for v in times.values()) / count * 1e3
     print(f"{a.env_id}, batch {args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{count} updates per variant in {rounds} interleaved rounds (policy_frequency {args.policy_frequency})\n")
-    print("| phase | " + " | ".join(f"{k}: ms per update (share)" for k in variants) + " |\n|-|"
-          + "-|" * len(variants))
-    for name in times["eager"]:
-        cells = [f"{sum(times[k][name]) / count * 1e3:.3f} ({sum(times[k][name]) / count * 1e3 / total[k]:.0%})"
-                 for k in variants]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("| total | " + " | ".join(f"{total[k]:.2f}" for k in variants) + " |")
+    print("| phase (eager) | ms per update | share |\n|-|-|-|")
+    for name, v in times.items():
+        print(f"| {name} | {sum(v) / count * 1e3:.3f} | {sum(v) / count * 1e3 / total:.0%} |")
+    print(f"| total | {total:.2f} | |")
     if a.compile:
-        print(f"\ncompiled / eager: {total['eager'] / total['compiled']:.2f}x faster per update")
+        names = {(False, True): "critic + Polyak", (True, True): f"critic + {args.policy_frequency} actor + Polyak",
+                 (False, False): "critic", (True, False): f"critic + {args.policy_frequency} actor"}
+        print("\n| whole update, by kind | eager: ms | compiled: ms | compiled / eager |\n|-|-|-|-|")
+        for kind in kinds:
+            e, c = (whole[k][kind] / count * 1e3 for k in ("eager", "compiled"))
+            print(f"| {names[kind]} | {e:.2f} | {c:.2f} | {e / c:.2f}x faster |")
+        e, c = (sum(whole[k][kind] * w for kind, w in weights.items()) / len(cycle) / count * 1e3
+                for k in ("eager", "compiled"))
+        print(f"| per update, the kinds weighted as they occur | {e:.2f} | {c:.2f} | {e / c:.2f}x faster |")
 
 
 if __name__ == "__main__":
