@@ -120,8 +120,8 @@ class SACArgs:
 
     # Speed
     compile: bool = False
-    """torch.compile the critic and actor losses (needs a C++ compiler such as g++ on the CPU; compiling takes
-    about a minute, then each update is faster: README, Speed)"""
+    """torch.compile the whole update step into one program (needs a C++ compiler such as g++ on the CPU; the first
+    updates compile for about a minute, then each update is faster: README, Speed)"""
     cudagraphs: bool = False
     """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
     threads: int = 0
@@ -1137,7 +1137,8 @@ class FusedAdam:
     device); tests/test_sac_env_reward.py checks they give identical parameters. What it leaves out is
     torch.optim's per-step Python bookkeeping (grouping tensors, hooks, lazy state), which on a 2-core CPU costs more
     than the arithmetic: about 1 ms of a 13 ms SAC update (benchmarks/profile_update.py). It makes no host sync, as
-    capture in a CUDA graph (--cudagraphs) requires."""
+    capture in a CUDA graph (--cudagraphs) requires. Under torch.compile (--compile) the step runs the same
+    arithmetic as plain ops, which the compiled update fuses into its own loops."""
 
     def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
         self.groups = []  # (params, lr, that group's state): the same tensors as in self.state, listed per group
@@ -1173,8 +1174,7 @@ class FusedAdam:
                                    state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                                    amsgrad=False, maximize=False)
                 continue
-            # torch.compile cannot trace _fused_adam_ (in place on lists of tensors); the same arithmetic in plain
-            # ops, which inductor fuses into the update's own loops
+            # torch.compile cannot trace _fused_adam_ (in place on lists of tensors): the same arithmetic in plain ops
             for p, m, v, t in zip(params, state["exp_avg"], state["exp_avg_sq"], state["step"]):
                 m.lerp_(p.grad, 1 - 0.9)
                 v.mul_(0.999).addcmul_(p.grad, p.grad, value=1 - 0.999)
