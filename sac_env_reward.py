@@ -425,6 +425,8 @@ class FusedAdam:
     capture in a CUDA graph (--cudagraphs) requires. Under torch.compile (--compile) the step runs the same
     arithmetic as plain ops, which the compiled update fuses into its own loops."""
 
+    BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
     def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
         self.groups = []  # (params, lr, that group's state): the same tensors as in self.state, listed per group
         self.state = {"exp_avg": [], "exp_avg_sq": [], "step": []}
@@ -456,15 +458,16 @@ class FusedAdam:
         for params, lr, state in self.groups:
             if not torch.compiler.is_compiling():
                 torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
-                                   state["step"], lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
-                                   amsgrad=False, maximize=False)
+                                   state["step"], lr=lr, beta1=self.BETA1, beta2=self.BETA2, weight_decay=0.0,
+                                   eps=self.EPS, amsgrad=False, maximize=False)
                 continue
             # torch.compile cannot trace _fused_adam_ (in place on lists of tensors): the same arithmetic in plain ops
+            b1, b2 = self.BETA1, self.BETA2
             for p, m, v, t in zip(params, state["exp_avg"], state["exp_avg_sq"], state["step"]):
-                m.lerp_(p.grad, 1 - 0.9)
-                v.mul_(0.999).addcmul_(p.grad, p.grad, value=1 - 0.999)
-                denom = (v.sqrt() / (1 - 0.999**t).sqrt()).add_(1e-8)
-                p.sub_(lr / (1 - 0.9**t) * m / denom)
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v.sqrt() / (1 - b2**t).sqrt()).add_(self.EPS)
+                p.sub_(lr / (1 - b1**t) * m / denom)
 
     def state_dict(self) -> dict:
         return {k: [t.detach().clone() for t in v] for k, v in self.state.items()}
