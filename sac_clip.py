@@ -966,7 +966,7 @@ class SAC(nn.Module):
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
         qf_loss.backward()
         self.q_optimizer.step()
-        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)  # after the step: every update starts alike
+        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)  # after the step: no stale .grad next time
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:

@@ -105,8 +105,8 @@ def test_fused_adam_equals_torch_optim_adam():
 @pytest.mark.skipif(sac.cxx_compiler() is None,
                     reason="torch.compile's CPU backend needs a C++ compiler (.ci/run installs g++)")
 def test_compile_matches_eager():
-    """--compile: four updates (critic, actor and temperature, Polyak) give the parameters and losses of eager
-    mode from the same state and seed (fallback_random keeps torch's random draws)."""
+    """--compile: four updates (critic, actor and temperature, Polyak) give the losses, parameters and Adam state of
+    eager mode from the same state and seed (fallback_random keeps torch's random draws)."""
     space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
     torch.manual_seed(0)
     agents = [sac.SAC(quick_args(compile=c), 5, space, torch.device("cpu")) for c in (False, True)]
