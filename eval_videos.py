@@ -199,7 +199,9 @@ def load_policy(run: Run):
     """(actor on the CPU, rendering env) of a run; raises RuntimeError with a one-line reason."""
     try:
         actor, _ = core.load_actor(run.path, "cpu")
-    except Exception as e:  # truncated or corrupt file, not a SAC checkpoint, ...
+    except core.UserError as e:  # unreadable, pickled objects (never loaded), another version's networks
+        raise RuntimeError(str(e)) from None
+    except Exception as e:  # not a SAC checkpoint, ...
         reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise RuntimeError(f"cannot read checkpoint.pt ({type(e).__name__}: {reason}); is it truncated?") from None
     try:

@@ -34,11 +34,14 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import sys
 import time
+import typing
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from torch.optim.adam import adam as adam_functional
 
 
 # === SAC CORE BEGIN: args (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -843,76 +847,15 @@ class TransitionQueue:
 
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class FusedAdam:
-    """Adam over fixed parameter groups [(params, lr), ...], one fused kernel call per group and step.
-
-    The arithmetic is torch.optim.Adam(fused=True)'s: the same kernel (torch._fused_adam_), defaults (betas 0.9 and
-    0.999, eps 1e-8, no weight decay) and state (exp_avg, exp_avg_sq, a float32 step counter on the parameter's
-    device); tests/test_sac_env_reward.py checks they give identical parameters. What it leaves out is
-    torch.optim's per-step Python bookkeeping (grouping tensors, hooks, lazy state), which on a 2-core CPU costs more
-    than the arithmetic: about 1 ms of a 13 ms SAC update (benchmarks/profile_update.py). It makes no host sync, as
-    capture in a CUDA graph (--cudagraphs) requires. Under torch.compile (--compile) the step runs the same
-    arithmetic as plain ops, which the compiled update fuses into its own loops."""
-
-    BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
-
-    def __init__(self, groups: list[tuple[list[nn.Parameter], float]]):
-        self.groups = []  # (params, lr, that group's state): the same tensors as in self.state, listed per group
-        self.state = {"exp_avg": [], "exp_avg_sq": [], "step": []}
-        for params, lr in groups:
-            params = list(params)
-            state = {"exp_avg": [torch.zeros_like(p) for p in params],
-                     "exp_avg_sq": [torch.zeros_like(p) for p in params],
-                     "step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]}
-            for k, tensors in state.items():
-                self.state[k] += tensors
-            self.groups.append((params, lr, state))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """set_to_none: the next backward writes fresh gradients instead of adding to zeroed ones (one pass less
-        per parameter). False zeroes them in place, so their tensors stay the same, as CUDA graphs need."""
-        if set_to_none:
-            for params, _, _ in self.groups:
-                for p in params:
-                    p.grad = None
-            return
-        grads = [p.grad for params, _, _ in self.groups for p in params if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step; every parameter must have a gradient."""
-        torch._foreach_add_(self.state["step"], 1.0)
-        for params, lr, state in self.groups:
-            if not torch.compiler.is_compiling():
-                torch._fused_adam_(params, [p.grad for p in params], state["exp_avg"], state["exp_avg_sq"], [],
-                                   state["step"], lr=lr, beta1=self.BETA1, beta2=self.BETA2, weight_decay=0.0,
-                                   eps=self.EPS, amsgrad=False, maximize=False)
-                continue
-            # torch.compile cannot trace _fused_adam_ (in place on lists of tensors): the same arithmetic in plain ops
-            b1, b2 = self.BETA1, self.BETA2
-            for p, m, v, t in zip(params, state["exp_avg"], state["exp_avg_sq"], state["step"]):
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                denom = (v.sqrt() / (1 - b2**t).sqrt()).add_(self.EPS)
-                p.sub_(lr / (1 - b1**t) * m / denom)
-
-    def state_dict(self) -> dict:
-        return {k: [t.detach().clone() for t in v] for k, v in self.state.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, tensors in self.state.items():  # in place: the tensors stay the same objects
-            torch._foreach_copy_(tensors, [t.to(tensors[0].device) for t in state[k]])
-
-
 class SAC(nn.Module):
     """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
 
     Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
     ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
     actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
-    backward pass and one (fused) Adam with two parameter groups; no host sync outside logging."""
+    backward pass and one Adam with two parameter groups; no host sync outside logging. Adam is torch.optim.Adam:
+    its fused kernel in eager mode, its step traced into the compiled update under --compile (as LeanRL does),
+    capturable under --cudagraphs."""
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
@@ -927,11 +870,17 @@ class SAC(nn.Module):
         self.target_entropy = -float(act_dim)
         self.to(device)
         self.use_graphs = args.cudagraphs and device.type == "cuda"
-        self.q_optimizer = FusedAdam([(self.critic.parameters(), args.q_lr)])
-        groups = [(self.actor.parameters(), args.policy_lr)]
+        # torch.optim.Adam keeps the parameters, settings and state (made here, not lazily at the first step as
+        # torch.optim does, so that a compiled or captured update finds it); adam_step runs its arithmetic
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
+        groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
-            groups.append(([self.log_alpha], args.q_lr))
-        self.actor_optimizer = FusedAdam(groups)
+            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
+        self.actor_optimizer = torch.optim.Adam(groups, fused=True)
+        for opt in (self.q_optimizer, self.actor_optimizer):
+            for p in (p for group in opt.param_groups for p in group["params"]):
+                opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                                "exp_avg_sq": torch.zeros_like(p)}  # as Adam(fused=True) makes it
         if args.compile:  # the whole update step (losses, backward passes, Adam, Polyak) as one compiled program
             # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
             # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call);
@@ -941,6 +890,33 @@ class SAC(nn.Module):
             self.step = torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
         self._graphs: dict = {}
         self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
+
+    @staticmethod
+    @torch.no_grad()
+    def adam_step(opt: torch.optim.Adam) -> None:
+        """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
+        under --compile its arithmetic, traced into the update (opt.step() itself graph-breaks before and after,
+        which cuts the compiled update into pieces: 1.8x slower, measured). It also skips opt.step()'s per-call
+        bookkeeping (grouping, hooks, lazy state): 145 instead of 213 us per critic and actor step (measured)."""
+        for group in opt.param_groups:
+            params = group["params"]
+            state = [opt.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
+                            fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
+                            lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                            maximize=group["maximize"])
+
+    def zero_grad(self, opt: torch.optim.Adam) -> None:
+        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
+        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not self.use_graphs:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
 
     def critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
@@ -965,15 +941,15 @@ class SAC(nn.Module):
     def critic_update(self, b: dict) -> dict:
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
         qf_loss.backward()
-        self.q_optimizer.step()
-        self.q_optimizer.zero_grad(set_to_none=not self.use_graphs)  # after the step: no stale .grad next time
+        self.adam_step(self.q_optimizer)
+        self.zero_grad(self.q_optimizer)  # after the step: no stale .grad next time
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:
         actor_loss, alpha_loss = self.actor_loss(b["obs"])
         (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-        self.actor_optimizer.step()
-        self.actor_optimizer.zero_grad(set_to_none=not self.use_graphs)
+        self.adam_step(self.actor_optimizer)
+        self.zero_grad(self.actor_optimizer)
         return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
                 "losses/alpha": self.log_alpha.detach().exp()}
 
@@ -1019,22 +995,26 @@ class SAC(nn.Module):
 # === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
                     extra: dict) -> None:
-    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters.
+    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters, all as tensors
+    and plain Python values (numbers, strings, lists, dicts), which torch.load(weights_only=True) reads back.
     Written to a temporary file, then renamed: a job killed while saving leaves the previous checkpoint intact."""
+    version, python_state, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
-        "global_step": global_step,
-        "iteration": iteration,
+        "global_step": int(global_step),
+        "iteration": int(iteration),
         "sac": sac.state_dict(),
         "q_optimizer": sac.q_optimizer.state_dict(),
         "actor_optimizer": sac.actor_optimizer.state_dict(),
         "replay_buffer": rb.state_dict() if sac.args.save_buffer else None,
         "reward": reward.state_dict(),
         "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": {"version": version, "state": list(python_state), "gauss": gauss},
+            "numpy": {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "action_space": envs.action_space.np_random.bit_generator.state,
+            "action_space": envs.action_space.np_random.bit_generator.state,  # a dict of ints and strings
         },
         "extra": extra,
     }
@@ -1043,24 +1023,40 @@ def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """checkpoint.pt, loaded with weights_only=True: tensors and plain containers only, so that a run folder someone
+    shared cannot run code when it is resumed or evaluated. UserError for a file that cannot be read, or that holds
+    other Python objects (checkpoints written before this format pickled numpy arrays: re-make those runs)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" such as {found[1]}" if found else ""
+        raise UserError(f"checkpoint {path} holds pickled Python objects{what}, which are not loaded because "
+                        "unpickling them can run code: it was written by an older version of these scripts (or by "
+                        "something else); re-make the run with this version") from None
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); is the run folder complete?") from None
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); is the run folder "
+                        "complete?") from None
+
+
+def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
+    state = read_checkpoint(path)
     try:
         sac.load_state_dict(state["sac"])
         sac.q_optimizer.load_state_dict(state["q_optimizer"])
         sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint {path} does not fit this SAC core's networks or optimizer state "
                         f"({type(e).__name__}); it was written by another version: resume it with that version") from None
     if state["replay_buffer"] is not None:
         rb.load_state_dict(state["replay_buffer"])
     reward.load_state_dict(state["reward"])
     rng = state["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    random.setstate((rng["python"]["version"], tuple(rng["python"]["state"]), rng["python"]["gauss"]))
+    n = rng["numpy"]
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -1069,10 +1065,10 @@ def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dic
 
 
 def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
-    """The trained actor of a run folder and its saved args (for evaluation scripts)."""
+    """The trained actor of a run folder and its saved args (for evaluation scripts); UserError if unreadable."""
     run_dir = Path(run_dir)
     args = json.loads((run_dir / "args.json").read_text())
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    state = read_checkpoint(run_dir / "checkpoint.pt", device)
     actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
     obs_dim = actor_state["net.0.weight"].shape[1]
     scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
@@ -1178,20 +1174,99 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_run_name(name: str) -> str:
+    """A run name is one folder name under runs/: not empty, no '/' or '\\', not '.' or '..'; else UserError."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise UserError(f"--run-name {name!r}: give a single folder name for runs/NAME (no '/' or '\\', not '.' or "
+                        "'..', not empty), e.g. --run-name hopper_seed1")
+    return name
+
+
+def conform(tp, value):
+    """value as the field type tp of an Args dataclass, from JSON (lists for tuples, ints for floats); TypeError if it
+    is not one. A plain string for a tuple of strings is one element (args.json of runs from before composition)."""
+    origin, members = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in members:
+            return None
+        for member in (m for m in members if m is not type(None)):
+            try:
+                return conform(member, value)
+            except TypeError:
+                pass
+    elif origin is typing.Literal:
+        if value in members and type(value) in {type(m) for m in members}:
+            return value
+    elif origin is tuple:
+        if isinstance(value, str) and members[0] is str:
+            return (value,)
+        if isinstance(value, list):
+            return tuple(conform(members[0], v) for v in value)
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise TypeError(f"{json.dumps(value)} is not {describe_type(tp)}")
+
+
+def describe_type(tp) -> str:
+    """An Args field type in JSON's words: 'int', 'str or null', 'a list of str', 'one of "auto", "cpu"'."""
+    origin, members = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join("null" if m is type(None) else describe_type(m) for m in members)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(m) for m in members)
+    if origin is tuple:
+        return f"a list of {describe_type(members[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def read_args(run_dir: Path, args_cls: type) -> SACArgs:
+    """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
+    an unknown one."""
+    path = run_dir / "args.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); restore it, or start the run again") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} holds {type(saved).__name__}, not the run's flags as a JSON object")
+    hints = typing.get_type_hints(args_cls)
+    unknown = [k for k in saved if k not in hints]
+    if unknown:
+        raise UserError(f"{path}: unknown field '{unknown[0]}' (this script has no --{unknown[0].replace('_', '-')}); "
+                        "was the run made by another script or version? Remove the field")
+    values = {}
+    for f in dataclasses.fields(args_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name not in saved:
+            raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
+                            f"{json.dumps(default)} to it (this version's default)")
+        try:
+            values[f.name] = conform(hints[f.name], saved[f.name])
+        except TypeError as e:
+            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": {json.dumps(default)}") from None
+    return args_cls(**values)
+
+
 def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
     """The run folder and the args in force: the saved ones when resuming, else the command line's."""
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "args.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
-            raise UserError(f"--resume {run_dir}: no args.json and checkpoint.pt there; give a run folder runs/NAME")
-        saved = json.loads((run_dir / "args.json").read_text())
-        known = {f.name for f in dataclasses.fields(args_cls)}
-        args = args_cls(**{k: v for k, v in saved.items() if k in known})
+        has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
+        if has_args and not has_ckpt:
+            raise UserError(f"--resume {run_dir}: no checkpoint was written yet (the run stopped before its first "
+                            "one); start it again from step 0 with the command line that made it (its flags are in "
+                            f"{run_dir / 'args.json'}), with --run-name {run_dir.name} to reuse the folder")
+        if not has_args:
+            what = "only a checkpoint.pt, no args.json" if has_ckpt else "no args.json and no checkpoint.pt"
+            raise UserError(f"--resume {run_dir}: {what} there; give a run folder runs/NAME written by this script")
+        args = read_args(run_dir, args_cls)
         args.resume = str(run_dir)
         return args, run_dir
     if args.run_name is None:
         args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / args.run_name
+    run_dir = Path("runs") / check_run_name(args.run_name)
     if (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def trained_runs(tmp_path_factory, tiny_sd, tiny_clip) -> Path:
     return root
 
 
-BAD = {"not_a_run": "not a run folder", "truncated": "cannot read checkpoint.pt", "no_ckpt": "no checkpoint.pt",
+BAD = {"not_a_run": "not a run folder", "truncated": "cannot read checkpoint", "no_ckpt": "no checkpoint.pt",
        "bad_env": "cannot build the environment"}
 
 

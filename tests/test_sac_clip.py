@@ -182,7 +182,7 @@ def test_pendulum_end_to_end_writes_events_args_checkpoint(in_tmp, tiny_clip):
     for tag in ["charts/clip_return", "charts/episodic_return", "charts/eval_return", "clip/frames_per_s",
                 "clip/reward", "losses/qf_loss"]:
         assert tag in tags, tag
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 400 and ckpt["replay_buffer"]["size"] == 400  # the final flush labels all
     rewards = ckpt["replay_buffer"]["data"]["reward"][:, 0].double().numpy()
     clip_returns = [v for _, v in tags["charts/clip_return"]]

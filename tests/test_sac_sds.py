@@ -258,7 +258,7 @@ def test_end_to_end_image_model(tiny_sd, in_tmp):
     run_dir = in_tmp / "runs" / "image"
     saved = json.loads((run_dir / "args.json").read_text())
     assert saved["prompt"] == [PROMPT] and saved["model_id"] == str(tiny_sd) and saved["exp_name"] == "sac_sds"
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["global_step"] == 300 and state["replay_buffer"]["size"] == 300  # every transition got its reward
     assert state["reward"]["generator"] is not None
     rewards = state["replay_buffer"]["data"]["reward"]
@@ -283,7 +283,7 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
     assert summary["global_step"] == 250 and summary["buffer_size"] == 250  # the flushes labelled everything
     saved = json.loads((run_dir / "args.json").read_text())
     assert saved["motion_adapter_id"] == str(tiny_motion_adapter) and saved["context_size"] == 8
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == 250
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["global_step"] == 250
     logged = scalars(run_dir)
     assert {"charts/sds_return", "sds/align", "sds/recon", "sds/frames_per_s"} <= set(logged)
 
@@ -303,7 +303,7 @@ def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd
     args, run_dir = sac_sds.prepare_run(args, Args)
     with pytest.raises(FloatingPointError, match="non-finite rewards from the sds reward"):
         sac_sds.train(args, run_dir, sac_sds.build_reward)
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == 100
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["global_step"] == 100
 
 
 # ----- bad input -----

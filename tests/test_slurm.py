@@ -235,7 +235,7 @@ def logs(cwd: Path) -> str:
 def global_step(run: Path) -> int:
     import torch
 
-    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["global_step"]
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["global_step"]
 
 
 @pytest.mark.timeout(300)
