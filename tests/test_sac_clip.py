@@ -202,8 +202,8 @@ def test_core_blocks_are_identical_to_sac_env_reward():
 @pytest.mark.parametrize("flags, message", [
     (["--clip-alpha", "1.5"], "--clip-alpha must be in [0, 1]"),
     (["--clip-alpha", "-0.1"], "--clip-alpha must be in [0, 1]"),
-    ([], "no goal prompt"),
-    (["--prompt", " "], "empty prompt"),
+    ([], "--prompt is required"),
+    (["--prompt", " "], "--prompt is required"),
     (["--baseline-prompt", ""], "empty prompt"),
     (["--reward-batch-size", "0"], "--reward-batch-size must be at least 1"),
     (["--clip-model-id", "/no/such/folder"], "no such folder"),
@@ -213,7 +213,7 @@ def test_core_blocks_are_identical_to_sac_env_reward():
 def test_bad_input_is_one_line_and_exit_2(in_tmp, tiny_clip, monkeypatch, capsys, flags, message):
     """In-process through main(), as the command line runs it (one subprocess case below)."""
     argv = ["sac_clip.py", "--env-id", "Pendulum-v1", "--clip-model-id", str(tiny_clip), "--no-progress"]
-    if "--prompt" not in flags and message != "no goal prompt":
+    if "--prompt" not in flags and flags:
         argv += ["--prompt", GOAL]
     monkeypatch.setattr("sys.argv", argv + flags)
     with pytest.raises(SystemExit) as exit_:

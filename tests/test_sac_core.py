@@ -5,8 +5,9 @@ sac_env_reward.py is the source of truth; after editing a block there, copy it t
 
     python tests/test_sac_core.py --sync
 
-The two text rewards also share their prompt-schedule code between `# === TEXT PROMPTS BEGIN/END ===` markers;
-sac_sds.py is its source of truth and --sync copies it to sac_clip.py.
+The two text rewards also share their prompt handling (schedules, composition weights) and model loading (dtypes,
+load errors) between `# === TEXT REWARD BEGIN/END: prompts|models ===` markers; sac_sds.py is their source of
+truth and --sync copies them to sac_clip.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ BLOCK = re.compile(r"^# === SAC CORE BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === S
 EXPECTED = ["args", "environments", "networks", "replay buffer", "update", "checkpoints", "evaluation and logging",
             "training loop"]
 TEXT_SOURCE, TEXT_COPIES = ROOT / "sac_sds.py", [ROOT / "sac_clip.py"]
-TEXT_BLOCK = re.compile(r"^# === TEXT PROMPTS BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === TEXT PROMPTS END: (?P=name) ===$",
+TEXT_BLOCK = re.compile(r"^# === TEXT REWARD BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === TEXT REWARD END: (?P=name) ===$",
                         re.M | re.S)
+TEXT_EXPECTED = ["prompts", "models"]
 
 
 def blocks(path: Path, pattern: re.Pattern = BLOCK) -> dict[str, str]:
@@ -54,10 +56,10 @@ def test_copies_are_byte_identical():
 
 def test_text_prompt_blocks_are_byte_identical():
     source = blocks(TEXT_SOURCE, TEXT_BLOCK)
-    assert list(source) == ["schedules"]
+    assert list(source) == TEXT_EXPECTED
     for path in TEXT_COPIES:
         assert blocks(path, TEXT_BLOCK) == source, (
-            f"the TEXT PROMPTS blocks of {path.name} differ from sac_sds.py's; edit sac_sds.py and run: "
+            f"the TEXT REWARD blocks of {path.name} differ from sac_sds.py's; edit sac_sds.py and run: "
             "python tests/test_sac_core.py --sync"
         )
 

