@@ -816,7 +816,8 @@ def read_args(run_dir: Path, args_cls: type) -> SACArgs:
         try:
             values[f.name] = conform(hints[f.name], saved[f.name])
         except TypeError as e:
-            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": {json.dumps(default)}") from None
+            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
+                            f"{json.dumps(default)}") from None
     return args_cls(**values)
 
 

@@ -12,9 +12,10 @@
 
 The agent never sees the environment's reward (it is only logged, as charts/episodic_return). Each step's frame
 is rendered and scored against the text prompt by a frozen Stable Diffusion model (Luo et al., "Text-Aware
-Diffusion for Policy Learning", NeurIPS 2024; DESIGN.md section 3): noise the frame's latent to a level t drawn
-once per episode, let the UNet predict the noise with and without the prompt, and reward the frame by how much
-the prompt changes the prediction (align) and how much it improves it (recon). With a motion adapter the UNet is
+Diffusion for Policy Learning", NeurIPS 2024; the formula and its defaults: docs/method.md#tadpole-reward): noise
+the frame's latent to a level t drawn once per episode, let the UNet predict the noise with and without the
+prompt, and reward the frame by how much the prompt changes the prediction (align) and how much it improves it
+(recon). With a motion adapter the UNet is
 AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe). Several --prompt
 flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i - eps_u), all prompts
 in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within each episode: the
@@ -153,7 +154,7 @@ class SACArgs:
 class Args(SACArgs):
     """SAC rewarded by TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model."""
 
-    # The text reward (DESIGN.md section 3)
+    # The text reward (docs/method.md#tadpole-reward)
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """the behaviour to reward, e.g. "a person walking" (or use --prompt-schedule); repeat it to compose motions"""
     prompt_weight: Annotated[tuple[float, ...], tyro.conf.UseAppendAction] = ()
@@ -439,9 +440,9 @@ TADPOLE_CONFIG = "tadpole_config.json"
 
 
 def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
-    """The reward settings for a model: the paper's (DESIGN.md section 3), overridden by the model folder's
-    tadpole_config.json if it has one (a model's own defaults, as transformers' generation_config.json; flags given
-    on the command line override both). Returns the settings and the file they came from (None: the paper's)."""
+    """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), overridden by the model
+    folder's tadpole_config.json if it has one (a model's own defaults, as transformers' generation_config.json;
+    flags given on the command line override both). Returns the settings and the file they came from (None: the paper's)."""
     settings, path = dict(TADPOLE_DEFAULTS), Path(os.path.expanduser(model_id)) / TADPOLE_CONFIG
     if not path.is_file():
         return settings, None
@@ -467,7 +468,7 @@ def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
 
 
 class SDSReward(nn.Module):
-    """TADPoLe's reward for rendered frames (DESIGN.md section 3) from a frozen Stable Diffusion model.
+    """TADPoLe's reward for rendered frames (docs/method.md#tadpole-reward) from a frozen Stable Diffusion model.
 
     encode(frames) turns uint8 frames into scaled VAE latents; forward(latents, t, noise) noises them to level t,
     runs ONE UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings and returns, per frame,
@@ -1549,7 +1550,8 @@ def read_args(run_dir: Path, args_cls: type) -> SACArgs:
         try:
             values[f.name] = conform(hints[f.name], saved[f.name])
         except TypeError as e:
-            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": {json.dumps(default)}") from None
+            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
+                            f"{json.dumps(default)}") from None
     return args_cls(**values)
 
 

@@ -3,11 +3,12 @@
     python benchmarks/bench_reward.py --which sds --resolution 256 --batch-sizes 1 2 4 8 --repeats 2
     python benchmarks/bench_reward.py --which sds --batch-sizes 1 4 16 64 --modes eager compile     # on a GPU
 
-sds: sac_sds.SDSReward on the full-size Stable Diffusion 2.1-base architecture (DESIGN.md section 5), built from
-its config with random weights, so nothing is downloaded (speed does not depend on the weights). One reward =
-encode a rendered uint8 frame (resize on the device, VAE encoder) + one UNet pass on [z_t, z_t] with the
-[unconditional, prompt] embeddings + the two terms, exactly as training computes it. The text encoder is not
-timed: the prompt is embedded once per run. Batch size 1 is the per-step computation of the original code.
+sds: sac_sds.SDSReward on the full-size Stable Diffusion 2.1-base architecture
+(docs/method.md#stable-diffusion-21-base-architecture), built from its config with random weights, so nothing is
+downloaded (speed does not depend on the weights). One reward = encode a rendered uint8 frame (resize on the device,
+VAE encoder) + one UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings + the two terms, exactly as
+training computes it. The text encoder is not timed: the prompt is embedded once per run. Batch size 1 is the
+per-step computation of the original code.
 
 clip: sac_clip.CLIPReward on the ViT-L/14 architecture (openai/clip-vit-large-patch14's config and image
 processor), random weights. Four modes, measured in the same run: the whole reward with sac_clip.py's batched

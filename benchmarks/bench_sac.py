@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure sac_env_reward.py --compile")
     p.add_argument("--against", metavar="REV", default=None,
-                   help="also measure sac_env_reward.py as it was at this git revision (e.g. HEAD~3): an A/B of a change")
+                   help="also sac_env_reward.py as it was at this git revision (e.g. HEAD~3): an A/B of a change")
     a = p.parse_args()
     variants = {"cleanrl (eager baseline)": lambda s: run_cleanrl(a.env_id, a.learning_starts, a.steps, s),
                 "sac_env_reward.py": lambda s: run_ours(a.env_id, a.learning_starts, a.steps, s, False)}

@@ -206,8 +206,8 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     sac = CleanRLSAC(args, obs_dim, env.action_space)
     n = min(args.buffer_size, args.total_timesteps)
-    buf = {"o": np.zeros((n, obs_dim), np.float32), "o2": np.zeros((n, obs_dim), np.float32),
-           "a": np.zeros((n, act_dim), np.float32), "r": np.zeros((n, 1), np.float32), "d": np.zeros((n, 1), np.float32)}
+    dims = {"o": obs_dim, "o2": obs_dim, "a": act_dim, "r": 1, "d": 1}
+    buf = {k: np.zeros((n, d), np.float32) for k, d in dims.items()}
     writer, eval_env = None, None
     if run_dir is not None:
         from torch.utils.tensorboard import SummaryWriter

@@ -15,8 +15,8 @@ where it can be, in minutes on two CPU cores, deterministically (fixed seeds, fi
 2. demo/pendulum-sd: a complete diffusers StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer,
    scheduler) at 32x32 pixels, 8x8x4 latents. The VAE is trained first as an autoencoder; its scaling_factor is
    then set from the measured latent std, so scaled latents have unit variance as SD's 0.18215 gives them
-   (DESIGN.md section 8). The text encoder and the UNet are trained together on the epsilon objective with the
-   caption dropped for 10% of samples (classifier-free training gives the unconditional prediction that both
+   (docs/method.md#the-pendulum-world). The text encoder and the UNet are trained together on the epsilon
+   objective with the caption dropped for 10% of samples (classifier-free training gives the unconditional prediction that both
    TADPoLe terms compare against). The tokenizer spends one token per character, so its model_max_length and the
    text encoder's positions (48) cover whole captions: truncation would make "up" and "down" identical.
    tadpole_config.json beside the pipeline holds the reward settings measured to work for this model (the recon

@@ -1,4 +1,5 @@
-"""The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py (DESIGN.md section 6).
+"""The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py
+(docs/method.md#the-scripts-and-the-shared-code).
 
 Each shared block sits between `# === SAC CORE BEGIN: <name> ...` and `# === SAC CORE END: <name> ===`.
 sac_env_reward.py is the source of truth; after editing a block there, copy it to the other scripts with
