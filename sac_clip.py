@@ -876,15 +876,43 @@ class TransitionQueue:
 
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def make_adam(groups: list[dict]) -> torch.optim.Adam:
+    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
+    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
+    runs its steps."""
+    opt = torch.optim.Adam(groups, fused=True)
+    for p in (p for group in opt.param_groups for p in group["params"]):
+        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p)}
+    return opt
+
+
+@torch.no_grad()
+def adam_step(opt: torch.optim.Adam) -> None:
+    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
+    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
+    cut the compiled update into pieces: 1.8x slower, measured). In eager mode it also skips opt.step()'s per-call
+    bookkeeping (grouping, hooks, lazy state): 145 instead of 213 us per critic and actor step."""
+    for group in opt.param_groups:
+        params = group["params"]
+        state = [opt.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
+                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
+                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=group["maximize"])
+
+
 class SAC(nn.Module):
     """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
 
     Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
     ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
     actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
-    backward pass and one Adam with two parameter groups; no host sync outside logging. Adam is torch.optim.Adam:
-    its fused kernel in eager mode, its step traced into the compiled update under --compile (as LeanRL does),
-    capturable under --cudagraphs."""
+    backward pass and one Adam with two parameter groups; no host sync outside logging. Adam is torch.optim.Adam
+    (make_adam), stepped by adam_step: its fused kernel in eager mode (no host sync, so CUDA graphs can capture
+    it), its arithmetic traced into the compiled update under --compile."""
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
@@ -899,17 +927,11 @@ class SAC(nn.Module):
         self.target_entropy = -float(act_dim)
         self.to(device)
         self.use_graphs = args.cudagraphs and device.type == "cuda"
-        # torch.optim.Adam keeps the parameters, settings and state (made here, not lazily at the first step as
-        # torch.optim does, so that a compiled or captured update finds it); adam_step runs its arithmetic
-        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
+        self.q_optimizer = make_adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
         groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
             groups.append({"params": [self.log_alpha], "lr": args.q_lr})
-        self.actor_optimizer = torch.optim.Adam(groups, fused=True)
-        for opt in (self.q_optimizer, self.actor_optimizer):
-            for p in (p for group in opt.param_groups for p in group["params"]):
-                opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                                "exp_avg_sq": torch.zeros_like(p)}  # as Adam(fused=True) makes it
+        self.actor_optimizer = make_adam(groups)
         if args.compile:  # the whole update step (losses, backward passes, Adam, Polyak) as one compiled program
             # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
             # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call);
@@ -919,23 +941,6 @@ class SAC(nn.Module):
             self.step = torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
         self._graphs: dict = {}
         self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
-
-    @staticmethod
-    @torch.no_grad()
-    def adam_step(opt: torch.optim.Adam) -> None:
-        """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
-        under --compile its arithmetic, traced into the update (opt.step() itself graph-breaks before and after,
-        which cuts the compiled update into pieces: 1.8x slower, measured). It also skips opt.step()'s per-call
-        bookkeeping (grouping, hooks, lazy state): 145 instead of 213 us per critic and actor step (measured)."""
-        for group in opt.param_groups:
-            params = group["params"]
-            state = [opt.state[p] for p in params]
-            beta1, beta2 = group["betas"]
-            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                            fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
-                            lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                            maximize=group["maximize"])
 
     def zero_grad(self, opt: torch.optim.Adam) -> None:
         """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
@@ -970,14 +975,14 @@ class SAC(nn.Module):
     def critic_update(self, b: dict) -> dict:
         qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
         qf_loss.backward()
-        self.adam_step(self.q_optimizer)
+        adam_step(self.q_optimizer)
         self.zero_grad(self.q_optimizer)  # after the step: no stale .grad next time
         return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
 
     def actor_update(self, b: dict) -> dict:
         actor_loss, alpha_loss = self.actor_loss(b["obs"])
         (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-        self.adam_step(self.actor_optimizer)
+        adam_step(self.actor_optimizer)
         self.zero_grad(self.actor_optimizer)
         return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
                 "losses/alpha": self.log_alpha.detach().exp()}

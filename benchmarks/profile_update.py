@@ -60,13 +60,13 @@ def main() -> None:
         qf_loss, _ = timed("critic: target + forward + loss", lambda: agent.critic_loss(
             b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"]))
         timed("critic: backward", qf_loss.backward)
-        timed("critic: Adam step", lambda: agent.adam_step(agent.q_optimizer))
+        timed("critic: Adam step", lambda: sac.adam_step(agent.q_optimizer))
         timed("critic: zero_grad", lambda: agent.zero_grad(agent.q_optimizer))
         if iteration % args.policy_frequency == 0:
             for _ in range(args.policy_frequency):
                 actor_loss, alpha_loss = timed("actor: forward + loss", lambda: agent.actor_loss(b["obs"]))
                 timed("actor: backward", (actor_loss + alpha_loss).backward)
-                timed("actor: Adam step", lambda: agent.adam_step(agent.actor_optimizer))
+                timed("actor: Adam step", lambda: sac.adam_step(agent.actor_optimizer))
                 timed("actor: zero_grad", lambda: agent.zero_grad(agent.actor_optimizer))
         if iteration % args.target_network_frequency == 0:
             timed("target: Polyak", agent.target_update)

@@ -3,6 +3,7 @@ learning, bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -74,6 +75,47 @@ def test_termination_and_truncation_under_autoreset(in_tmp):
     assert ends[(0, 3)] == 1 and ends[(2, 3)] == 1  # terminations: no bootstrap
     assert ends[(1, 4)] == 0 and ends[(3, 4)] == 0  # time-limit truncations: bootstrap
     assert term.sum() == 2
+
+
+def test_adam_step_equals_torch_optim_adam():
+    """adam_step (torch's functional adam on the state make_adam makes up front) gives the parameters and state of
+    torch.optim.Adam's own step after several steps with two groups, also across a state_dict round trip into a
+    fresh optimizer (what resuming does)."""
+    torch.manual_seed(0)
+    shapes = [(2, 5, 4), (2, 1, 4), ()]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+
+    def groups(params):
+        return [{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 3e-4}]
+
+    opt, ref_opt = sac.make_adam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
+    for step in range(6):
+        if step == 3:  # continue in a fresh optimizer from the saved state
+            saved = torch.load(io.BytesIO(_saved(opt.state_dict())), weights_only=True)
+            opt = sac.make_adam(groups(ours))
+            opt.load_state_dict(saved)
+        grads = [torch.randn(s) for s in shapes]
+        for params in (ours, ref):
+            for p in params:
+                p.grad = None
+            sum((p * g).sum() for p, g in zip(params, grads)).backward()
+        sac.adam_step(opt)
+        ref_opt.step()
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(ours, start))  # and the parameters did move
+    for p, q in zip(ours, ref):
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][k], ref_opt.state[q][k], rtol=0, atol=0)
+    assert opt.state[ours[0]]["step"].item() == 6.0
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 @pytest.mark.skipif(sac.cxx_compiler() is None,
