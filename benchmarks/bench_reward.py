@@ -98,7 +98,7 @@ def build_clip_vit_l14(device: torch.device, dtype: torch.dtype):
     import json
     import tempfile
 
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     import sac_clip
 
@@ -118,19 +118,21 @@ def build_clip_vit_l14(device: torch.device, dtype: torch.dtype):
     )
     with torch.device(device):
         model = CLIPModel(config).to(dtype)
-    return sac_clip.CLIPReward(model, tokenizer, CLIPImageProcessor(), ["a person walking"], ["a person"], alpha=0.5)
+    return sac_clip.CLIPReward(model, tokenizer, CLIPImageProcessorPil(), ["a person walking"], ["a person"], alpha=0.5)
 
 
 def clip_steps(args, device: torch.device, dtype: torch.dtype):
     """Four ways to score a batch of uint8 frames, each a mode: the whole reward (preprocessing + ViT-L/14 + formula)
     with the batched tensor preprocessing of sac_clip.py ("tensor") or with the checkpoint's PIL image processor,
-    which works frame by frame ("pil"), and the two preprocessings alone ("tensor-prep", "pil-prep")."""
+    which works frame by frame ("pil"), and the two preprocessings alone ("tensor-prep", "pil-prep"). Where
+    torchvision is installed, also transformers' own batched processor, its torchvision backend
+    ("torchvision-prep")."""
     import sac_clip
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 
     dtype = sac_clip.resolve_dtype(args.dtype, device)  # auto: bf16 on CUDA, fp32 on the CPU
     model = build_clip_vit_l14(device, dtype)
-    processor = CLIPImageProcessor()
+    processor = CLIPImageProcessorPil()  # the reference: PIL, frame by frame
     params = sum(p.numel() for p in model.parameters()) / 1e6
     rng = np.random.default_rng(0)
 
@@ -144,6 +146,10 @@ def clip_steps(args, device: torch.device, dtype: torch.dtype):
         return model.reward_from_embeddings(model.embed_images(pil_prep(frames)))
 
     fns = {"pil-prep": pil_prep, "tensor-prep": tensor_prep}
+    library = CLIPImageProcessor()  # transformers 5: the torchvision backend, or the PIL one without torchvision
+    if not isinstance(library, CLIPImageProcessorPil):
+        fns["torchvision-prep"] = lambda frames: library(images=torch.from_numpy(frames).to(device).permute(0, 3, 1, 2),
+                                                         return_tensors="pt")["pixel_values"]
     if not args.clip_preprocessing_only:
         fns.update({"pil": pil_reward, "tensor": model.forward})
 
@@ -152,26 +158,35 @@ def clip_steps(args, device: torch.device, dtype: torch.dtype):
         return lambda: fn(frames)
 
     frames = rng.integers(0, 256, (4, args.frame_size, args.frame_size, 3), dtype=np.uint8)
-    off = ((pil_prep(frames) - tensor_prep(frames)).abs() > 1e-5).float().mean().item()  # PIL's rounding
+    level = 1 / 255 / min(processor.image_std)
+    agreement = []
+    for mode in ("tensor-prep", "torchvision-prep"):
+        if mode in fns:  # against PIL: the share of pixel values off by more than float rounding, the largest gap
+            diff = (fns[mode](frames).cpu() - pil_prep(frames).cpu()).abs()
+            agreement.append(f"{mode} differs from pil-prep on {100 * (diff > 1e-5).float().mean():.2f}% of the pixel "
+                             f"values, by at most {diff.max() / level:.1f} uint8 levels")
     desc = (f"clip: ViT-L/14 architecture ({params:.0f}M parameters), random weights, {dtype}; frames "
-            f"{args.frame_size} px -> 224 (bicubic resize, center crop); the two preprocessings differ on "
-            f"{100 * off:.2f}% of the pixel values")
+            f"{args.frame_size} px -> 224 (bicubic resize, center crop); " + "; ".join(agreement))
     return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items()}, desc
 
 
 def clip_report(times: dict, desc: str) -> None:
     fps = {key: key[1] / statistics.median(t) for key, t in times.items()}
-    print(f"\n{desc}")
-    print(f"{'':>5} | {'preprocessing frames/s':^34} | {'reward frames/s (preprocessing + model)':^40}")
-    print(f"{'batch':>5} | {'PIL per frame':>13} {'tensor':>10} {'ratio':>8} | {'PIL per frame':>13} {'tensor':>10} "
-          f"{'ratio':>8}")
+    modes = {m for m, _ in times}
+    columns = ["batch", "prep: PIL per frame", "prep: tensor", "tensor / PIL"]
+    if "torchvision-prep" in modes:
+        columns += ["prep: torchvision", "tensor / torchvision"]
+    if "pil" in modes:
+        columns += ["reward: PIL", "reward: tensor", "tensor / PIL"]
+    print(f"\n{desc}\nframes/s:\n| " + " | ".join(columns) + " |\n" + "|-" * len(columns) + "|")
     for b in sorted({b for _, b in times}):
         p, t = fps["pil-prep", b], fps["tensor-prep", b]
-        row = f"{b:>5} | {p:13.1f} {t:10.1f} {t / p:7.2f}x |"
-        if ("pil", b) in fps:
-            rp, rt = fps["pil", b], fps["tensor", b]
-            row += f" {rp:13.2f} {rt:10.2f} {rt / rp:7.2f}x"
-        print(row)
+        row = [f"{b}", f"{p:.1f}", f"{t:.1f}", f"{t / p:.2f}x"]
+        if "torchvision-prep" in modes:
+            row += [f"{fps['torchvision-prep', b]:.1f}", f"{t / fps['torchvision-prep', b]:.2f}x"]
+        if "pil" in modes:
+            row += [f"{fps['pil', b]:.2f}", f"{fps['tensor', b]:.2f}", f"{fps['tensor', b] / fps['pil', b]:.2f}x"]
+        print("| " + " | ".join(row) + " |")
 
 
 # ----- the measurement, shared by the reward models -----

@@ -280,7 +280,7 @@ def train_clip(args: Args, data: dict, folder: Path, processor) -> None:
 
 
 def main(args: Args) -> None:
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     unknown = set(args.which) - {"sd", "clip"}
     if unknown:
@@ -290,8 +290,8 @@ def main(args: Args) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    processor = CLIPImageProcessor(size={"shortest_edge": args.resolution},
-                                   crop_size={"height": args.resolution, "width": args.resolution})
+    processor = CLIPImageProcessorPil(size={"shortest_edge": args.resolution},
+                                      crop_size={"height": args.resolution, "width": args.resolution})
     rng = np.random.default_rng(args.seed)
     data = make_dataset(args.frames, args.resolution, rng, processor if "clip" in args.which else None)
     print(f"{args.frames} frames rendered and preprocessed ({time.perf_counter() - start:.0f} s)")

@@ -134,7 +134,7 @@ def tiny_clip(tmp_path_factory) -> Path:
     """Folder of a tiny CLIP checkpoint with random weights, usable as --clip-model-id: CLIPModel (2-layer text and
     vision towers, 32x32 images, 16-dim embeddings), the character-level tokenizer above (77 positions, so whole
     captions fit) and a CLIPImageProcessor that resizes the shortest side to 36 and center-crops 32."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     tokenizer = write_tiny_clip_tokenizer(folder.parent / "tiny-clip_tokenizer_files")
@@ -151,5 +151,5 @@ def tiny_clip(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder

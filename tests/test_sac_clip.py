@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPImageProcessor, CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 import sac_clip
 from conftest import ROOT, RecordingLogger, run_script, scalars
@@ -134,7 +134,7 @@ def test_batched_preprocessing_matches_the_image_processor(tiny_clip, reference,
     differences come from PIL's fixed-point filter weights."""
     model, tokenizer, processor = reference
     if vit_l:
-        processor = CLIPImageProcessor()
+        processor = CLIPImageProcessorPil()  # the PIL reference, with ViT-L/14's settings
     reward = sac_clip.CLIPReward(model, tokenizer, processor, [GOAL])
     reward.uint8_resize = uint8_resize
     level = 1 / 255 / np.min(processor.image_std)
