@@ -190,7 +190,7 @@ class Args(SACArgs):
     context_size: int = 16
     """video reward: frames per sliding window (AnimateDiff was trained on 16)"""
     stride: int = 8
-    """video reward: steps between window starts; a frame's terms add up over the windows that contain it"""
+    """video reward: steps between window starts; a frame's reward is the mean over the windows that contain it"""
 
 
 # === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -480,7 +480,8 @@ class SDSReward(nn.Module):
     in both terms (one prompt of weight 1 is exactly the single-prompt reward; all weights 0 give 0). Instead of the
     composition, a frame can be scored on one prompt alone (`prompt`: the index of a --prompt-schedule entry).
     Video mode (a UNetMotionModel): forward takes the consecutive frames of one episode and scores them in sliding
-    windows of context_size frames every stride frames; each frame's two terms add up over its windows."""
+    windows of context_size frames every stride frames; each window gives its frames their per-frame rewards, and a
+    frame's reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode)."""
 
     def __init__(self, unet: nn.Module, vae: nn.Module, scheduler, text_embeddings: torch.Tensor, resolution: int,
                  align_scale: float = 2000.0, recon_scale: float = 200.0, video: bool = False,
@@ -698,13 +699,13 @@ class SDSReward(nn.Module):
         latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         if not self.video:
             return self.combine(*self.terms(latents, t, noise, prompt))
-        align, recon = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
-        for a, b in self.windows(n):
+        total, count = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
+        for a, b in self.windows(n):  # each window's per-frame rewards, then the mean over a frame's windows
             window_prompt = None if prompt is None else prompt[b - 1:b]
             wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b], window_prompt)
-            align[a:b] += wa[0]
-            recon[a:b] += wr[0]
-        return self.combine(align, recon)
+            total[a:b] += self.combine(wa[0], wr[0])
+            count[a:b] += 1
+        return total / count
 
 
 @dataclass
@@ -770,7 +771,7 @@ class SDSLabeler:
         self.stats = self.new_stats()
 
     def new_stats(self) -> dict:
-        """Sums over the frames labelled since the last log (video: a frame's terms are summed over its windows):
+        """Sums over the frames labelled since the last log (video: a frame's terms are its windows' mean):
         of the reward and its terms, and per prompt (composition) or per schedule entry."""
         k = self.model.num_prompts
         return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0,
@@ -824,16 +825,15 @@ class SDSLabeler:
 
     def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
         start = time.perf_counter()
-        items, align, recon = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
+        items, align, recon, reward = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
         if not items:
             return None
         s = self.stats
         if self.each:  # row 0: the composition (the reward); rows 1..P: each prompt alone (logged only)
             s["prompt_align"] += align[1:].sum(1).cpu().numpy()
             s["prompt_recon"] += recon[1:].sum(1).cpu().numpy()
-            s["prompt_reward"] += self.model.combine(align[1:], recon[1:]).sum(1).cpu().numpy()
-            align, recon = align[0], recon[0]
-        reward = self.model.combine(align, recon)
+            s["prompt_reward"] += reward[1:].sum(1).cpu().numpy()
+            align, recon, reward = align[0], recon[0], reward[0]
         batch = TransitionQueue.collate([{k: v for k, v in it.items() if k not in ("frame", "sds")} for it in items])
         batch["reward"] = reward.cpu().numpy()
         for it in items:
@@ -854,7 +854,7 @@ class SDSLabeler:
         """Image mode: the oldest pending frames, a whole number of batches (everything when flushing)."""
         n = len(queue) if flush else len(queue) // self.batch_size * self.batch_size
         if n == 0:
-            return [], None, None
+            return [], None, None, None
         items, depth = [], 0  # oldest first: the envs step together, so take the queues' fronts in turn
         while len(items) < n:
             items += [q[depth] for q in queue.items if depth < len(q)][: n - len(items)]
@@ -867,7 +867,8 @@ class SDSLabeler:
         latents = self.encode(np.stack([it["frame"] for it in items]))
         terms = self.in_passes(n, 1, lambda a, b: self.terms(latents[a:b], t[a:b], noise[a:b],
                                                              None if prompt is None else prompt[a:b]))
-        return items, torch.cat([a for a, _ in terms], -1), torch.cat([r for _, r in terms], -1)
+        align, recon = torch.cat([a for a, _ in terms], -1), torch.cat([r for _, r in terms], -1)
+        return items, align, recon, self.model.combine(align, recon)
 
     def _label_windows(self, queue, flush):
         """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
@@ -879,7 +880,7 @@ class SDSLabeler:
             for it in itertools.islice(env_queue, seen, None):  # transitions pushed since the last call
                 if not segments or segments[-1].closed or segments[-1].episode != it["episode"]:
                     segments.append(_Segment(it["episode"], self.noise_level(it["episode"])))
-                it["sds"] = {"align": [0.0] * rows, "recon": [0.0] * rows}
+                it["sds"] = {"align": [0.0] * rows, "recon": [0.0] * rows, "reward": [0.0] * rows, "windows": 0}
                 segments[-1].items.append(it)
                 segments[-1].closed = bool(it["done"])
             if flush and segments:
@@ -888,7 +889,7 @@ class SDSLabeler:
             for seg in segments:
                 self.due += seg.take_windows(size, self.model.stride)
         if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
-            return [], None, None
+            return [], None, None, None
         self._score_windows(self.due)
         self.due = []
 
@@ -903,9 +904,10 @@ class SDSLabeler:
                     break
                 segments.pop(0)
         shape = (len(items), rows)  # (also when no frame is finished yet)
-        align = torch.tensor([it["sds"]["align"] for it in items], device=self.model.device).reshape(shape).T
-        recon = torch.tensor([it["sds"]["recon"] for it in items], device=self.model.device).reshape(shape).T
-        return (items, align, recon) if self.each else (items, align[0], recon[0])
+        count = torch.tensor([float(it["sds"]["windows"]) for it in items], device=self.model.device)
+        align, recon, reward = (torch.tensor([it["sds"][k] for it in items], device=self.model.device).reshape(shape).T
+                                / count for k in ("align", "recon", "reward"))  # means over each frame's windows
+        return (items, align, recon, reward) if self.each else (items, align[0], recon[0], reward[0])
 
     def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:
         in_windows = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
@@ -926,13 +928,17 @@ class SDSLabeler:
                 align, recon = self.terms(z, t, eps, prompt)
                 if not self.each:
                     align, recon = align[None], recon[None]
+                reward = self.model.combine(align, recon)  # each window's own per-frame rewards
                 # (rows, W, frames) -> per window, per frame, the rows
-                for w, wa, wr in zip(chunk, align.permute(1, 2, 0).tolist(), recon.permute(1, 2, 0).tolist()):
-                    for it, fa, fr in zip(w, wa, wr):
+                per_window = zip(chunk, *(x.permute(1, 2, 0).tolist() for x in (align, recon, reward)))
+                for w, wa, wr, wq in per_window:
+                    for it, fa, fr, fq in zip(w, wa, wr, wq):
                         sums = it["sds"]
+                        sums["windows"] += 1
                         for r in range(len(fa)):
                             sums["align"][r] += fa[r]
                             sums["recon"][r] += fr[r]
+                            sums["reward"][r] += fq[r]
 
             self.in_passes(len(group), length, score)
 

@@ -113,7 +113,9 @@ def test_batch_of_frames_equals_single_frames(tiny_sd):
     assert batched.std() > 0  # frames are told apart
 
 
-def test_video_reward_sums_terms_over_sliding_windows(tiny_sd, tiny_motion_adapter):
+def test_video_reward_is_the_mean_of_its_windows_rewards(tiny_sd, tiny_motion_adapter):
+    """A frame's reward is the mean, over the windows that contain it, of that window's per-frame reward
+    symlog(align_scale a) + symlog(recon_scale r), as the reference's StridedOverlappingEpisode computes it."""
     model = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
                                       context_size=4, stride=2)
     assert model.video and type(model.unet).__name__ == "UNetMotionModel"
@@ -123,12 +125,21 @@ def test_video_reward_sums_terms_over_sliding_windows(tiny_sd, tiny_motion_adapt
     g = torch.Generator().manual_seed(3)
     latents, noise = model.encode(frames(9, seed=3)), torch.randn(9, 4, 8, 8, generator=g)
     reward = model(latents, 450, noise)
-    align, recon = torch.zeros(9), torch.zeros(9)
-    for a, b in model.windows(9):  # each window on its own, per-frame terms added up
+
+    def symlog(x):
+        return torch.sign(x) * torch.log(1 + x.abs())
+
+    total, count, align, recon = torch.zeros(9), torch.zeros(9), torch.zeros(9), torch.zeros(9)
+    for a, b in model.windows(9):  # (0, 4) (2, 6) (4, 8) (5, 9): each window on its own
         wa, wr = model.terms(latents[None, a:b], torch.tensor([450]), noise[None, a:b])
+        total[a:b] += symlog(2000 * wa[0]) + symlog(200 * wr[0])
+        count[a:b] += 1
         align[a:b] += wa[0]
         recon[a:b] += wr[0]
-    assert torch.allclose(reward, model.combine(align, recon), rtol=1e-4, atol=1e-4)
+    assert count.tolist() == [1, 1, 2, 2, 2, 3, 2, 2, 1]
+    torch.testing.assert_close(reward, total / count, rtol=1e-4, atol=1e-4)
+    # summing the terms over windows before the symlogs (what this code did before) is another reward
+    assert not torch.allclose(reward, model.combine(align, recon), rtol=1e-3, atol=1e-3)
     # the temporal layers see the order of the frames: shuffling the video changes the rewards
     perm = torch.tensor([8, 1, 5, 3, 0, 7, 2, 6, 4])
     assert not torch.allclose(model(latents[perm], 450, noise[perm]), reward[perm], atol=1e-4)
@@ -475,12 +486,12 @@ def test_video_composition_and_schedule(tiny_sd, tiny_motion_adapter):
     latents, noise = torch.randn(9, 4, 8, 8, generator=g), torch.randn(9, 4, 8, 8, generator=g)
     prompt = torch.tensor([0] * 5 + [1] * 4)
     got = model(latents, 450, noise, prompt=prompt)
-    align, recon = torch.zeros(9), torch.zeros(9)
+    total, count = torch.zeros(9), torch.zeros(9)
     for (a, b), k in zip(model.windows(9), [0, 1, 1, 1]):
         wa, wr = model.terms(latents[None, a:b], torch.tensor([450]), noise[None, a:b], prompt=torch.tensor([k]))
-        align[a:b] += wa[0]
-        recon[a:b] += wr[0]
-    torch.testing.assert_close(got, model.combine(align, recon), rtol=1e-4, atol=1e-4)
+        total[a:b] += model.combine(wa[0], wr[0])
+        count[a:b] += 1
+    torch.testing.assert_close(got, total / count, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, model(latents, 450, noise, prompt=0), atol=1e-3)  # the prompt matters
 
 
@@ -567,7 +578,7 @@ def test_video_labeler_streams_a_composition_and_logs_each_prompt(tiny_sd, tiny_
     np.testing.assert_allclose(rewards, labeler.model(latents, 450, noise).numpy(), rtol=1e-4, atol=1e-4)
     logger = RecordingLogger()
     labeler.log(logger, 9)
-    for i, text in enumerate((PROMPT, OTHER)):  # each prompt's own video reward, its terms summed over windows
+    for i, text in enumerate((PROMPT, OTHER)):  # each prompt's own video reward, the mean over a frame's windows
         alone = SDSReward.from_pretrained(str(tiny_sd), text, motion_adapter_id=str(tiny_motion_adapter),
                                           context_size=4, stride=2)
         assert logger.scalars[f"sds/reward_prompt{i}"] == pytest.approx(float(alone(latents, 450, noise).mean()),
