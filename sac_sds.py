@@ -10,16 +10,15 @@
     python sac_sds.py --env-id Walker2d-v4 --prompt-schedule "0:a person standing;500:a person walking"
     python sac_sds.py --resume runs/Walker2d-v4__sac_sds__1__1790000000
 
-The agent never sees the environment's reward (it is only logged, as charts/episodic_return). Each step's frame
-is rendered and scored against the text prompt by a frozen Stable Diffusion model (Luo et al., "Text-Aware
-Diffusion for Policy Learning", NeurIPS 2024; the formula and its defaults: docs/method.md#tadpole-reward): noise
-the frame's latent to a level t drawn once per episode, let the UNet predict the noise with and without the
-prompt, and reward the frame by how much the prompt changes the prediction (align) and how much it improves it
-(recon). With a motion adapter the UNet is
-AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe). Several --prompt
-flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i - eps_u), all prompts
-in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within each episode: the
-frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
+The agent never sees the environment's reward (it is only logged, as charts/episodic_return). Each step's frame is
+rendered and scored against the text prompt by a frozen Stable Diffusion model (Luo et al., "Text-Aware Diffusion
+for Policy Learning", NeurIPS 2024; the formula and its defaults: docs/method.md#tadpole-reward): noise the frame's
+latent to a level t drawn once per episode, let the UNet predict the noise with and without the prompt, and reward
+the frame by how much the prompt changes the prediction (align) and how much it improves it (recon). With a motion
+adapter the UNet is AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe).
+Several --prompt flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i -
+eps_u), all prompts in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within
+each episode: the frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
 
 The file reads top to bottom: arguments, environments, the reward (here: score distillation), networks, replay
 buffer, the SAC update, checkpoints, evaluation and logging, the training loop. The SAC core between the
@@ -442,7 +441,8 @@ TADPOLE_CONFIG = "tadpole_config.json"
 def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
     """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), overridden by the model
     folder's tadpole_config.json if it has one (a model's own defaults, as transformers' generation_config.json;
-    flags given on the command line override both). Returns the settings and the file they came from (None: the paper's)."""
+    flags given on the command line override both). Returns the settings and the file they came from (None: the
+    paper's)."""
     settings, path = dict(TADPOLE_DEFAULTS), Path(os.path.expanduser(model_id)) / TADPOLE_CONFIG
     if not path.is_file():
         return settings, None
@@ -1372,7 +1372,8 @@ def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dic
     rng = state["rng"]
     random.setstate((rng["python"]["version"], tuple(rng["python"]["state"]), rng["python"]["gauss"]))
     n = rng["numpy"]
-    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
