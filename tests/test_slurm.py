@@ -107,6 +107,9 @@ def test_run_names_are_stable_and_readable(tmp_path):
     ("--env-id Hopper-v4\n", "line 1: a command starts with the training script"),
     ("sac_env_reward.py --resume runs/x\n", "line 1: remove --resume"),
     ("# only comments\n\n", "no commands"),
+    ("sac_env_reward.py --run-name ../../somewhere\n", "line 1: run name '../../somewhere'"),
+    ("sac_env_reward.py --run-name=a/b\n", "line 1: run name 'a/b'"),
+    ("sac_env_reward.py --run-name ..\n", "line 1: run name '..'"),
 ])
 def test_bad_sweep_files_are_refused_with_the_line(tmp_path, capsys, text, message):
     f = write(tmp_path / "bad.txt", text)
