@@ -116,8 +116,9 @@ class SACArgs:
     """the actor is updated this many times every this many critic updates (delayed, TD3 style)"""
     target_network_frequency: int = 1
     """critic updates between target-network updates"""
-    alpha: float = 0.2
-    """entropy temperature (initial value; fixed when --no-autotune)"""
+    alpha: Optional[float] = None
+    """entropy temperature: its start with --autotune (default 1, i.e. log_alpha = 0, as CleanRL and Stable-Baselines3;
+    README, Learning), its fixed value with --no-autotune (default 0.2, as CleanRL)"""
     autotune: bool = True
     """learn the temperature towards the target entropy -|A|"""
 
@@ -923,7 +924,8 @@ class SAC(nn.Module):
         self.critic_target = EnsembleCritic(obs_dim, act_dim)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(args.alpha)), requires_grad=args.autotune)
+        alpha = args.alpha if args.alpha is not None else 1.0 if args.autotune else 0.2
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
         self.target_entropy = -float(act_dim)
         self.to(device)
         self.use_graphs = args.cudagraphs and device.type == "cuda"
@@ -1325,7 +1327,7 @@ def validate(args: SACArgs) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
-    if args.alpha <= 0:
+    if args.alpha is not None and args.alpha <= 0:
         raise UserError(f"--alpha must be positive (got {args.alpha})")
     if args.compile and cxx_compiler() is None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "

@@ -188,12 +188,25 @@ def test_critic_target_bootstraps_through_truncation_only():
             h = torch.relu(torch.cat([b["next_obs"], a2], 1) @ c.w1[m] + c.b1[m])
             h = torch.relu(h @ c.w2[m] + c.b2[m])
             qs.append(h @ c.w3[m, 0] + c.b3[m])
-        soft_q = torch.minimum(*qs) - args.alpha * logp2[:, 0]
+        soft_q = torch.minimum(*qs) - 1.0 * logp2[:, 0]  # the temperature's start under --autotune: 1
         y = b["reward"][:, 0] + (1 - b["terminated"][:, 0]) * args.gamma * soft_q
         q = agent.critic(b["obs"], b["action"])
         expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
     assert torch.allclose(loss, expected, rtol=1e-5)
     assert torch.allclose(y[::2], b["reward"][::2, 0])  # terminated rows: the reward alone
+
+
+@pytest.mark.parametrize("flags,alpha,learned", [({}, 1.0, True), ({"alpha": 0.2}, 0.2, True),
+                                                 ({"autotune": False}, 0.2, False),
+                                                 ({"autotune": False, "alpha": 0.05}, 0.05, False)])
+def test_temperature_starts_as_cleanrl(flags, alpha, learned):
+    """--autotune starts the temperature at 1 (log_alpha = 0, CleanRL's and Stable-Baselines3's start) unless --alpha
+    says otherwise; --no-autotune keeps it at --alpha, 0.2 by default (CleanRL's)."""
+    space = gym.spaces.Box(-np.ones(1, np.float32), np.ones(1, np.float32))
+    agent = sac.SAC(quick_args(**flags), 2, space, torch.device("cpu"))
+    assert agent.log_alpha.exp().item() == pytest.approx(alpha) and agent.log_alpha.requires_grad == learned
+    groups = [len(g["params"]) for g in agent.actor_optimizer.param_groups]
+    assert groups == ([6, 1] if learned else [6])  # the temperature's own group (lr q_lr) only when it learns
 
 
 def test_actor_log_prob_matches_torch_distributions():
