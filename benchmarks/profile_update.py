@@ -1,13 +1,15 @@
 """Where one SAC update's time goes: each phase of sac_env_reward.SAC's eager update timed with perf_counter; with
 --compile, also the whole update, eager against compiled (sac_env_reward.py --compile compiles the update as one
-program, so it has no phases to time), by kind of update. Variants run interleaved in rounds in one process.
+program, so it has no phases to time), by kind of update; with --against REV, also the whole update of the SAC core
+as it was at a git revision (the A/B of a change, more precise than bench_sac.py's, whose env steps add noise).
+Variants run interleaved in rounds in one process.
 
 torch.profiler is not used: on the 2-core CPU it inflates the in-place timings of elementwise ops on (2, 256, 256)
 tensors by 5-10x (measured: a mul that takes 34 us under perf_counter shows as 250 us), which points at the wrong
 places. The phases run exactly as SAC.update runs them (same methods, same order), on a replay buffer of random
 transitions shaped like the env's, after a warm-up.
 
-    python benchmarks/profile_update.py --env-id Hopper-v4 --updates 300 [--compile]
+    python benchmarks/profile_update.py --env-id Hopper-v4 --updates 300 [--compile] [--against HEAD~1]
 """
 
 from __future__ import annotations
@@ -33,16 +35,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="also the whole update, eager against compiled (sac_env_reward.py --compile), by kind")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="also the whole update of sac_env_reward.py at this git revision (eager, and compiled with "
+                        "--compile), by kind: an A/B of a change to the update, interleaved in one process")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     env = gym.make(a.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    variants = {"eager": sac.Args(env_id=a.env_id)}
-    if a.compile:
-        variants["compiled"] = sac.Args(env_id=a.env_id, compile=True)
-    args = variants["eager"]
-    agents = {k: sac.SAC(v, obs_dim, env.action_space, torch.device("cpu")) for k, v in variants.items()}
+    modules = {"": sac}
+    if a.against:
+        from bench_sac import load_revision
+
+        modules[f" at {a.against}"] = load_revision(a.against)
+    agents = {}
+    for suffix, module in modules.items():
+        for compiled in (False, True) if a.compile else (False,):
+            agents[("compiled" if compiled else "eager") + suffix] = module.SAC(
+                module.Args(env_id=a.env_id, compile=compiled), obs_dim, env.action_space, torch.device("cpu"))
+    args = agents["eager"].args
     rb = sac.ReplayBuffer(args.buffer_size, obs_dim, act_dim, torch.device("cpu"))
     rng, n = np.random.default_rng(0), 20_000
     rb.add({"obs": rng.standard_normal((n, obs_dim)), "next_obs": rng.standard_normal((n, obs_dim)),
@@ -75,7 +86,7 @@ def main() -> None:
     cycle = range(args.policy_frequency * args.target_network_frequency)
     weights = Counter((i % args.policy_frequency == 0, i % args.target_network_frequency == 0) for i in cycle)
     kinds = sorted(weights)
-    whole = {k: defaultdict(float) for k in variants}
+    whole = {k: defaultdict(float) for k in agents}
     for i in range(40):  # warm-up (and compilation)
         update(agents["eager"], i)
         for agent in agents.values():
@@ -86,7 +97,7 @@ def main() -> None:
     for r in range(rounds):
         for i in range(per_round):
             update(agents["eager"], i)
-        if a.compile:
+        if len(agents) > 1:
             for kind in kinds:
                 for k, agent in agents.items():
                     t0 = time.perf_counter()
@@ -101,16 +112,21 @@ def main() -> None:
     for name, v in times.items():
         print(f"| {name} | {sum(v) / count * 1e3:.3f} | {sum(v) / count * 1e3 / total:.0%} |")
     print(f"| total | {total:.2f} | |")
-    if a.compile:
+    if len(agents) > 1:
         names = {(False, True): "critic + Polyak", (True, True): f"critic + {args.policy_frequency} actor + Polyak",
                  (False, False): "critic", (True, False): f"critic + {args.policy_frequency} actor"}
-        print("\n| whole update, by kind | eager: ms | compiled: ms | compiled / eager |\n|-|-|-|-|")
-        for kind in kinds:
-            e, c = (whole[k][kind] / count * 1e3 for k in ("eager", "compiled"))
-            print(f"| {names[kind]} | {e:.2f} | {c:.2f} | {e / c:.2f}x faster |")
-        e, c = (sum(whole[k][kind] * w for kind, w in weights.items()) / len(cycle) / count * 1e3
-                for k in ("eager", "compiled"))
-        print(f"| per update, the kinds weighted as they occur | {e:.2f} | {c:.2f} | {e / c:.2f}x faster |")
+        ms = {k: {names[kind]: whole[k][kind] / count * 1e3 for kind in kinds} for k in agents}
+        for k in agents:
+            ms[k]["per update, the kinds weighted as they occur"] = sum(
+                whole[k][kind] * w for kind, w in weights.items()) / len(cycle) / count * 1e3
+        pairs = [("eager", "compiled")] if a.compile else []  # (slower, faster) columns compared
+        if a.against:
+            pairs += [(f"{m} at {a.against}", m) for m in (("eager", "compiled") if a.compile else ("eager",))]
+        header = " | ".join(f"{k}: ms" for k in agents) + " | " + " | ".join(f"{x} / {y}" for x, y in pairs)
+        print(f"\n| whole update, by kind | {header} |\n" + "|-" * (1 + len(agents) + len(pairs)) + "|")
+        for row in ms["eager"]:
+            cells = [f"{ms[k][row]:.2f}" for k in agents] + [f"{ms[x][row] / ms[y][row]:.3f}" for x, y in pairs]
+            print(f"| {row} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
