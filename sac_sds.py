@@ -118,8 +118,8 @@ class SACArgs:
     target_network_frequency: int = 1
     """critic updates between target-network updates"""
     alpha: Optional[float] = None
-    """entropy temperature: its start with --autotune (default 1, i.e. log_alpha = 0, as CleanRL and Stable-Baselines3;
-    README, Learning), its fixed value with --no-autotune (default 0.2, as CleanRL)"""
+    """entropy temperature: its start with --autotune (default 1: log_alpha = 0, as in CleanRL and Stable-Baselines3),
+    its fixed value with --no-autotune (default 0.2, as in CleanRL)"""
     autotune: bool = True
     """learn the temperature towards the target entropy -|A|"""
 
