@@ -257,7 +257,8 @@ class ClipScorer:
 
 
 class SdsScorer:
-    """TADPoLe's per-frame reward and its align and recon terms from sac_sds.SDSReward (image mode), on the run's
+    """TADPoLe's per-frame reward and its align and recon terms from sac_sds.SDSReward (a video model: the episode in
+    sliding windows, each frame's terms the mean over its windows), on the run's
     prompt, its composition (prompts and weights), or its schedule (each frame on its step's entry). The prompts'
     embeddings are made when the model loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
 
@@ -286,17 +287,25 @@ class SdsScorer:
         entries = run.entries(len(frames))
         low = self.args.sds_noise_level_base
         t = int(torch.randint(low, low + self.args.sds_noise_level_range, (1,), generator=self.generator))
-        align, recon = [], []
-        for i in range(0, len(frames), self.args.batch_size):
-            latents = self.model.encode(frames[i:i + self.args.batch_size])
-            noise = torch.randn(latents.shape, generator=self.generator)
-            prompt = None if entries is None else torch.as_tensor(entries[i:i + len(latents)], device=self.device)
-            a, r = self.model.terms(latents, torch.full((len(latents),), t, device=self.device), noise.to(self.device),
-                                    prompt=prompt)
-            align.append(a.cpu())
-            recon.append(r.cpu())
-        align, recon = torch.cat(align), torch.cat(recon)
-        return {"sds_score": self.model.combine(align, recon).numpy(), "sds_align": align.numpy(),
+        chunks = [self.model.encode(frames[i:i + self.args.batch_size]) for i in range(0, len(frames),
+                                                                                        self.args.batch_size)]
+        noise = torch.cat([torch.randn((len(z), *self.model.latent_shape), generator=self.generator) for z in chunks])
+        latents, noise = torch.cat(chunks), noise.to(self.device)
+        prompt = None if entries is None else torch.as_tensor(entries, device=self.device)
+        steps = torch.full((len(latents),), t, device=self.device)
+        if self.model.video:  # the episode in sliding windows (each window one pass)
+            align, recon, score = (x.cpu() for x in self.model.frame_terms(latents, steps, noise, prompt=prompt))
+        else:
+            align, recon = [], []
+            for i in range(0, len(latents), self.args.batch_size):
+                j = i + self.args.batch_size
+                a, r = self.model.terms(latents[i:j], steps[i:j], noise[i:j], prompt=None if prompt is None else
+                                        prompt[i:j])
+                align.append(a.cpu())
+                recon.append(r.cpu())
+            align, recon = torch.cat(align), torch.cat(recon)
+            score = self.model.combine(align, recon)
+        return {"sds_score": score.numpy(), "sds_align": align.numpy(),
                 "sds_recon": recon.numpy()}
 
 

