@@ -92,8 +92,9 @@ class SACArgs:
     """override the env's time limit (default: the env's own)"""
     time_feature: bool = False
     """append the normalised episode step t / max_episode_steps to the observation"""
-    render_size: int = 256
-    """height and width of rendered frames (videos, and the frames a text reward sees)"""
+    render_size: Optional[int] = None
+    """height and width of rendered frames, videos and the frames a text reward sees (default: the text reward
+    model's own input size, e.g. 512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP ViT; 256 otherwise)"""
     camera: Optional[str] = None
     """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
 
@@ -200,6 +201,9 @@ class TimeFeature(gym.ObservationWrapper):
         return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
 
 
+DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
+
+
 def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
     """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
     if env_id.startswith("dm_control/"):
@@ -235,7 +239,8 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
         kwargs["max_episode_steps"] = args.max_episode_steps
     try:
         if render:
-            kwargs.update(render_mode="rgb_array", **_camera_kwargs(args.env_id, args.render_size, args.camera))
+            size = args.render_size or DEFAULT_RENDER_SIZE
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(args.env_id, size, args.camera))
         env = gym.make(args.env_id, **kwargs)
     except gym.error.Error as e:
         raise UserError(
@@ -629,6 +634,9 @@ class CLIPLabeler:
 
     def __init__(self, model: CLIPReward, batch_size: int, starts: Optional[Sequence[int]] = None):
         self.model, self.batch_size = model, batch_size
+        # frames rendered at the size CLIP sees unless --render-size is given: its crop (else its resize target)
+        size = model.crop_to if model.do_center_crop else model.resize_to
+        self.render_size = size.get("height") or size.get("shortest_edge")
         self.starts = list(starts) if starts is not None else None
         # a composition (several prompts, or weights): also each prompt's plain cosine, for the logs
         self.each = self.starts is None and (len(model.prompts) > 1 or model.weights != [1.0])
@@ -1323,7 +1331,7 @@ def cxx_compiler() -> Optional[str]:
 def validate(args: SACArgs) -> None:
     for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "policy_frequency",
                  "target_network_frequency", "render_size", "log_every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
@@ -1346,6 +1354,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     reward = build_reward(args, device)
+    if args.render_size is None:  # frames at the reward model's own size (args.json keeps None: it is re-derived)
+        args.render_size = getattr(reward, "render_size", None)
     envs = make_envs(args, render=reward.needs_frames)
     eval_env = make_env(args, render=args.capture_video)
     obs_dim = envs.single_observation_space.shape[0]
