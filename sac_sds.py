@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -449,13 +450,22 @@ TADPOLE_CONFIG = "tadpole_config.json"
 
 
 def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
-    """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), overridden by the model
-    folder's tadpole_config.json if it has one (a model's own defaults, as transformers' generation_config.json;
-    flags given on the command line override both). Returns the settings and the file they came from (None: the
-    paper's)."""
+    """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), then its family's where the
+    family has its own (flow-matching models: the paper's noise levels at the same signal-to-noise ratio,
+    docs/method.md#model-families), then the model folder's tadpole_config.json if it has one (a model's own
+    defaults, as transformers' generation_config.json; flags given on the command line override all). Returns the
+    settings and where they came from (None: the paper's)."""
     settings, path = dict(TADPOLE_DEFAULTS), Path(os.path.expanduser(model_id)) / TADPOLE_CONFIG
+    source = None
+    try:
+        family = detect_family(model_id)[0]
+    except UserError:  # not loadable: from_pretrained says why
+        family = None
+    if family is not None and family.tadpole_defaults:
+        settings.update(family.tadpole_defaults)
+        source = f"the {family.__name__} defaults"
     if not path.is_file():
-        return settings, None
+        return settings, source
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -477,6 +487,11 @@ def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
     return unset, source
 
 
+# Flow-matching families: the paper's t in [400, 500) of SD's DDPM schedule has the signal-to-noise ratio
+# a / (1 - a) of sigma in [0.54, 0.62) under x_t = (1 - sigma) z + sigma eps (docs/method.md#model-families)
+FLOW_DEFAULTS = {"noise_level_base": 540, "noise_level_range": 80}
+
+
 class Family(nn.Module):
     """What one kind of diffusers pipeline gives TADPoLe (docs/method.md#model-families): its frozen denoiser and
     VAE, the [unconditional, prompt 1, ..., prompt P] conditioning from the pipeline's own encode_prompt, and three
@@ -494,6 +509,7 @@ class Family(nn.Module):
     video = False
     temporal_vae = False  # latents of a window, not of single frames (Wan's causal video VAE)
     context_default = 16  # video: frames per window (AnimateDiff was trained on 16)
+    tadpole_defaults: dict = {}  # the family's own reward settings, over the paper's (tadpole_defaults())
 
     def __init__(self, pipe, denoiser: nn.Module, cond: dict, dtype: torch.dtype):
         super().__init__()
@@ -672,6 +688,7 @@ class SD3Family(Family):
 
     pipelines = ("StableDiffusion3Pipeline",)
     flow = True
+    tadpole_defaults = FLOW_DEFAULTS
 
     @staticmethod
     def conditioning(pipe, prompts, negative_prompt, device):
@@ -702,6 +719,7 @@ class WanFamily(Family):
 
     pipelines = ("WanPipeline",)
     flow = video = temporal_vae = True
+    tadpole_defaults = FLOW_DEFAULTS
     context_default = 17  # 4k + 1 frames: 5 latent frames
 
     @staticmethod
@@ -757,16 +775,25 @@ FAMILIES = (SDFamily, SDXLFamily, SD3Family, ZeroScopeFamily, WanFamily)
 GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without a trained unconditional branch
 
 
-def detect_family(model_id: str) -> tuple[type[Family], str]:
-    """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's _class_name; UserError for one that
-    cannot be read, a guidance-distilled model, or a pipeline no family loads."""
+@functools.lru_cache(maxsize=None)
+def pipeline_class_name(model_id: str) -> str | UserError:
+    """_class_name of a pipeline folder's or hub id's model_index.json, or the UserError saying why it is unreadable
+    (kept, so that a hub id offline is tried once)."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
     try:
-        name = DiffusionPipeline.load_config(model_id)["_class_name"]
+        return DiffusionPipeline.load_config(model_id)["_class_name"]
     except (OSError, HFValidationError, ValueError, KeyError) as e:
-        raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
+        return load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE)
+
+
+def detect_family(model_id: str) -> tuple[type[Family], str]:
+    """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's
+    _class_name; UserError for one that cannot be read, a guidance-distilled model, or a pipeline no family loads."""
+    name = pipeline_class_name(model_id)
+    if isinstance(name, UserError):
+        raise name
     if name.startswith(GUIDANCE_DISTILLED):
         raise UserError(f"--model-id {model_id} is a {name}: Flux is guidance-distilled (dev: one guided prediction, "
                         "no trained unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-"

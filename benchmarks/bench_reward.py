@@ -1,14 +1,20 @@
 """Reward throughput of the text rewards: frames/s batched against one frame at a time.
 
     python benchmarks/bench_reward.py --which sds --resolution 256 --batch-sizes 1 2 4 8 --repeats 2
-    python benchmarks/bench_reward.py --which sds --batch-sizes 1 4 16 64 --modes eager compile     # on a GPU
+    python benchmarks/bench_reward.py --which sds --families sd21 sdxl sd3 zeroscope wan --resolution 128 \
+        --batch-sizes 1 2 --repeats 2 --modes eager                                                 # on a CPU
+    python benchmarks/bench_reward.py --which sds --families sd21 sdxl sd3 zeroscope wan \
+        --batch-sizes 1 8 32 64 --modes eager compile                                               # on a GPU
 
-sds: sac_sds.SDSReward on the full-size Stable Diffusion 2.1-base architecture
-(docs/method.md#stable-diffusion-21-base-architecture), built from its config with random weights, so nothing is
-downloaded (speed does not depend on the weights). One reward = encode a rendered uint8 frame (resize on the device,
-VAE encoder) + one UNet pass on [z_t, z_t] with the [unconditional, prompt] embeddings + the two terms, exactly as
-training computes it. The text encoder is not timed: the prompt is embedded once per run. Batch size 1 is the
-per-step computation of the original code.
+sds: sac_sds.SDSReward on the real architecture of each model family (docs/method.md#model-families), built from
+its config with random weights, so nothing is downloaded (speed does not depend on the weights): sd21
+(stable-diffusion-2-1-base, docs/method.md#stable-diffusion-21-base-architecture), sdxl (SDXL base 1.0), sd3 (SD3
+medium), zeroscope (zeroscope_v2 / ModelScope 1.7B) and wan (Wan 2.1 T2V 1.3B). One reward = encode rendered uint8
+frames (resize on the device, VAE encoder) + one denoiser pass on [z_t, z_t] with the [unconditional, prompt]
+conditioning + the two terms, exactly as training computes it. The text encoders are not built or timed: the prompt
+is embedded once per run (random conditioning of the shapes they give stands in). For the video families a batch
+element is one window of --context-size frames (16; Wan 17: 5 latent frames) and frames/s counts rendered frames.
+Batch size 1 is the per-step computation of the original code.
 
 clip: sac_clip.CLIPReward on the ViT-L/14 architecture (openai/clip-vit-large-patch14's config and image
 processor), random weights. Four modes, measured in the same run: the whole reward with sac_clip.py's batched
@@ -40,12 +46,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-# ----- sds: TADPoLe on SD 2.1-base -----
-def build_sd21_base(resolution: int, device: torch.device, dtype: torch.dtype):
-    """sac_sds.SDSReward with SD 2.1-base's UNet, VAE and DDPM schedule, random weights, random prompt embeddings."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+# ----- sds: TADPoLe on each diffusers family's real architecture -----
+def sd_vae(**extra):
+    """SD's VAE (also SDXL's, ZeroScope's; SD3's with 16 channels)."""
+    from diffusers import AutoencoderKL
 
-    import sac_sds
+    config = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                  block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215)
+    return AutoencoderKL(**{**config, **extra})
+
+
+def sd_schedule():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def sd21_base():
+    """stable-diffusion-2-1-base (docs/method.md#stable-diffusion-21-base-architecture): UNet 866M, OpenCLIP-H text."""
+    from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -54,40 +74,116 @@ def build_sd21_base(resolution: int, device: torch.device, dtype: torch.dtype):
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215,
+    return "SDFamily", unet, sd_vae(), sd_schedule(), {"text": (77, 1024)}
+
+
+def sdxl_base():
+    """stable-diffusion-xl-base-1.0: UNet 2.6B (10 transformer layers at the lowest level), two CLIP text towers."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     )
-    vae.decoder = None  # as SDSReward.from_pretrained: only the encoder is used
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
-    text_embeddings = torch.randn(2, 77, 1024)  # [unconditional, prompt] as the OpenCLIP ViT-H text tower gives them
-    model = sac_sds.SDSReward(unet.to(dtype), vae.to(dtype), scheduler, text_embeddings.to(dtype), resolution)
-    return model.to(device)
+    return "SDXLFamily", unet, sd_vae(scaling_factor=0.13025, sample_size=1024), sd_schedule(), \
+        {"text": (77, 2048), "pooled": (1280,)}
 
 
-def sds_steps(args, device: torch.device, dtype: torch.dtype):
-    """(name, batch size) -> a function scoring one batch of frames, for each mode; plus a description."""
-    model = build_sd21_base(args.resolution, device, dtype)
+def sd3_medium():
+    """stable-diffusion-3-medium: MMDiT 2B (24 layers, 24 heads x 64), 16-channel VAE, CLIP-L + CLIP-G + T5 text
+    (77 + 256 tokens of 4096)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                                        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                        caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                                        pos_embed_max_size=192)
+    vae = sd_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                 use_post_quant_conv=False, sample_size=1024)
+    return "SD3Family", transformer, vae, FlowMatchEulerDiscreteScheduler(shift=3.0), \
+        {"text": (333, 4096), "pooled": (2048,)}
+
+
+def zeroscope_v2():
+    """zeroscope_v2_576w / ModelScope text-to-video-ms-1.7b: UNet3D 1.4B over (C, F, h, w), SD's VAE per frame."""
+    from diffusers import UNet3DConditionModel
+
+    unet = UNet3DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=1024, attention_head_dim=64, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+    )
+    return "ZeroScopeFamily", unet, sd_vae(), sd_schedule(), {"text": (77, 1024)}
+
+
+def wan21_1_3b():
+    """Wan2.1-T2V-1.3B: WanTransformer3DModel 1.3B (30 layers, 12 heads x 128), its causal video VAE, UMT5 text (512
+    tokens of 4096)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
+                                        in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
+                                        num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        eps=1e-6, rope_max_seq_len=1024)
+    return "WanFamily", transformer, AutoencoderKLWan(), FlowMatchEulerDiscreteScheduler(shift=3.0), \
+        {"text": (512, 4096)}
+
+
+ARCHITECTURES = {"sd21": (sd21_base, 512), "sdxl": (sdxl_base, 1024), "sd3": (sd3_medium, 1024),
+                 "zeroscope": (zeroscope_v2, 256), "wan": (wan21_1_3b, 480)}
+
+
+def build_family(name: str, resolution: int, device: torch.device, dtype: torch.dtype):
+    """sac_sds.SDSReward on a family's real architecture, built from its config with random weights (speed does
+    not depend on them), and random [unconditional, prompt] conditioning of the shapes its text encoders give. The
+    text encoders are not built: the prompt is embedded once per run, untimed."""
+    from types import SimpleNamespace
+
+    import sac_sds
+
+    family, denoiser, vae, scheduler, shapes = ARCHITECTURES[name][0]()
+    cond = {k: torch.randn(2, *shape) for k, shape in shapes.items()}
+    model = getattr(sac_sds, family)(SimpleNamespace(vae=vae.to(dtype), scheduler=scheduler), denoiser.to(dtype),
+                                     cond, dtype)
+    return sac_sds.SDSReward(model, resolution).to(device)
+
+
+def sds_steps(args, device: torch.device, dtype: torch.dtype, family: str = "sd21"):
+    """(name, batch size) -> a function scoring one batch, for each mode; plus a description. A batch is frames
+    for image families, windows of --context-size frames for video ones."""
+    resolution = args.resolution or ARCHITECTURES[family][1]
+    model = build_family(family, resolution, device, dtype)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     rng = np.random.default_rng(0)
+    window = model.context_size if model.video else None
 
     def make_step(batch: int, fn):
-        frames = torch.from_numpy(rng.integers(0, 256, (batch, args.frame_size, args.frame_size, 3), dtype=np.uint8))
+        n = batch * (window or 1)
+        frames = torch.from_numpy(rng.integers(0, 256, (n, args.frame_size, args.frame_size, 3), dtype=np.uint8))
         t = torch.full((batch,), 450, device=device)
-        noise = torch.randn(batch, *model.latent_shape, device=device)
+        noise = torch.randn(n, *model.latent_shape, device=device)
         return lambda: fn(frames, t, noise)
 
     def reward(frames, t, noise):
-        return model(model.encode(frames), t, noise)
+        latents = model.encode(frames)
+        if window is None:
+            return model(latents, t, noise)
+        windows = latents.view(len(t), window, *latents.shape[1:])
+        return model.combine(*model.terms(windows, t, noise.view(len(t), window, *noise.shape[1:])))
 
     fns = {"eager": reward}
     if "compile" in args.modes:
         fns["compile"] = torch.compile(reward, dynamic=False)
-    desc = (f"sds: SD 2.1-base architecture ({params:.0f}M parameters without the text encoder), {args.resolution} px "
-            f"({model.latent_shape[1]}x{model.latent_shape[2]} latents), frames {args.frame_size} px, {dtype}")
-    return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items() if mode in args.modes}, desc
+    unit = f"windows of {window} frames" if window else "frames"
+    desc = (f"sds {family}: {ARCHITECTURES[family][0].__doc__.split(':')[0]} architecture ({params:.0f}M parameters "
+            f"without the text encoders), {resolution} px ({model.latent_shape[1]}x{model.latent_shape[2]} latents), "
+            f"frames {args.frame_size} px, {dtype}; batch = {unit}; frames/s counts rendered frames")
+    return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items() if mode in args.modes}, desc, window
 
 
 # ----- clip: VLM-RM's CLIP reward on ViT-L/14 -----
@@ -214,18 +310,19 @@ def measure(steps: dict, batch_sizes: list[int], repeats: int, device: torch.dev
     return times
 
 
-def report(times: dict, desc: str) -> None:
+def report(times: dict, desc: str, window: int | None = None) -> None:
     base = statistics.median(times[("eager", min(b for m, b in times if m == "eager"))]) if any(
         m == "eager" for m, _ in times) else None
     print(f"\n{desc}")
     print(f"{'mode':>8} {'batch':>5} {'s/batch':>9} {'frames/s':>9} {'vs batch 1':>11} {'vs eager 1':>11}")
+    f = window or 1  # rendered frames per batch element
     for mode in dict.fromkeys(m for m, _ in times):
         batches = sorted(b for m, b in times if m == mode)
-        one = statistics.median(times[(mode, batches[0])]) / batches[0]  # seconds per frame at the smallest batch
+        one = statistics.median(times[(mode, batches[0])]) / batches[0]  # seconds per element at the smallest batch
         for b in batches:
             s = statistics.median(times[(mode, b)])
             vs_eager = f"{base / (s / b):10.2f}x" if base is not None else "-"
-            print(f"{mode:>8} {b:>5} {s:9.3f} {b / s:9.2f} {one / (s / b):10.2f}x {vs_eager:>11}")
+            print(f"{mode:>8} {b:>5} {s:9.3f} {b * f / s:9.2f} {one / (s / b):10.2f}x {vs_eager:>11}")
 
 
 def main() -> None:
@@ -239,7 +336,10 @@ def main() -> None:
                    help="auto: bf16 on CUDA (clip: fp16), fp32 on the CPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--frame-size", type=int, default=256, help="rendered frame size in pixels (sac_*.py --render-size)")
-    p.add_argument("--resolution", type=int, default=512, help="sds: model input size (SD 2.1-base: 512)")
+    p.add_argument("--families", nargs="+", choices=list(ARCHITECTURES), default=["sd21"],
+                   help="sds: the architectures to measure (sd21, sdxl, sd3: frames; zeroscope, wan: windows)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="sds: model input size (default: each family's own: 512, 1024, 1024, 256, 480)")
     p.add_argument("--clip-preprocessing-only", action="store_true",
                    help="clip: time the two preprocessings only (fast: affords more batch sizes and repeats)")
     args = p.parse_args()
@@ -254,9 +354,16 @@ def main() -> None:
     print(f"{name}; torch {torch.__version__}; batch sizes {args.batch_sizes}; modes {args.modes}; "
           f"{args.repeats} repeats")
     for which in args.which:
-        steps, desc = {"sds": sds_steps, "clip": clip_steps}[which](args, device, dtype)
-        print(desc)
-        {"sds": report, "clip": clip_report}[which](measure(steps, args.batch_sizes, args.repeats, device), desc)
+        if which == "clip":
+            steps, desc = clip_steps(args, device, dtype)
+            print(desc)
+            clip_report(measure(steps, args.batch_sizes, args.repeats, device), desc)
+            continue
+        for family in args.families:
+            steps, desc, window = sds_steps(args, device, dtype, family)
+            print(desc, flush=True)
+            report(measure(steps, args.batch_sizes, args.repeats, device), desc, window)
+            del steps  # the next architecture needs the memory
 
 
 if __name__ == "__main__":

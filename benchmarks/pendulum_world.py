@@ -101,6 +101,9 @@ class Args:
     """ranking: the CLIP model"""
     sds_flags: str = ""
     """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags="--align-scale 0" """
+    levels: tuple[int, ...] = ()
+    """ranking: also, for each L, the terms at t in [L, L + 100) with the paper's scales (one draw per frame):
+    Spearman of align, recon and the reward with cos(angle), and the terms' mean size, for "pointing up" """
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ def ranking(args: Args) -> dict:
         terms = {"align": [], "recon": [], "reward": []}
         for _ in range(args.noise_draws):
             t = torch.randint(low, high, (len(latents),), generator=g)
-            noise = torch.randn(latents.shape, generator=g)
+            noise = torch.randn((len(latents), *model.latent_shape), generator=g)
             align, recon = model.terms(latents, t, noise)
             for k, v in zip(terms, (align, recon, model.combine(align, recon))):
                 terms[k].append(v.numpy())
@@ -172,8 +175,34 @@ def ranking(args: Args) -> dict:
     for prompt, row in results["clip"].items():
         lines.append(f"| {args.clip_model} | {prompt} | reward | {row['reward']:+.2f} | (deterministic) | "
                      f"{row['reward_up_minus_down_frames']:+.3f} |")
+    if args.levels:
+        results["levels"] = noise_levels(args, frames, upright)
+        lines += ["", f"{args.sds_model}, \"{UP}\", one noise draw per frame, paper's scales (2000, 200): Spearman "
+                      "with cos(angle), and the mean of each term", "",
+                  "| t | align | recon | symlog(2000 align) + symlog(200 recon) | mean align | mean recon |",
+                  "|---|---|---|---|---|---|"]
+        for row in results["levels"]:
+            lines.append(f"| [{row['t'][0]}, {row['t'][1]}) | {row['align']:+.2f} | {row['recon']:+.2f} | "
+                         f"{row['reward']:+.2f} | {row['mean_align']:.2e} | {row['mean_recon']:+.2e} |")
     results["table"] = "\n".join(lines)
     return results
+
+
+def noise_levels(args: Args, frames: np.ndarray, upright: np.ndarray) -> list[dict]:
+    """Per noise level L (t in [L, L + 100)): single-draw Spearman of each term with cos(angle), and the terms'
+    means (their size, which the scales inside the symlogs act on)."""
+    import sac_sds
+
+    model = sac_sds.SDSReward.from_pretrained(args.sds_model, UP, align_scale=2000.0, recon_scale=200.0)
+    latents, g, rows = model.encode(frames), torch.Generator().manual_seed(1), []
+    for low in args.levels:
+        t = torch.randint(low, low + 100, (len(latents),), generator=g)
+        align, recon = model.terms(latents, t, torch.randn((len(latents), *model.latent_shape), generator=g))
+        reward = model.combine(align, recon)
+        rows.append({"t": [low, low + 100], **{k: spearman(v.numpy(), upright) for k, v in
+                                               (("align", align), ("recon", recon), ("reward", reward))},
+                     "mean_align": float(align.mean()), "mean_recon": float(recon.mean())})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -296,3 +296,44 @@ def test_end_to_end(tiny_families, in_tmp, family, flags):
     assert state["global_step"] == 300 and state["replay_buffer"]["size"] == 300  # every transition got its reward
     rewards = state["replay_buffer"]["data"]["reward"]
     assert torch.isfinite(rewards).all() and rewards.std() > 0
+
+
+# ----- defaults -----
+def test_flow_families_default_to_the_papers_noise_at_equal_snr(tiny_families, tmp_path):
+    """SD3 and Wan default to t in [540, 620): SD's DDPM a_t at t = 400 and 500 has the signal-to-noise ratio
+    a / (1 - a) of sigma = 0.54 and 0.62 under x_t = (1 - sigma) z + sigma eps. A tadpole_config.json overrides."""
+    from diffusers import DDPMScheduler
+
+    a = DDPMScheduler.from_pretrained(tiny_families["sd"], subfolder="scheduler").alphas_cumprod
+    for t, sigma in ((400, 0.54), (500, 0.62)):  # equal SNR: (1 - s)^2 / s^2 = a / (1 - a)
+        assert math.sqrt(1 - a[t]) / (math.sqrt(a[t]) + math.sqrt(1 - a[t])) == pytest.approx(sigma, abs=0.005)
+    for family in ("sd3", "wan"):
+        settings, source = sac_sds.tadpole_defaults(str(tiny_families[family]))
+        assert (settings["noise_level_base"], settings["noise_level_range"]) == (540, 80) and "defaults" in source
+        assert (settings["align_scale"], settings["recon_scale"]) == (2000.0, 200.0)
+    for family in ("sd", "sdxl", "zeroscope"):
+        assert sac_sds.tadpole_defaults(str(tiny_families[family])) == (sac_sds.TADPOLE_DEFAULTS, None)
+    import shutil
+
+    own = tmp_path / "sd3-own"
+    shutil.copytree(tiny_families["sd3"], own)
+    (own / "tadpole_config.json").write_text(json.dumps({"noise_level_base": 700}))
+    settings, source = sac_sds.tadpole_defaults(str(own))
+    assert settings["noise_level_base"] == 700 and settings["noise_level_range"] == 80 and source.endswith(".json")
+
+
+def test_frames_render_at_the_reward_models_size(tiny_families):
+    """--render-size unset: the training envs render at the reward model's resolution (a flag still wins)."""
+    args = sac_sds.Args(prompt=(PROMPT,), model_id=str(tiny_families["sd3"]), env_id="Hopper-v4", resolution=32)
+    labeler = sac_sds.build_reward(args, torch.device("cpu"))
+    assert labeler.render_size == 32 and args.render_size is None
+    args.render_size = labeler.render_size  # as train() does
+    env = sac_sds.make_env(args, render=True)
+    env.reset(seed=0)
+    assert env.render().shape == (32, 32, 3)
+    env.close()
+    args.render_size = None
+    env = sac_sds.make_env(args, render=True)  # nothing sets it: 256
+    env.reset(seed=0)
+    assert env.render().shape == (sac_sds.DEFAULT_RENDER_SIZE,) * 2 + (3,)
+    env.close()
