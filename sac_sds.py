@@ -1,4 +1,4 @@
-"""Soft Actor-Critic rewarded by a frozen text-to-image diffusion model: TADPoLe score distillation.
+"""Soft Actor-Critic rewarded by a frozen text-to-image (or text-to-video) diffusion model: TADPoLe score distillation.
 
     python sac_sds.py --env-id Walker2d-v4 --prompt "a person walking"
     python sac_sds.py --env-id Hopper-v4 --prompt "a one-legged robot hopping forward" --reward-batch-size 64
@@ -16,6 +16,10 @@ for Policy Learning", NeurIPS 2024; the formula and its defaults: docs/method.md
 latent to a level t drawn once per episode, let the UNet predict the noise with and without the prompt, and reward
 the frame by how much the prompt changes the prediction (align) and how much it improves it (recon). With a motion
 adapter the UNet is AnimateDiff's text-to-video UNet and frames are scored in sliding windows (Video-TADPoLe).
+--model-id may be any of several diffusers families (SD 1.x/2.x, SDXL, SD3/3.5, ModelScope/ZeroScope, Wan 2.1; an
+SD model made a video model by --cross-frame-attention), told apart by the folder's model_index.json: each Family
+is a short adapter (conditioning from the pipeline's encode_prompt, the denoiser call, its parameterisation turned
+into an epsilon prediction) around the one TADPoLe computation in SDSReward.terms (docs/method.md#model-families).
 Several --prompt flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i -
 eps_u), all prompts in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within
 each episode: the frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
@@ -597,8 +601,9 @@ class Family(nn.Module):
 
 
 def _sd_conditioning(pipe, prompts, negative_prompt, device) -> dict:
-    """SD 1.x/2.x-style encode_prompt (also ZeroScope's): the encoded negative prompt ("" when none)."""
-    cond, uncond = pipe.encode_prompt(prompts, device, 1, True, [negative_prompt] * len(prompts) or None)
+    """SD 1.x/2.x-style encode_prompt (also ZeroScope's): the negative is the encoded negative prompt, "" by default
+    (what it encodes for none); given once per prompt, as it wants a list as long as the prompts."""
+    cond, uncond = pipe.encode_prompt(prompts, device, 1, True, [negative_prompt] * len(prompts))
     return {"text": torch.cat([uncond[:1], cond])}
 
 

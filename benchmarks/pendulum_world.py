@@ -9,7 +9,7 @@ the pole is. SDS draws t and the noise per frame as training does, so its figure
 reward SAC sees; "mean of N" also gives the correlation of the reward averaged over N noise draws.
 
 rl: each configuration (--configs) trains --seeds seeds for --steps steps as its own process (one torch thread,
---jobs at a time) under runs/pendulum_world/; then every trained actor plays --eval-episodes deterministic
+--jobs at a time) as runs/pendulum_world__CONFIG__sSEED; then every trained actor plays --eval-episodes deterministic
 episodes (the same start states for every configuration, and for the random policy, which is the floor;
 env-reward SAC is the ceiling). Reported per configuration, mean +- std over seeds: the environment's own return,
 the mean absolute pole angle (0 = up, 180 = down) over the whole episode and over each half of it, and the
@@ -51,6 +51,10 @@ SCHEDULE = f"0:{DOWN};100:{UP}"
 # demo/pendulum-sd/tadpole_config.json holds the same settings (so plain `--model-id demo/pendulum-sd` uses them);
 # they are spelled out here so that the table shows what ran.
 SDS_WORLD = ["--model-id", SDS_MODEL, "--align-scale", "0", "--noise-level-base", "700", "--noise-level-range", "200"]
+# The foundation-model ablation's SD3-family model (rectified flow): recon alone as well, but best at low noise
+# (demo/pendulum-sd3/tadpole_config.json holds the same settings)
+SD3_WORLD = ["--model-id", "demo/pendulum-sd3", "--align-scale", "0", "--noise-level-base", "100",
+             "--noise-level-range", "200"]
 # name -> (script, flags); every run also gets the common SAC flags of run_command
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "env": ("sac_env_reward.py", []),
@@ -66,6 +70,9 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                        "--prompt", DOWN, "--prompt-weight", "-1"]),
     "clip-up-not-down": ("sac_clip.py", ["--clip-model-id", CLIP_MODEL, "--prompt", UP, "--prompt-weight", "1",
                                          "--prompt", DOWN, "--prompt-weight", "-1"]),
+    # issue 16: the foundation-model ablation (SD3 family)
+    "sd3-up": ("sac_sds.py", [*SD3_WORLD, "--prompt", UP]),
+    "sd3-down": ("sac_sds.py", [*SD3_WORLD, "--prompt", DOWN]),
 }
 BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 
@@ -76,7 +83,7 @@ class Args:
     """ranking: how the reward models rank held-out frames; rl: train and evaluate SAC"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
-    sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down)"""
+    sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
     seeds: tuple[int, ...] = (1, 2, 3)
     """rl: training seeds"""
     steps: int = 10_000
@@ -210,7 +217,7 @@ def noise_levels(args: Args, frames: np.ndarray, upright: np.ndarray) -> list[di
 # ----------------------------------------------------------------------------------------------------------------
 def run_command(args: Args, config: str, seed: int) -> tuple[list[str], Path]:
     script, flags = CONFIGS[config]
-    name = f"{Path(args.out).relative_to('runs') if args.out.startswith('runs/') else args.out}/{config}__s{seed}"
+    name = f"{Path(args.out).name}__{config}__s{seed}"  # a run name is one folder under runs/
     cmd = [sys.executable, str(ROOT / script), "--env-id", "Pendulum-v1", "--seed", str(seed), "--total-timesteps",
            str(args.steps), "--learning-starts", str(args.learning_starts), "--eval-every", "0", "--eval-episodes",
            "1", "--checkpoint-every", "0", "--threads", "1", "--no-progress", "--run-name", name, *flags,

@@ -1,6 +1,7 @@
 """Trains the two small text-conditioned models of the Pendulum world on the CPU, from rendered Pendulum-v1 frames.
 
-    python demo/train_pendulum_models.py                 # writes demo/pendulum-sd and demo/pendulum-clip
+    python demo/train_pendulum_models.py                 # writes demo/pendulum-sd, pendulum-sd3, pendulum-clip
+    python demo/train_pendulum_models.py --which sd3     # one of them
 
 Stable Diffusion and CLIP weights cannot be downloaded everywhere, yet the whole loop (render, reward from a
 text-conditioned model, SAC, behaviour that matches the text) must be shown to work. This script makes a world
@@ -21,11 +22,16 @@ where it can be, in minutes on two CPU cores, deterministically (fixed seeds, fi
    text encoder's positions (48) cover whole captions: truncation would make "up" and "down" identical.
    tadpole_config.json beside the pipeline holds the reward settings measured to work for this model (the recon
    term alone at high noise; see TADPOLE_CONFIG).
-3. demo/pendulum-clip: a transformers CLIP checkpoint (CLIPModel, tokenizer, CLIPImageProcessor at 32x32) trained
+3. demo/pendulum-sd3: the foundation-model ablation's second family, with the same data, VAE (the same weights,
+   shifted as SD3's are), steps and batch as pendulum-sd: a complete StableDiffusion3Pipeline folder whose denoiser
+   is an SD3Transformer2DModel (MMDiT) trained on the rectified-flow objective, with SD3's two CLIP text encoders
+   and no T5 (see train_sd3).
+4. demo/pendulum-clip: a transformers CLIP checkpoint (CLIPModel, tokenizer, CLIPImageProcessor at 32x32) trained
    with CLIP's contrastive loss against the four captions, using the same soft caption weights as targets.
 
-Both folders load through the same from_pretrained(model_id) code paths as hub models:
+The folders load through the same from_pretrained(model_id) code paths as hub models:
     python sac_sds.py --env-id Pendulum-v1 --model-id demo/pendulum-sd --prompt "a pendulum pointing up"
+    python sac_sds.py --env-id Pendulum-v1 --model-id demo/pendulum-sd3 --prompt "a pendulum pointing up"
     python sac_clip.py --env-id Pendulum-v1 --clip-model-id demo/pendulum-clip --prompt "a pendulum pointing up"
 benchmarks/pendulum_world.py measures how well the rewards rank frames and what SAC learns from them.
 """
@@ -64,22 +70,34 @@ TADPOLE_CONFIG = {
                "the reward is the recon term alone at t in [700, 900).",
     "noise_level_base": 700, "noise_level_range": 200, "align_scale": 0.0, "recon_scale": 200.0,
 }
+SD3_LAYERS = 4
+SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s default, which sac_sds.py uses too
+# Measured the same way for the SD3-family model: the align term ranks frames backwards here too, and the recon term
+# ranks them best at LOW noise (single draw +0.88 at t in [100, 300), +0.76 at [700, 900)), unlike pendulum-sd's.
+SD3_TADPOLE_CONFIG = {
+    "comment": "This model's TADPoLe settings (sac_sds.py uses them unless flags say otherwise). Measured with "
+               "`python benchmarks/pendulum_world.py --what ranking --sds-model demo/pendulum-sd3 --levels ...`: "
+               "on held-out frames the align term ranks frames backwards (by mismatch) at every noise level, and "
+               "the recon term ranks them best at low noise, so the reward is the recon term alone at t in "
+               "[100, 300) (sigma 0.1-0.3).",
+    "noise_level_base": 100, "noise_level_range": 200, "align_scale": 0.0, "recon_scale": 200.0,
+}
 
 
 @dataclass
 class Args:
     out_dir: str = "demo"
-    """folder that receives pendulum-sd/ and pendulum-clip/"""
-    which: tuple[str, ...] = ("sd", "clip")
-    """which models to train: sd, clip or both"""
+    """folder that receives pendulum-sd/, pendulum-sd3/ and pendulum-clip/"""
+    which: tuple[str, ...] = ("sd", "sd3", "clip")
+    """which models to train: sd, sd3, clip, or several"""
     frames: int = 4000
     """training frames (each at a uniformly random angle)"""
     resolution: int = 32
-    """image size of both models, in pixels"""
+    """image size of all models, in pixels"""
     vae_steps: int = 400
     """AdamW steps of the VAE (autoencoder) training"""
     unet_steps: int = 2500
-    """AdamW steps of the UNet and text encoder training"""
+    """AdamW steps of the UNet and text encoder training (and of the SD3 transformer and its text encoders)"""
     clip_steps: int = 800
     """AdamW steps of the CLIP training"""
     batch_size: int = 64
@@ -173,15 +191,13 @@ def train_loop(name: str, steps: int, params, loss_fn, lr: float) -> None:
                   flush=True)
 
 
-def train_sd(args: Args, data: dict, folder: Path) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def train_vae(args: Args, x: torch.Tensor, g: torch.Generator, shift: bool = False):
+    """The Pendulum world's VAE: 32x32x3 <-> 8x8x4, reconstruction loss plus a small KL term (as SD's VAE, without
+    the GAN). Its latents are then measured on the data and the config set so that the scaled latents have unit
+    variance: scaling_factor = 1 / std (SD's convention), and with shift (SD3's), shift_factor = their mean and
+    latents = (mean - shift_factor) * scaling_factor. Returns the VAE and the scaled latents of x."""
+    from diffusers import AutoencoderKL
 
-    g = torch.Generator().manual_seed(args.seed + 1)
-    x = data["sd"]
-    torch.manual_seed(args.seed + 1)
-
-    # 1. VAE: 32x32x3 <-> 8x8x4, reconstruction loss plus a small KL term (as SD's VAE, without the GAN)
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=1,
                         latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8, sample_size=args.resolution)
@@ -198,10 +214,25 @@ def train_sd(args: Args, data: dict, folder: Path) -> None:
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(x[i:i + 500]).latent_dist.mean for i in range(0, len(x), 500)])
+    if shift:
+        vae.register_to_config(shift_factor=float(latents.mean()))
+        latents = latents - vae.config.shift_factor
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
-    print(f"  latent std {1 / scale:.3f}: scaling_factor set to {scale:.4f}")
+    print(f"  latent std {1 / scale:.3f}: scaling_factor set to {scale:.4f}"
+          + (f", shift_factor {vae.config.shift_factor:.4f}" if shift else ""))
+    return vae, latents * scale
+
+
+def train_sd(args: Args, data: dict, folder: Path) -> None:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    x = data["sd"]
+    torch.manual_seed(args.seed + 1)
+
+    vae, latents = train_vae(args, x, g)
 
     # 2. text encoder + UNet on the epsilon objective, captions dropped for 10% of samples
     tokenizer = write_char_tokenizer(folder.parent / ".pendulum-sd-tokenizer")
@@ -240,6 +271,62 @@ def train_sd(args: Args, data: dict, folder: Path) -> None:
         pipe.to(torch.float16)
     pipe.save_pretrained(folder)
     (folder / "tadpole_config.json").write_text(json.dumps(TADPOLE_CONFIG, indent=2) + "\n")
+
+
+def train_sd3(args: Args, data: dict, folder: Path) -> None:
+    """The SD3-family model of the foundation-model ablation: the same data, VAE design, steps and batch as
+    pendulum-sd; a complete StableDiffusion3Pipeline folder whose denoiser is an SD3Transformer2DModel (MMDiT)
+    trained on the rectified-flow objective (x_t = (1 - sigma) z + sigma eps, predict v = eps - z), with SD3's two
+    CLIP text encoders (penultimate hidden states concatenated, pooled projections concatenated) and no T5, so
+    encode_prompt gives the transformer zeros in T5's place, as SD3 without its third encoder runs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    g = torch.Generator().manual_seed(args.seed + 1)  # pendulum-sd's: the same VAE weights (then shifted)
+    torch.manual_seed(args.seed + 1)
+    vae, latents = train_vae(args, data["sd"], g, shift=True)
+
+    tokenizer = write_char_tokenizer(folder.parent / ".pendulum-sd3-tokenizer")
+    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**text_config(len(tokenizer.get_vocab()), 64),
+                                                          projection_dim=32)) for _ in range(2)]
+    transformer = SD3Transformer2DModel(  # 4x4 patches of 2x2 latent pixels; joint attention with the text
+        sample_size=args.resolution // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=SD3_LAYERS,
+        attention_head_dim=16, num_attention_heads=4, joint_attention_dim=128, caption_projection_dim=64,
+        pooled_projection_dim=64, pos_embed_max_size=args.resolution // 4 // 2,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)  # SD3's (sampling only)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoders[0],
+                                    tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer,
+                                    text_encoder_3=None, tokenizer_3=None)
+    it = batches(len(latents), args.batch_size, args.unet_steps, g)
+
+    def flow_loss(step):
+        idx = next(it)
+        caption = torch.multinomial(data["weights"][idx], 1, generator=g).squeeze(1) + 1  # 1..4; 0 is ""
+        caption[torch.rand(len(idx), generator=g) < 0.1] = 0  # classifier-free dropout
+        # the pipeline's own text path (with gradients), at its __call__'s max_sequence_length
+        embeds, _, pooled, _ = pipe.encode_prompt([""] + CAPTIONS, None, None, do_classifier_free_guidance=False,
+                                                  max_sequence_length=SD3_MAX_SEQUENCE_LENGTH)
+        noise = torch.randn(latents[idx].shape, generator=g)
+        # as for pendulum-sd: half the samples at any noise level, half at sigma in [0.3, 0.7)
+        sigma = torch.rand(len(idx), generator=g)
+        sigma[: len(idx) // 2] = 0.3 + 0.4 * torch.rand(len(idx) // 2, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        x_t = (1 - s) * latents[idx] + s * noise
+        v = transformer(x_t, timestep=sigma * 1000, encoder_hidden_states=embeds[caption],
+                        pooled_projections=pooled[caption]).sample
+        return F.mse_loss(v, noise - latents[idx])
+
+    print(f"SD3 transformer: {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M parameters, text "
+          f"encoders {sum(p.numel() for e in encoders for p in e.parameters()) / 1e6:.2f} M")
+    params = list(transformer.parameters()) + [p for e in encoders for p in e.parameters()]
+    train_loop("sd3", args.unet_steps, params, flow_loss, lr=1e-3)
+    for m in (transformer, *encoders):
+        m.eval()
+    if args.save_fp16:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(folder)
+    (folder / "tadpole_config.json").write_text(json.dumps(SD3_TADPOLE_CONFIG, indent=2) + "\n")
 
 
 def train_clip(args: Args, data: dict, folder: Path, processor) -> None:
@@ -282,9 +369,9 @@ def train_clip(args: Args, data: dict, folder: Path, processor) -> None:
 def main(args: Args) -> None:
     from transformers import CLIPImageProcessorPil
 
-    unknown = set(args.which) - {"sd", "clip"}
+    unknown = set(args.which) - {"sd", "sd3", "clip"}
     if unknown:
-        sys.exit(f"error: --which {' '.join(sorted(unknown))}: choose from sd, clip")
+        sys.exit(f"error: --which {' '.join(sorted(unknown))}: choose from sd, sd3, clip")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out_dir)
@@ -297,9 +384,11 @@ def main(args: Args) -> None:
     print(f"{args.frames} frames rendered and preprocessed ({time.perf_counter() - start:.0f} s)")
     if "sd" in args.which:
         train_sd(args, data, out / "pendulum-sd")
+    if "sd3" in args.which:
+        train_sd3(args, data, out / "pendulum-sd3")
     if "clip" in args.which:
         train_clip(args, data, out / "pendulum-clip", processor)
-    for tmp in (".pendulum-sd-tokenizer", ".pendulum-clip-tokenizer"):  # the tokenizers' source files
+    for tmp in (".pendulum-sd-tokenizer", ".pendulum-sd3-tokenizer", ".pendulum-clip-tokenizer"):  # the tokenizers' source files
         for f in (out / tmp).glob("*"):
             f.unlink()
         if (out / tmp).exists():

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "demo"))
 UP, DOWN = "a pendulum pointing up", "a pendulum pointing down"
 SDS_MODEL, CLIP_MODEL = ROOT / "demo" / "pendulum-sd", ROOT / "demo" / "pendulum-clip"
+SD3_MODEL = ROOT / "demo" / "pendulum-sd3"
 
 
 def test_committed_folders_are_complete_pipelines():
@@ -35,6 +36,21 @@ def test_committed_folders_are_complete_pipelines():
     assert CLIPModel.from_pretrained(CLIP_MODEL).config.vision_config.image_size == 32
 
 
+def test_committed_sd3_folder_is_a_complete_sd3_pipeline():
+    """demo/pendulum-sd3 is a StableDiffusion3Pipeline (no T5) with pendulum-sd's VAE design and captions that fit."""
+    import sac_sds
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(SD3_MODEL, text_encoder_3=None, tokenizer_3=None)
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        assert getattr(pipe, part) is not None
+    assert pipe.vae.config.shift_factor is not None and pipe.vae.config.latent_channels == 4
+    ids = pipe.tokenizer([UP, DOWN, "a pendulum pointing right"]).input_ids
+    assert max(len(i) for i in ids) <= pipe.tokenizer.model_max_length
+    model = sac_sds.SDSReward.from_pretrained(str(SD3_MODEL), UP)
+    assert type(model.family).__name__ == "SD3Family" and model.resolution == 32
+
+
 def test_training_script_is_deterministic_and_writes_loadable_folders(tmp_path):
     """demo/train_pendulum_models.py, shortened, twice with one seed: byte-identical weights, and folders that the
     reward classes load (with the diffusion model's tadpole_config.json)."""
@@ -45,12 +61,20 @@ def test_training_script_is_deterministic_and_writes_loadable_folders(tmp_path):
     for out in ("a", "b"):
         run_script("demo/train_pendulum_models.py", "--out-dir", str(tmp_path / out), *short, cwd=tmp_path)
     weights = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
-    assert len(weights) == 4  # unet, vae, text_encoder, clip
+    assert len(weights) == 8  # sd: unet, vae, text_encoder; sd3: transformer, vae, two text encoders; clip
     for w in weights:
         assert (tmp_path / "a" / w).read_bytes() == (tmp_path / "b" / w).read_bytes(), w
     model = sac_sds.SDSReward.from_pretrained(str(tmp_path / "a" / "pendulum-sd"), UP)
     assert (model.align_scale, model.resolution, model.latent_shape) == (0.0, 32, (4, 8, 8))
     assert sac_sds.tadpole_defaults(str(tmp_path / "a" / "pendulum-sd"))[0]["noise_level_base"] == 700
+    sd3 = sac_sds.SDSReward.from_pretrained(str(tmp_path / "a" / "pendulum-sd3"), UP)
+    assert sd3.family.flow and sd3.latent_shape == (4, 8, 8)
+    vae_weights = [(tmp_path / "a" / m / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+                   for m in ("pendulum-sd", "pendulum-sd3")]
+    assert vae_weights[0] == vae_weights[1]  # one VAE for both families: the ablation changes the denoiser only
+    vae_sd, vae_sd3 = (json.loads((tmp_path / "a" / m / "vae" / "config.json").read_text()) for m in
+                       ("pendulum-sd", "pendulum-sd3"))
+    assert vae_sd3["shift_factor"] is not None and vae_sd["block_out_channels"] == vae_sd3["block_out_channels"]
     clip = sac_clip.CLIPReward.from_pretrained(str(tmp_path / "a" / "pendulum-clip"), [UP])
     assert clip(np.zeros((2, 500, 500, 3), dtype=np.uint8)).shape == (2,)
 
