@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
 import os
 import pickle
@@ -873,6 +874,10 @@ class SDSReward(nn.Module):
         if motion_adapter_id and cross_frame_attention:
             raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
                             "choose one")
+        # without torchvision, importing the pipelines makes transformers warn that its image processors fall back
+        # to PIL; the reward uses none of them
+        logging.getLogger("transformers.utils.import_utils").addFilter(
+            lambda record: "requires torchvision" not in record.getMessage())
         # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
         import diffusers
         import transformers

@@ -55,6 +55,16 @@ class RecordingLogger:
 
 
 @pytest.fixture
+def one_thread():
+    """One CPU thread: faster on small shared machines, and CPU kernels then treat every batch row alike (with
+    several threads, rows split across threads may round differently; the zero-reward tests need identical rows)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in a fresh working directory (runs/ lands there)."""
     monkeypatch.chdir(tmp_path)

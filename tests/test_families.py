@@ -25,13 +25,7 @@ PROMPT = "a pendulum pointing up"
 RES = 16  # every tiny model: 16 px frames, 8x8 latents (Wan: 2x2, 16 channels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: CPU kernels then treat every batch row alike (the zero-reward test compares rows exactly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: identical rounding for every batch row
 
 
 def frames(n: int, seed: int = 0, size: int = 24) -> np.ndarray:
@@ -337,3 +331,26 @@ def test_frames_render_at_the_reward_models_size(tiny_families):
     env.reset(seed=0)
     assert env.render().shape == (sac_sds.DEFAULT_RENDER_SIZE,) * 2 + (3,)
     env.close()
+
+
+def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
+    """eval_videos.py --sds-model-id with a video model: each frame's score is the mean over its windows (the
+    model's forward over the episode), from the scorer's draws (t for the episode, then noise per batch)."""
+    import eval_videos
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"env_id": "Pendulum-v1", "exp_name": "sac_sds",
+                                                            "prompt": [PROMPT]}))
+    run = eval_videos.read_run(str(tmp_path / "run"), None)
+    x = frames(20, seed=11)
+    scorer = eval_videos.SdsScorer(eval_videos.EvalArgs(sds_model_id=str(tiny_families["zeroscope"]), batch_size=8,
+                                                        seed=3), torch.device("cpu"))
+    got = scorer(x, run)
+    g = torch.Generator().manual_seed(3)
+    t = int(torch.randint(400, 500, (1,), generator=g))
+    noise = torch.cat([torch.randn(n, 4, 8, 8, generator=g) for n in (8, 8, 4)])
+    model = SDSReward.from_pretrained(str(tiny_families["zeroscope"]), PROMPT)  # its own 16 px, 16-frame windows
+    assert model.windows(20) == [(0, 16), (4, 20)]
+    expected = model(model.encode(x), t, noise).numpy()
+    np.testing.assert_allclose(got["sds_score"], expected, rtol=1e-4, atol=1e-4)
+    assert got["sds_align"].shape == (20,)

@@ -20,14 +20,7 @@ from sac_sds import Args, SDSReward, TransitionQueue, UserError
 PROMPT = "a pendulum pointing up"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: faster on small shared machines, and CPU kernels then treat every batch row alike (with
-    several threads, rows split across threads may round differently; the zero-reward test needs identical rows)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: identical rounding for every batch row
 
 
 def frames(n: int, seed: int = 0, size: int = 24) -> np.ndarray:
