@@ -93,8 +93,8 @@ class SACArgs:
     time_feature: bool = False
     """append the normalised episode step t / max_episode_steps to the observation"""
     render_size: Optional[int] = None
-    """height and width of rendered frames, videos and the frames a text reward sees (default: the text reward
-    model's own input size, e.g. 512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP ViT; 256 otherwise)"""
+    """height and width of rendered frames: videos, and the frames a text reward sees;
+    default: the text reward model's own input size (512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP), else 256"""
     camera: Optional[str] = None
     """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
 

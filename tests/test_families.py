@@ -246,6 +246,25 @@ def test_batch_equals_single(tiny_families, family):
     assert batched.std() > 0
 
 
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "wan"])
+def test_composition_and_schedule_work_for_every_family(tiny_families, family):
+    """Two prompts in one pass: weights (1, 0) give the first prompt's reward, all weights 0 give exactly zero, and a
+    schedule's entry k scores on prompt k alone, as a model of that one prompt does."""
+    other = "a pendulum pointing down"
+    folder = str(tiny_families[family])
+    one, two = (SDSReward.from_pretrained(folder, p, resolution=RES, context_size=5) for p in (PROMPT, other))
+    both = SDSReward.from_pretrained(folder, [PROMPT, other], resolution=RES, context_size=5, weights=[1.0, 0.0])
+    g = torch.Generator().manual_seed(12)
+    latents = one.encode(frames(5, seed=12))
+    noise = torch.randn(5, *one.latent_shape, generator=g)
+    torch.testing.assert_close(both(latents, 450, noise), one(latents, 450, noise), rtol=1e-4, atol=1e-5)
+    for k, single in enumerate((one, two)):
+        torch.testing.assert_close(both(latents, 450, noise, prompt=k), single(latents, 450, noise), rtol=1e-4,
+                                   atol=1e-5)
+    zero = SDSReward.from_pretrained(folder, [PROMPT, other], resolution=RES, context_size=5, weights=[0.0, 0.0])
+    assert torch.count_nonzero(zero(latents, 450, noise)) == 0
+
+
 # ----- refusals -----
 def write_index(folder, class_name):
     folder.mkdir(parents=True)
