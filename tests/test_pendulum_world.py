@@ -80,8 +80,8 @@ def test_training_script_is_deterministic_and_writes_loadable_folders(tmp_path):
 
 
 def test_rewards_rank_held_out_frames_by_uprightness():
-    """On frames the models never saw, the reward for "pointing up" rises with cos(angle); the SDS reward is noisy
-    per draw, so its mean over draws is ranked."""
+    """On frames the models never saw, the reward for "pointing up" rises with cos(angle); the SDS rewards (SD and
+    SD3 families) are noisy per draw, so their mean over draws is ranked."""
     import pendulum_world
     import sac_clip
     import sac_sds
@@ -91,13 +91,14 @@ def test_rewards_rank_held_out_frames_by_uprightness():
     upright = np.cos(angles)
     clip = sac_clip.CLIPReward.from_pretrained(str(CLIP_MODEL), [UP])
     assert pendulum_world.spearman(clip(frames).numpy(), upright) > 0.5
-    model = sac_sds.SDSReward.from_pretrained(str(SDS_MODEL), UP)  # scales from its tadpole_config.json
-    low, n = (sac_sds.tadpole_defaults(str(SDS_MODEL))[0][k] for k in ("noise_level_base", "noise_level_range"))
-    latents = model.encode(frames)
-    g = torch.Generator().manual_seed(0)
-    rewards = [model(latents, torch.randint(low, low + n, (len(latents),), generator=g), generator=g).numpy()
-               for _ in range(4)]
-    assert pendulum_world.spearman(np.mean(rewards, 0), upright) > 0.5
+    for folder in (SDS_MODEL, SD3_MODEL):  # both families, each with its own tadpole_config.json
+        model = sac_sds.SDSReward.from_pretrained(str(folder), UP)
+        low, n = (sac_sds.tadpole_defaults(str(folder))[0][k] for k in ("noise_level_base", "noise_level_range"))
+        latents = model.encode(frames)
+        g = torch.Generator().manual_seed(0)
+        rewards = [model(latents, torch.randint(low, low + n, (len(latents),), generator=g), generator=g).numpy()
+                   for _ in range(4)]
+        assert pendulum_world.spearman(np.mean(rewards, 0), upright) > 0.5, folder
 
 
 @pytest.mark.timeout(1500)
