@@ -521,6 +521,8 @@ class Family(nn.Module):
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.vae = pipe.vae.eval().requires_grad_(False)
         self.vae.decoder = None  # only the encoder is used (frees ~200 MB for SD)
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)  # e.g. SDXL's VAE overflows in fp16; its pipeline upcasts it the same way
         self.cond_names = list(cond)
         for name, value in cond.items():  # (1 + P, ...): row 0 unconditional, then the prompts
             self.register_buffer(name, value.to(dtype))
@@ -569,7 +571,7 @@ class Family(nn.Module):
         return self.denoiser.config.sample_size * self.vae_scale
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x).latent_dist.mean.float() * self.vae.config.scaling_factor
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float() * self.vae.config.scaling_factor
 
     def window_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents  # per-frame latents already (only Wan encodes whole windows)
@@ -709,7 +711,7 @@ class SD3Family(Family):
 
     def encode(self, x):
         shift = self.vae.config.shift_factor or 0.0
-        return (self.vae.encode(x).latent_dist.mean.float() - shift) * self.vae.config.scaling_factor
+        return (self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float() - shift) * self.vae.config.scaling_factor
 
     def predict(self, z_t, t, rows):
         return self.denoiser(hidden_states=z_t, timestep=t.float(), encoder_hidden_states=self.text[rows],
@@ -980,7 +982,7 @@ class SDSReward(nn.Module):
         x = x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if x.shape[-2:] != (self.resolution, self.resolution):
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
-        return self.family.encode(x.to(self.dtype))
+        return self.family.encode(x)
 
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor,
                       prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:

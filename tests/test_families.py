@@ -373,3 +373,14 @@ def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
     expected = model(model.encode(x), t, noise).numpy()
     np.testing.assert_allclose(got["sds_score"], expected, rtol=1e-4, atol=1e-4)
     assert got["sds_align"].shape == (20,)
+
+
+def test_fp16_upcasts_a_vae_that_asks_for_it(tiny_families):
+    """--dtype fp16: a VAE whose config sets force_upcast (SDXL's overflows in fp16) runs in fp32, as its pipeline
+    runs it; the denoiser stays fp16 and the latents match the fp32 model's."""
+    half = SDSReward.from_pretrained(str(tiny_families["sdxl"]), PROMPT, resolution=RES, dtype="fp16")
+    full = SDSReward.from_pretrained(str(tiny_families["sdxl"]), PROMPT, resolution=RES)
+    assert half.vae.config.force_upcast and half.vae.dtype == torch.float32 and half.unet.dtype == torch.float16
+    x = frames(2, seed=13)
+    torch.testing.assert_close(half.encode(x), full.encode(x), rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(half(half.encode(x), 450, torch.randn(2, *half.latent_shape))).all()
