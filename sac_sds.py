@@ -523,7 +523,6 @@ class Family(nn.Module):
         self.vae.decoder = None  # only the encoder is used (frees ~200 MB for SD)
         if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             self.vae.to(torch.float32)  # e.g. SDXL's VAE overflows in fp16; its pipeline upcasts it the same way
-        self.cond_names = list(cond)
         for name, value in cond.items():  # (1 + P, ...): row 0 unconditional, then the prompts
             self.register_buffer(name, value.to(dtype))
         self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
@@ -535,7 +534,6 @@ class Family(nn.Module):
             if self.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
                 raise UserError(f"the model predicts '{self.scheduler.config.prediction_type}'; TADPoLe needs epsilon "
                                 "or v")
-        self.resolution = None
 
     @property
     def vae_scale(self) -> int:
@@ -545,7 +543,7 @@ class Family(nn.Module):
     @classmethod
     def load(cls, pipeline_cls, model_id: str, dtype: torch.dtype, **kwargs):
         """The pipeline; components its model_index.json leaves out (null, e.g. SD3 without T5) stay None."""
-        index = pipeline_cls.load_config(model_id)
+        index = pipeline_index(model_id)
         absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
         return pipeline_cls.from_pretrained(model_id, dtype=dtype, **{**absent, **kwargs})
 
@@ -553,9 +551,6 @@ class Family(nn.Module):
     def conditioning(pipe, prompts: list[str], negative_prompt: str, device) -> dict:
         """{name: (1 + P, ...)} from the pipeline's encode_prompt as its __call__ passes it (negative: None for "")."""
         raise NotImplementedError
-
-    def configure(self, resolution: int) -> None:
-        self.resolution = resolution
 
     @property
     def latent_channels(self) -> int:
@@ -571,7 +566,10 @@ class Family(nn.Module):
         return self.denoiser.config.sample_size * self.vae_scale
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float() * self.vae.config.scaling_factor
+        """(mean - shift_factor) * scaling_factor, as the pipelines scale latents (shift_factor: SD3's; else none)."""
+        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float()
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return (mean - shift if shift is not None else mean) * self.vae.config.scaling_factor
 
     def window_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents  # per-frame latents already (only Wan encodes whole windows)
@@ -600,7 +598,7 @@ class Family(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return getattr(self, self.cond_names[0]).dtype
+        return self.text.dtype
 
 
 def _sd_conditioning(pipe, prompts, negative_prompt, device) -> dict:
@@ -667,13 +665,10 @@ class SDXLFamily(Family):
             negative_prompt=negative_prompt or None)
         return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
 
-    def configure(self, resolution):
-        super().configure(resolution)
-        r = float(resolution)
-        self.register_buffer("time_ids", torch.tensor([[r, r, 0.0, 0.0, r, r]], device=self.text.device))
-
     def predict(self, z_t, t, rows):
-        extra = {"text_embeds": self.pooled[rows], "time_ids": self.time_ids.expand(len(z_t), 6).to(self.dtype)}
+        r = float(z_t.shape[-1] * self.vae_scale)  # the frames' resolution
+        time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]], device=z_t.device, dtype=self.dtype).expand(len(z_t), 6)
+        extra = {"text_embeds": self.pooled[rows], "time_ids": time_ids}
         return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows], added_cond_kwargs=extra).sample
 
 
@@ -708,10 +703,6 @@ class SD3Family(Family):
     @property
     def multiple(self):
         return self.vae_scale * self.denoiser.config.patch_size
-
-    def encode(self, x):
-        shift = self.vae.config.shift_factor or 0.0
-        return (self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float() - shift) * self.vae.config.scaling_factor
 
     def predict(self, z_t, t, rows):
         return self.denoiser(hidden_states=z_t, timestep=t.float(), encoder_hidden_states=self.text[rows],
@@ -784,33 +775,43 @@ GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without
 
 
 @functools.lru_cache(maxsize=None)
-def pipeline_class_name(model_id: str) -> str | UserError:
-    """_class_name of a pipeline folder's or hub id's model_index.json, or the UserError saying why it is unreadable
-    (kept, so that a hub id offline is tried once)."""
+def pipeline_index(model_id: str) -> dict | UserError:
+    """A pipeline folder's or hub id's model_index.json, or the UserError saying why it is unreadable (kept, so that
+    a hub id offline is tried once; detect_family and Family.load both read it)."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return DiffusionPipeline.load_config(model_id)["_class_name"]
-    except (OSError, HFValidationError, ValueError, KeyError) as e:
+        index = DiffusionPipeline.load_config(model_id)
+    except (OSError, HFValidationError, ValueError) as e:
         return load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE)
+    if "_class_name" not in index:
+        return load_error("--model-id", "diffusion model", model_id, KeyError("model_index.json names no _class_name"),
+                          MIRROR_NOTE)
+    return index
+
+
+def family_for(name: str, what: str) -> type[Family]:
+    """The Family that loads pipeline class `name`; UserError naming `what` for a guidance-distilled model or a
+    pipeline no family loads."""
+    if name.startswith(GUIDANCE_DISTILLED):
+        raise UserError(f"{what} is a {name}: Flux is guidance-distilled (dev: one guided prediction, no trained "
+                        "unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-unconditional terms "
+                        "would be meaningless; use an SD 1.x/2.x, SDXL, SD3, ZeroScope or Wan model")
+    for family in FAMILIES:
+        if name in family.pipelines:
+            return family
+    known = ", ".join(p for f in FAMILIES for p in f.pipelines)
+    raise UserError(f"{what} is a {name}, which sac_sds.py does not score with; it loads {known}")
 
 
 def detect_family(model_id: str) -> tuple[type[Family], str]:
     """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's
     _class_name; UserError for one that cannot be read, a guidance-distilled model, or a pipeline no family loads."""
-    name = pipeline_class_name(model_id)
-    if isinstance(name, UserError):
-        raise name
-    if name.startswith(GUIDANCE_DISTILLED):
-        raise UserError(f"--model-id {model_id} is a {name}: Flux is guidance-distilled (dev: one guided prediction, "
-                        "no trained unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-"
-                        "unconditional terms would be meaningless; use an SD 1.x/2.x, SDXL, SD3, ZeroScope or Wan model")
-    for family in FAMILIES:
-        if name in family.pipelines:
-            return family, name
-    known = ", ".join(p for f in FAMILIES for p in f.pipelines)
-    raise UserError(f"--model-id {model_id} is a {name}, which sac_sds.py does not score with; it loads {known}")
+    index = pipeline_index(model_id)
+    if isinstance(index, UserError):
+        raise index
+    return family_for(index["_class_name"], f"--model-id {model_id}"), index["_class_name"]
 
 
 class SDSReward(nn.Module):
@@ -843,7 +844,6 @@ class SDSReward(nn.Module):
         self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
-        family.configure(resolution)
 
     @classmethod
     def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
@@ -910,9 +910,7 @@ class SDSReward(nn.Module):
         build the real architectures from their configs with it). The pipeline's text encoders are used for the
         conditioning, then left to be freed with it."""
         name = type(pipe).__name__
-        family = next((f for f in FAMILIES if name in f.pipelines), None)
-        if family is None:
-            raise UserError(f"a {name} is not a pipeline sac_sds.py scores with")
+        family = family_for(name, "the pipeline")
         device = torch.device(device)
         dtype = pipe.dtype
         pipe.to(device)
