@@ -147,6 +147,8 @@ def ranking(args: Args) -> dict:
             args.sds_model, prompt, sds_args.negative_prompt, align_scale=sds_args.align_scale,
             recon_scale=sds_args.recon_scale, resolution=sds_args.resolution)
         latents = model.encode(frames)
+        if prompt == UP and args.levels:
+            results["levels"] = noise_levels(args, model, latents, upright)
         low, high = sds_args.noise_level_base, sds_args.noise_level_base + sds_args.noise_level_range
         terms = {"align": [], "recon": [], "reward": []}
         for _ in range(args.noise_draws):
@@ -183,7 +185,6 @@ def ranking(args: Args) -> dict:
         lines.append(f"| {args.clip_model} | {prompt} | reward | {row['reward']:+.2f} | (deterministic) | "
                      f"{row['reward_up_minus_down_frames']:+.3f} |")
     if args.levels:
-        results["levels"] = noise_levels(args, frames, upright)
         lines += ["", f"{args.sds_model}, \"{UP}\", one noise draw per frame, paper's scales (2000, 200): Spearman "
                       "with cos(angle), and the mean of each term", "",
                   "| t | align | recon | symlog(2000 align) + symlog(200 recon) | mean align | mean recon |",
@@ -195,17 +196,18 @@ def ranking(args: Args) -> dict:
     return results
 
 
-def noise_levels(args: Args, frames: np.ndarray, upright: np.ndarray) -> list[dict]:
-    """Per noise level L (t in [L, L + 100)): single-draw Spearman of each term with cos(angle), and the terms'
-    means (their size, which the scales inside the symlogs act on)."""
+def noise_levels(args: Args, model, latents: torch.Tensor, upright: np.ndarray) -> list[dict]:
+    """Per noise level L (t in [L, L + 100)): single-draw Spearman of each term of `model` (for "pointing up") with
+    cos(angle), of the reward with the paper's scales, and the terms' means (their size, which the scales inside
+    the symlogs act on)."""
     import sac_sds
 
-    model = sac_sds.SDSReward.from_pretrained(args.sds_model, UP, align_scale=2000.0, recon_scale=200.0)
-    latents, g, rows = model.encode(frames), torch.Generator().manual_seed(1), []
+    paper = sac_sds.TADPOLE_DEFAULTS
+    g, rows = torch.Generator().manual_seed(1), []
     for low in args.levels:
         t = torch.randint(low, low + 100, (len(latents),), generator=g)
         align, recon = model.terms(latents, t, torch.randn((len(latents), *model.latent_shape), generator=g))
-        reward = model.combine(align, recon)
+        reward = sac_sds.symlog(paper["align_scale"] * align) + sac_sds.symlog(paper["recon_scale"] * recon)
         rows.append({"t": [low, low + 100], **{k: spearman(v.numpy(), upright) for k, v in
                                                (("align", align), ("recon", recon), ("reward", reward))},
                      "mean_align": float(align.mean()), "mean_recon": float(recon.mean())})
