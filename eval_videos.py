@@ -293,18 +293,12 @@ class SdsScorer:
         latents, noise = torch.cat(chunks), noise.to(self.device)
         prompt = None if entries is None else torch.as_tensor(entries, device=self.device)
         steps = torch.full((len(latents),), t, device=self.device)
-        if self.model.video:  # the episode in sliding windows (each window one pass)
-            align, recon, score = (x.cpu() for x in self.model.frame_terms(latents, steps, noise, prompt=prompt))
-        else:
-            align, recon = [], []
-            for i in range(0, len(latents), self.args.batch_size):
-                j = i + self.args.batch_size
-                a, r = self.model.terms(latents[i:j], steps[i:j], noise[i:j], prompt=None if prompt is None else
-                                        prompt[i:j])
-                align.append(a.cpu())
-                recon.append(r.cpu())
-            align, recon = torch.cat(align), torch.cat(recon)
-            score = self.model.combine(align, recon)
+        # a video model: the episode in sliding windows (each window one pass); an image model: --batch-size frames
+        spans = [(0, len(latents))] if self.model.video else [(i, i + self.args.batch_size) for i in
+                                                              range(0, len(latents), self.args.batch_size)]
+        parts = [self.model.frame_terms(latents[i:j], steps[i:j], noise[i:j],
+                                        prompt=None if prompt is None else prompt[i:j]) for i, j in spans]
+        align, recon, score = (torch.cat([part[k] for part in parts]).cpu() for k in range(3))
         return {"sds_score": score.numpy(), "sds_align": align.numpy(),
                 "sds_recon": recon.numpy()}
 
