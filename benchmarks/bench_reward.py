@@ -13,8 +13,8 @@ medium), zeroscope (zeroscope_v2 / ModelScope 1.7B) and wan (Wan 2.1 T2V 1.3B). 
 frames (resize on the device, VAE encoder) + one denoiser pass on [z_t, z_t] with the [unconditional, prompt]
 conditioning + the two terms, exactly as training computes it. The text encoders are not built or timed: the prompt
 is embedded once per run (random conditioning of the shapes they give stands in). For the video families a batch
-element is one window of --context-size frames (16; Wan 17: 5 latent frames) and frames/s counts rendered frames.
-Batch size 1 is the per-step computation of the original code.
+element is one window of the family's default length (16 frames; Wan 17: 5 latent frames), and frames/s counts
+rendered frames. Batch size 1 is the per-step computation of the original code.
 
 clip: sac_clip.CLIPReward on the ViT-L/14 architecture (openai/clip-vit-large-patch14's config and image
 processor), random weights. Four modes, measured in the same run: the whole reward with sac_clip.py's batched

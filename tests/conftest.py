@@ -92,26 +92,39 @@ def make_tiny_unet(cross_attention_dim: int = 32):
     )
 
 
+def tiny_clip_text_config(tokenizer, hidden: int = 32, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=hidden, intermediate_size=37,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=0,
+                          eos_token_id=1, pad_token_id=1, **extra)
+
+
+def tiny_vae(latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+                         latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, sample_size=16, **extra)
+
+
+def sd_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
 def save_tiny_stable_diffusion(path: Path, seed: int = 0) -> Path:
     """A complete StableDiffusionPipeline folder: 16 px images, 8x8x4 latents, 32-wide CLIP text encoder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = write_tiny_clip_tokenizer(path.parent / (path.name + "_tokenizer_files"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
-        sample_size=16,
-    )
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
+    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer))
+    vae = tiny_vae()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=make_tiny_unet(),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
@@ -166,28 +179,6 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 # ----- tiny models of the other diffusers families (docs/method.md#model-families) -----
-
-
-def tiny_clip_text_config(tokenizer, hidden: int = 32, **extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=hidden, intermediate_size=37,
-                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=0,
-                          eos_token_id=1, pad_token_id=1, **extra)
-
-
-def tiny_vae(latent_channels: int = 4, **extra):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
-                         latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, sample_size=16, **extra)
-
-
-def sd_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 def save_tiny_sdxl(path: Path, seed: int = 0) -> Path:
