@@ -31,6 +31,7 @@ only if no run could be evaluated.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import glob
@@ -72,6 +73,11 @@ class EvalArgs:
     """CLIP checkpoint (hub id or local folder) for the CLIP score; None to skip the CLIP score"""
     sds_model_id: Optional[str] = None
     """Stable Diffusion pipeline (hub id or local folder) for the TADPoLe score; None to skip it"""
+    sds_motion_adapter_id: Optional[str] = None
+    """AnimateDiff motion adapter for the SDS score: the video reward, each episode scored in windows"""
+    sds_frame_stride: Optional[int] = None
+    """SDS video score: a window takes every k-th frame (default: from each run's env dt and the model's video_fps,
+    as sac_sds.py derives it)"""
     sds_noise_level_base: Optional[int] = None
     """SDS score: lowest noise level t, drawn once per episode from a generator seeded --seed (default: the SDS
     model's tadpole_config.json, else the paper's 400)"""
@@ -279,11 +285,21 @@ class SdsScorer:
         if key != self.prompt:
             self.model = None  # free the previous copy first
             self.model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
-                                                           device=self.device, weights=list(weights) or None)
+                                                           device=self.device, weights=list(weights) or None,
+                                                           motion_adapter_id=self.args.sds_motion_adapter_id)
             self.prompt = key
+
+    def frame_stride(self, run: Run) -> int:
+        """The video windows' frame stride for this run's env (sac_sds.frame_stride: the same as training's)."""
+        video_fps = sac_sds.tadpole_defaults(self.args.sds_model_id, self.args.sds_motion_adapter_id)[0]["video_fps"]
+        stride_args = argparse.Namespace(frame_stride=self.args.sds_frame_stride, video_fps=video_fps,
+                                         **dataclasses.asdict(core_args(run.args)))
+        return sac_sds.frame_stride(stride_args)[0]
 
     def __call__(self, frames: np.ndarray, run: Run) -> dict[str, np.ndarray]:
         self.load(run.text)
+        if self.model.video:
+            self.model.frame_stride = self.frame_stride(run)
         entries = run.entries(len(frames))
         low = self.args.sds_noise_level_base
         t = int(torch.randint(low, low + self.args.sds_noise_level_range, (1,), generator=self.generator))
@@ -306,7 +322,7 @@ class SdsScorer:
 def resolve_sds_noise_levels(args: EvalArgs) -> None:
     """Fills the SDS noise levels not given in from the SDS model's own tadpole_config.json (else the paper's)."""
     if args.sds_model_id and (args.sds_noise_level_base is None or args.sds_noise_level_range is None):
-        defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id)
+        defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id, args.sds_motion_adapter_id)
         if args.sds_noise_level_base is None:
             args.sds_noise_level_base = defaults["noise_level_base"]
         if args.sds_noise_level_range is None:

@@ -198,10 +198,18 @@ class Args(SACArgs):
     cross_frame_attention: bool = False
     """zero-shot video reward from an SD 1.x/2.x model (Text2Video-Zero);
     every frame's self-attention takes its keys and values from its window's first frame"""
+    # The next three default to the motion adapter's (or model's) tadpole_config.json, else to these values
     context_size: Optional[int] = None
     """video reward: frames per sliding window (default 16, AnimateDiff's; Wan: 17, 4k + 1 frames)"""
-    stride: int = 8
-    """video reward: steps between window starts; a frame's reward is the mean over the windows that contain it"""
+    stride: Optional[int] = None
+    """video reward: window frames between window starts (default 8); a frame's reward is the mean over the windows
+    that contain it"""
+    video_fps: Optional[float] = None
+    """video reward: the frame rate of the windows (default 8: AnimateDiff's training clips span about 2 s of 16
+    frames), made the frame stride from the env's step time dt: round(1 / (dt * video_fps)), at least 1"""
+    frame_stride: Optional[int] = None
+    """video reward: a window takes every k-th env frame (every frame still gets its reward: one set of windows per
+    residue mod k); default: from --video-fps (Pendulum-v1, dt 0.05 s: 2; Hopper-v4 and Walker2d-v4, dt 0.008 s: 16)"""
 
 
 # === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -450,18 +458,21 @@ def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = ""
 # === TEXT REWARD END: models ===
 
 
-TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0}
+TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0,
+                    # video models: window length (None: the family's), window step, frame rate of the windows
+                    "context_size": None, "stride": 8, "video_fps": 8.0}
+VIDEO_SETTINGS = ("context_size", "stride", "video_fps")
 TADPOLE_CONFIG = "tadpole_config.json"
 
 
-def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
+def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> tuple[dict, Optional[str]]:
     """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), then its family's where the
     family has its own (flow-matching models: the paper's noise levels at the same signal-to-noise ratio,
     docs/method.md#model-families), then the model folder's tadpole_config.json if it has one (a model's own
-    defaults, as transformers' generation_config.json; flags given on the command line override all). Returns the
-    settings and where they came from (None: the paper's)."""
-    settings, path = dict(TADPOLE_DEFAULTS), Path(os.path.expanduser(model_id)) / TADPOLE_CONFIG
-    source = None
+    defaults, as transformers' generation_config.json; flags given on the command line override all), then, for a
+    video model made with a motion adapter, the adapter folder's (the video model's own). Returns the settings and
+    where they came from (None: the paper's)."""
+    settings, source = dict(TADPOLE_DEFAULTS), None
     try:
         family = detect_family(model_id)[0]
     except UserError:  # not loadable: from_pretrained says why
@@ -469,24 +480,29 @@ def tadpole_defaults(model_id: str) -> tuple[dict, Optional[str]]:
     if family is not None and family.tadpole_defaults:
         settings.update(family.tadpole_defaults)
         source = f"the {family.__name__} defaults"
-    if not path.is_file():
-        return settings, source
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") from None
-    unknown = set(saved) - set(settings) - {"comment"}
-    if unknown:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
-    settings.update({k: type(settings[k])(v) for k, v in saved.items() if k in settings})
-    return settings, str(path)
+    for folder in (model_id, motion_adapter_id):
+        path = Path(os.path.expanduser(folder or "")) / TADPOLE_CONFIG
+        if folder is None or not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") \
+                from None
+        unknown = set(saved) - set(settings) - {"comment"}
+        if unknown:
+            raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
+        kinds = {k: type(v) if v is not None else int for k, v in TADPOLE_DEFAULTS.items()}
+        settings.update({k: kinds[k](v) for k, v in saved.items() if k in settings})
+        source = str(path) if source is None or folder == model_id else f"{source} and {path}"
+    return settings, source
 
 
 def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
-    """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id); returns the
-    names filled in and the file they came from (None: the paper's)."""
-    defaults, source = tadpole_defaults(args.model_id)
-    unset = [k for k in defaults if getattr(args, k) is None]
+    """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id,
+    args.motion_adapter_id); returns the names filled in and the files they came from (None: the paper's)."""
+    defaults, source = tadpole_defaults(args.model_id, args.motion_adapter_id)
+    unset = [k for k in defaults if getattr(args, k) is None and defaults[k] is not None]
     for k in unset:
         setattr(args, k, defaults[k])
     return unset, source
@@ -830,10 +846,13 @@ class SDSReward(nn.Module):
     composition, a frame can be scored on one prompt alone (`prompt`: the index of a --prompt-schedule entry).
     Video mode: forward takes the consecutive frames of one episode and scores them in sliding windows of
     context_size frames every stride frames; each window gives its frames their per-frame rewards, and a frame's
-    reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode)."""
+    reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode). With a
+    frame_stride k, a window takes every k-th frame: the frames of each residue r mod k (r, r + k, r + 2k, ...) are
+    windowed so, on their own (k interleaved sets of windows), so that every frame still gets its reward."""
 
     def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
-                 context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None):
+                 context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None,
+                 frame_stride: int = 1):
         super().__init__()
         self.family = family
         n = len(family.text) - 1
@@ -844,6 +863,7 @@ class SDSReward(nn.Module):
         self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
+        self.frame_stride = frame_stride
 
     @classmethod
     def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
@@ -856,14 +876,15 @@ class SDSReward(nn.Module):
         prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
         schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
         cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
-        recon_scale (default: tadpole_defaults(model_id)), context_size, stride. Raises UserError for a model that
-        cannot be loaded or is not supported, an empty prompt, or a number of weights other than of prompts."""
+        recon_scale, context_size, stride (default: tadpole_defaults(model_id, motion_adapter_id)), frame_stride
+        (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty prompt, or a
+        number of weights other than of prompts."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(p.strip() for p in prompts):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
         weights = check_weights(prompts, weights)
-        defaults, _ = tadpole_defaults(model_id)
-        for k in ("align_scale", "recon_scale"):
+        defaults, _ = tadpole_defaults(model_id, motion_adapter_id)
+        for k in ("align_scale", "recon_scale", "context_size", "stride"):
             if options.get(k) is None:
                 options[k] = defaults[k]
         device = torch.device(device)
@@ -1068,17 +1089,20 @@ class SDSReward(nn.Module):
             align, recon = self.terms(latents, t, noise, prompt)
             return align, recon, self.combine(align, recon)
         sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
-        for a, b in self.windows(n):  # each window's per-frame rewards, then the mean over a frame's windows
-            window_prompt = None if prompt is None else prompt[b - 1:b]
-            wa, wr = self.terms(latents[None, a:b], t[a:a + 1], noise[None, a:b], window_prompt)
-            sums[:, a:b] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
-            count[a:b] += 1
+        for residue in range(min(self.frame_stride, n)):  # every k-th frame, from each residue
+            frames = torch.arange(residue, n, self.frame_stride, device=self.device)
+            for a, b in self.windows(len(frames)):  # each window's per-frame rewards, then the mean over its windows
+                w = frames[a:b]
+                window_prompt = None if prompt is None else prompt[w[-1:]]
+                wa, wr = self.terms(latents[None, w], t[w[:1]], noise[None, w], window_prompt)
+                sums[:, w] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
+                count[w] += 1
         return tuple(sums / count)
 
     def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
         """One float32 reward per frame (frame_terms' third): symlog of the terms per frame, in video mode the
-        mean over each frame's windows of the window's per-frame rewards."""
+        mean over each frame's windows (of every frame_stride-th frame) of the window's per-frame rewards."""
         return self.frame_terms(latents, t, noise, generator, prompt)[2]
 
 
@@ -1136,7 +1160,11 @@ class SDSLabeler:
         self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.episode_t: dict[int, int] = {}
-        self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]  # video mode: per env, oldest first
+        # video mode, per env: the segments (oldest first; one per residue of the frame stride), the open video's
+        # segments and its frame count, and how many of the queue's transitions are in segments
+        self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]
+        self.video_segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]
+        self.video_frames, self.seen = [0] * args.num_envs, [0] * args.num_envs
         self.due: list[tuple[_Segment, int, int]] = []  # video mode: windows taken but not scored yet
         self.starts = list(starts) if starts is not None else None
         # a composition (several prompts, or weights): also each prompt's own terms, for the logs
@@ -1247,19 +1275,27 @@ class SDSLabeler:
 
     def _label_windows(self, queue, flush):
         """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
-        or all when flushing), then hand out the frames that no window still to come contains."""
-        size = self.model.context_size
+        or all when flushing), then hand out the frames that no window still to come contains. With a frame stride
+        k, an episode's video is k segments, frame j of it in segment j mod k (SDSReward.frame_terms, streamed)."""
+        size, k = self.model.context_size, self.model.frame_stride
         rows = 1 + self.model.num_prompts if self.each else 1  # the composition's terms, then each prompt's
-        for env_queue, segments in zip(queue.items, self.segments):
-            seen = sum(len(seg.items) for seg in segments)
-            for it in itertools.islice(env_queue, seen, None):  # transitions pushed since the last call
-                if not segments or segments[-1].closed or segments[-1].episode != it["episode"]:
-                    segments.append(_Segment(it["episode"], self.noise_level(it["episode"])))
+        for e, env_queue in enumerate(queue.items):
+            video = self.video_segments[e]
+            for it in itertools.islice(env_queue, self.seen[e], None):  # transitions pushed since the last call
+                if not video or video[0].closed or video[0].episode != it["episode"]:
+                    t = self.noise_level(it["episode"])
+                    video[:] = [_Segment(it["episode"], t) for _ in range(k)]
+                    self.segments[e] += video
+                    self.video_frames[e] = 0
                 it["sds"] = {"align": [0.0] * rows, "recon": [0.0] * rows, "reward": [0.0] * rows, "windows": 0}
-                segments[-1].items.append(it)
-                segments[-1].closed = bool(it["done"])
-            if flush and segments:
-                segments[-1].closed = True  # a flush cuts the episode's video; its next frames start a new segment
+                video[self.video_frames[e] % k].items.append(it)
+                self.video_frames[e] += 1
+                for seg in video:
+                    seg.closed = bool(it["done"])
+            self.seen[e] = len(env_queue)
+            if flush:  # a flush cuts the episode's video; its next frames start a new one
+                for seg in video:
+                    seg.closed = True
         for segments in self.segments:
             for seg in segments:
                 self.due += seg.take_windows(size, self.model.stride)
@@ -1269,15 +1305,16 @@ class SDSLabeler:
         self.due = []
 
         items = []
-        for env_queue, segments in zip(queue.items, self.segments):
-            while segments:
-                seg = segments[0]
-                k = seg.finished(size)
-                items += [env_queue.popleft() for _ in range(k)]
-                seg.items, seg.offset = seg.items[k:], seg.offset + k
-                if seg.items or not seg.closed:
-                    break
-                segments.pop(0)
+        for e, (env_queue, segments) in enumerate(zip(queue.items, self.segments)):
+            for seg in segments:
+                done = seg.finished(size)
+                for it in seg.items[:done]:
+                    it["sds"]["final"] = True
+                seg.items, seg.offset = seg.items[done:], seg.offset + done
+            segments[:] = [seg for seg in segments if seg.items or not seg.closed]
+            while env_queue and env_queue[0].get("sds", {}).get("final"):  # the queue's finished front, in order
+                items.append(env_queue.popleft())
+                self.seen[e] -= 1
         shape = (len(items), rows)  # (also when no frame is finished yet)
         count = torch.tensor([float(it["sds"]["windows"]) for it in items], device=self.model.device)
         align, recon, reward = (torch.tensor([it["sds"][k] for it in items], device=self.model.device).reshape(shape).T
@@ -1351,14 +1388,36 @@ class SDSLabeler:
             self.generator.set_state(state["generator"])
 
 
+def env_dt(args: SACArgs) -> Optional[float]:
+    """The env's time per step in seconds (gymnasium's dt; dm_control's control timestep), None if it has none."""
+    env = make_env(args)
+    inner = env.unwrapped
+    dt = getattr(inner, "dt", None)
+    if dt is None and hasattr(getattr(inner, "_env", None), "control_timestep"):  # shimmy's dm_control wrapper
+        dt = inner._env.control_timestep()
+    env.close()
+    return float(dt) if dt else None
+
+
+def frame_stride(args: Args) -> tuple[int, Optional[float]]:
+    """The video windows' frame stride: --frame-stride, else round(1 / (dt * video_fps)), at least 1 (1 for an env
+    without a dt); and the env's dt."""
+    dt = env_dt(args)
+    if args.frame_stride is not None:
+        return args.frame_stride, dt
+    return (max(1, round(1.0 / (dt * args.video_fps))) if dt else 1), dt
+
+
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     prompts, weights, starts = resolve_prompts(args)
     unset, source = apply_tadpole_defaults(args)  # the values in force go to the hparams table; args.json keeps None
-    if source and unset:
-        print(f"reward settings from {source}: " + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
-    context_size = args.context_size or detect_family(check_model_id(args.model_id, "--model-id", MIRROR_NOTE))[0] \
-        .context_default
+    family = detect_family(check_model_id(args.model_id, "--model-id", MIRROR_NOTE))[0]
+    video = family.video or bool(args.motion_adapter_id) or args.cross_frame_attention
+    shown = [k for k in unset if video or k not in VIDEO_SETTINGS]
+    if source and shown:
+        print(f"reward settings from {source}: " + ", ".join(f"{k} {getattr(args, k)}" for k in shown))
+    context_size = args.context_size or family.context_default
     for name in ("reward_batch_size", "noise_level_range", "context_size", "stride"):
         if (context_size if name == "context_size" else getattr(args, name)) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
@@ -1366,12 +1425,18 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
         raise UserError("--noise-level-base, --align-scale and --recon-scale must not be negative")
     if args.stride > context_size:
         raise UserError(f"--stride {args.stride} > --context-size {context_size} would leave frames unscored")
+    if (args.frame_stride is not None and args.frame_stride < 1) or args.video_fps <= 0:
+        raise UserError("--frame-stride must be at least 1 and --video-fps positive")
     model = SDSReward.from_pretrained(
         args.model_id, prompts, args.negative_prompt, dtype=args.dtype, device=device, weights=weights,
         motion_adapter_id=args.motion_adapter_id, cross_frame_attention=args.cross_frame_attention,
         resolution=args.resolution, align_scale=args.align_scale,
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
     )
+    if model.video:
+        model.frame_stride, dt = frame_stride(args)
+        print(f"video windows: {model.context_size} frames, every {model.frame_stride} env step(s)"
+              + (f" ({1 / (dt * model.frame_stride):.1f} frames/s of env time)" if dt else ""))
     if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
         raise UserError(f"noise levels up to {args.noise_level_base + args.noise_level_range} asked for; the model "
                         f"has {model.num_train_timesteps} steps")

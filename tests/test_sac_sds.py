@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -141,6 +142,7 @@ def test_video_reward_is_the_mean_of_its_windows_rewards(tiny_sd, tiny_motion_ad
 # ----- the labeler (the reward-source interface of the training loop) -----
 def labeler_for(tiny_sd, tiny_motion_adapter=None, num_envs=2, batch=4, **kw):
     kw.setdefault("prompt", () if "prompt_schedule" in kw else PROMPT)
+    kw.setdefault("frame_stride", 1)
     args = Args(model_id=str(tiny_sd), num_envs=num_envs, reward_batch_size=batch,
                 noise_level_base=450, noise_level_range=1, context_size=4, stride=2,
                 motion_adapter_id=str(tiny_motion_adapter) if tiny_motion_adapter else None, **kw)
@@ -192,8 +194,52 @@ def test_labeler_batches_frames_from_all_envs(tiny_sd):
         np.testing.assert_allclose(rewards[mine], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter):
-    labeler = labeler_for(tiny_sd, tiny_motion_adapter, batch=8)
+def test_frame_stride_windows_every_kth_frame_per_residue(tiny_sd, tiny_motion_adapter):
+    """With frame stride k, the frames of each residue mod k are one video of their own: the reward of frame j is
+    the stride-1 reward of j's place in frames j mod k, j mod k + k, ..."""
+    model = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
+                                      context_size=4, stride=2)
+    g = torch.Generator().manual_seed(4)
+    latents, noise = model.encode(frames(14, seed=4)), torch.randn(14, 4, 8, 8, generator=g)
+    t = torch.arange(14) * 20 + 300  # a window is noised at its first frame's level
+    expected = torch.zeros(14)
+    for r in range(3):
+        expected[r::3] = model(latents[r::3], t[r::3], noise[r::3])  # 5, 5 and 4 frames
+    model.frame_stride = 3
+    torch.testing.assert_close(model(latents, t, noise), expected, rtol=1e-5, atol=1e-5)
+    model.frame_stride = 20  # more than the frames: every frame a video of its own
+    single = torch.stack([model.frame_terms(latents[i:i + 1], t[i], noise[i:i + 1])[2][0] for i in range(14)])
+    torch.testing.assert_close(model(latents, t, noise), single, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_stride_default_from_the_env_dt(tiny_sd, tiny_motion_adapter, tmp_path):
+    """--frame-stride defaults to round(1 / (dt * video_fps)); video_fps to 8, or the adapter's tadpole_config.json."""
+    def stride(**kw):
+        return sac_sds.frame_stride(Args(**{"video_fps": 8.0, **kw}))[0]
+
+    assert sac_sds.env_dt(Args(env_id="Pendulum-v1")) == pytest.approx(0.05)
+    assert stride(env_id="Pendulum-v1") == 2  # 20 frames/s -> 8 (2.5 rounds to 2)
+    assert stride(env_id="Pendulum-v1", video_fps=20.0) == 1
+    assert stride(env_id="Pendulum-v1", video_fps=2.0) == 10
+    assert stride(env_id="Hopper-v4") == 16  # dt 0.008 s: 125 frames/s
+    assert stride(env_id="Hopper-v4", frame_stride=3) == 3
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_motion_adapter, adapter)
+    (adapter / "tadpole_config.json").write_text(json.dumps({"video_fps": 5, "context_size": 4, "stride": 1}))
+    settings, source = sac_sds.tadpole_defaults(str(tiny_sd), str(adapter))
+    assert (settings["video_fps"], settings["context_size"], settings["stride"]) == (5.0, 4, 1)
+    assert source == str(adapter / "tadpole_config.json")
+    assert sac_sds.tadpole_defaults(str(tiny_sd))[0]["video_fps"] == 8.0  # the image model: not the adapter's
+    labeler = sac_sds.build_reward(Args(env_id="Pendulum-v1", model_id=str(tiny_sd), prompt=PROMPT,
+                                        motion_adapter_id=str(adapter)),
+                                   torch.device("cpu"))
+    assert (labeler.model.context_size, labeler.model.stride, labeler.model.frame_stride) == (4, 1, 4)  # 20 / 5
+
+
+@pytest.mark.parametrize("frame_stride", [1, 3])
+def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_stride):
+    labeler = labeler_for(tiny_sd, tiny_motion_adapter, batch=8, frame_stride=frame_stride)
+    assert labeler.model.frame_stride == frame_stride
     queue = TransitionQueue(2)
     lengths = [[11, 3, 6], [9, 8]]  # 3 < context_size: one short window
     streams = [push_episodes(queue, e, lengths[e], 100 * e, 7) for e in (0, 1)]
@@ -573,7 +619,7 @@ def test_video_labeler_streams_a_composition_and_logs_each_prompt(tiny_sd, tiny_
     labeler.log(logger, 9)
     for i, text in enumerate((PROMPT, OTHER)):  # each prompt's own video reward, the mean over a frame's windows
         alone = SDSReward.from_pretrained(str(tiny_sd), text, motion_adapter_id=str(tiny_motion_adapter),
-                                          context_size=4, stride=2)
+                                          context_size=4, stride=2, frame_stride=labeler.model.frame_stride)
         assert logger.scalars[f"sds/reward_prompt{i}"] == pytest.approx(float(alone(latents, 450, noise).mean()),
                                                                         rel=1e-4, abs=1e-4)
 
