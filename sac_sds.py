@@ -945,7 +945,9 @@ class SDSReward(nn.Module):
                 from diffusers import UNetMotionModel
 
                 try:  # the image UNet with AnimateDiff's motion modules inserted
-                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device, dtype)
+                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device)
+                    if denoiser.dtype != dtype:  # (a cast to the same dtype only prints a diffusers warning)
+                        denoiser.to(dtype)
                 except (ValueError, RuntimeError) as e:
                     raise UserError(
                         f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "

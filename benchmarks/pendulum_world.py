@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "demo"))
 UP, DOWN = "a pendulum pointing up", "a pendulum pointing down"
 SDS_MODEL, CLIP_MODEL = "demo/pendulum-sd", "demo/pendulum-clip"
 SCHEDULE = f"0:{DOWN};100:{UP}"
+COMPOSED = f"{UP} (1) with {DOWN} (-1)"  # the composition's row in `ranking`
 # This world's diffusion model: the align term ranks frames backwards at every noise level and the recon term ranks
 # them best at high noise (`ranking` measures both), so the SDS runs use the recon term alone at t in [700, 900).
 # demo/pendulum-sd/tadpole_config.json holds the same settings (so plain `--model-id demo/pendulum-sd` uses them);
@@ -55,6 +56,13 @@ SDS_WORLD = ["--model-id", SDS_MODEL, "--align-scale", "0", "--noise-level-base"
 # (demo/pendulum-sd3/tadpole_config.json holds the same settings)
 SD3_WORLD = ["--model-id", "demo/pendulum-sd3", "--align-scale", "0", "--noise-level-base", "100",
              "--noise-level-range", "200"]
+# The motion world (demo/train_motion_models.py): the video model is the pipeline with its motion adapter, the image
+# model (the control) the same pipeline alone; each folder's tadpole_config.json holds its settings
+CW, CCW, REST = "a pendulum spinning clockwise", "a pendulum spinning counterclockwise", "a pendulum at rest"
+MOTION_MODEL, MOTION_ADAPTER = "demo/pendulum-motion", "demo/pendulum-motion-adapter"
+IMAGE_WORLD = ["--model-id", MOTION_MODEL]
+VIDEO_WORLD = [*IMAGE_WORLD, "--motion-adapter-id", MOTION_ADAPTER]
+MOTION_SCHEDULE = f"0:{CW};100:{CCW}"
 # name -> (script, flags); every run also gets the common SAC flags of run_command
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "env": ("sac_env_reward.py", []),
@@ -73,14 +81,22 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # issue 16: the foundation-model ablation (SD3 family)
     "sd3-up": ("sac_sds.py", [*SD3_WORLD, "--prompt", UP]),
     "sd3-down": ("sac_sds.py", [*SD3_WORLD, "--prompt", DOWN]),
+    # issue 15: the motion world; the video model, and the image model (its control) on the same prompts
+    "video-cw": ("sac_sds.py", [*VIDEO_WORLD, "--prompt", CW]),
+    "video-ccw": ("sac_sds.py", [*VIDEO_WORLD, "--prompt", CCW]),
+    "video-rest": ("sac_sds.py", [*VIDEO_WORLD, "--prompt", REST]),
+    "image-cw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CW]),
+    "image-ccw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CCW]),
+    "video-schedule": ("sac_sds.py", [*VIDEO_WORLD, "--prompt-schedule", MOTION_SCHEDULE, "--time-feature"]),
 }
 BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 
 
 @dataclass
 class Args:
-    what: Literal["ranking", "rl"] = "ranking"
-    """ranking: how the reward models rank held-out frames; rl: train and evaluate SAC"""
+    what: Literal["ranking", "motion-ranking", "rl"] = "ranking"
+    """ranking: how the reward models rank held-out frames; motion-ranking: whether the motion world's rewards tell
+    clockwise from counterclockwise on held-out clips; rl: train and evaluate SAC"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
@@ -96,6 +112,9 @@ class Args:
     """rl: runs trained at the same time (each uses one torch thread)"""
     out: str = "runs/pendulum_world"
     """rl: folder of the runs and the results files"""
+    table: Literal["poses", "motion"] = "poses"
+    """rl: the table's columns: poses (pole angle, upright) or motion (signed angular velocity, the fraction of
+    steps turning clockwise), by whole episode and by half"""
     extra: str = ""
     """rl: further flags for every training run, one string, e.g. --extra="--align-scale 0" """
     frames: int = 300
@@ -108,9 +127,17 @@ class Args:
     """ranking: the CLIP model"""
     sds_flags: str = ""
     """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags="--align-scale 0" """
+    clips: int = 200
+    """motion-ranking: held-out spinning clips (half of them clockwise)"""
+    clip_steps: int = 32
+    """motion-ranking: consecutive env steps per clip, one rendered frame each"""
+    frame_strides: tuple[int, ...] = (1, 2, 3, 4)
+    """motion-ranking: frame strides of the video model's windows (every k-th env frame; 2 = 10 frames/s, the rate
+    of its training clips)"""
     levels: tuple[int, ...] = ()
     """ranking: also, for each L, the terms at t in [L, L + 100) with the paper's scales (one draw per frame):
-    Spearman of align, recon and the reward with cos(angle), and the terms' mean size, for "pointing up" """
+    Spearman of align, recon and the reward with cos(angle), and the terms' mean size, for "pointing up";
+    motion-ranking: the direction accuracy of both models at each level (video: at frame stride 2)"""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,10 +169,11 @@ def ranking(args: Args) -> dict:
     upright = np.cos(angles)
     results: dict = {"frames": args.frames, "noise_draws": args.noise_draws, "sds": {}, "clip": {}}
     g = torch.Generator().manual_seed(0)
-    for prompt in (UP, DOWN):
+    for prompt in (UP, DOWN, COMPOSED):  # COMPOSED: "up" (weight 1) with "down" (weight -1)
+        texts, weights = ([UP, DOWN], [1.0, -1.0]) if prompt == COMPOSED else (prompt, None)
         model = sac_sds.SDSReward.from_pretrained(
-            args.sds_model, prompt, sds_args.negative_prompt, align_scale=sds_args.align_scale,
-            recon_scale=sds_args.recon_scale, resolution=sds_args.resolution)
+            args.sds_model, texts, sds_args.negative_prompt, align_scale=sds_args.align_scale,
+            recon_scale=sds_args.recon_scale, resolution=sds_args.resolution, weights=weights)
         latents = model.encode(frames)
         if prompt == UP and args.levels:
             results["levels"] = noise_levels(args, model, latents, upright)
@@ -164,7 +192,10 @@ def ranking(args: Args) -> dict:
             row[f"{k}_mean_of_{args.noise_draws}"] = spearman(draws.mean(0), upright)
         row["reward_up_minus_down_frames"] = float(
             np.mean(np.stack(terms["reward"])[:, upright > 0.9]) - np.mean(np.stack(terms["reward"])[:, upright < -0.9]))
+        row["reward_std"] = float(np.stack(terms["reward"]).std(1).mean())  # its spread over frames, per draw
         results["sds"][prompt] = row
+        if prompt == COMPOSED:
+            continue
         clip = sac_clip.CLIPReward.from_pretrained(args.clip_model, [prompt])
         r = clip(frames).numpy()
         results["clip"][prompt] = {"reward": spearman(r, upright),
@@ -174,16 +205,17 @@ def ranking(args: Args) -> dict:
                 f"align_scale {sds_args.align_scale}, recon_scale {sds_args.recon_scale}")
     lines = [f"Spearman correlation with cos(angle) (1 = ranks frames exactly by uprightness) on {args.frames} "
              f"held-out frames; SDS: {settings}",
-             "", "| model | prompt | term | one noise draw | mean of draws | up frames - down frames |",
-             "|---|---|---|---|---|---|"]
+             "", "| model | prompt | term | one noise draw | mean of draws | up frames - down frames | reward std "
+                 "over frames |",
+             "|---|---|---|---|---|---|---|"]
     for prompt, row in results["sds"].items():
         for k in ("align", "recon", "reward"):
-            gap = f"{row['reward_up_minus_down_frames']:+.3f}" if k == "reward" else ""
+            gap = f"{row['reward_up_minus_down_frames']:+.3f} | {row['reward_std']:.3f}" if k == "reward" else " |"
             lines.append(f"| {args.sds_model} | {prompt} | {k} | {row[k]:+.2f} | "
                          f"{row[f'{k}_mean_of_{args.noise_draws}']:+.2f} | {gap} |")
     for prompt, row in results["clip"].items():
         lines.append(f"| {args.clip_model} | {prompt} | reward | {row['reward']:+.2f} | (deterministic) | "
-                     f"{row['reward_up_minus_down_frames']:+.3f} |")
+                     f"{row['reward_up_minus_down_frames']:+.3f} | |")
     if args.levels:
         lines += ["", f"{args.sds_model}, \"{UP}\", one noise draw per frame, paper's scales (2000, 200): Spearman "
                       "with cos(angle), and the mean of each term", "",
@@ -212,6 +244,92 @@ def noise_levels(args: Args, model, latents: torch.Tensor, upright: np.ndarray) 
                                                (("align", align), ("recon", recon), ("reward", reward))},
                      "mean_align": float(align.mean()), "mean_recon": float(recon.mean())})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# motion-ranking
+# ----------------------------------------------------------------------------------------------------------------
+def motion_ranking(args: Args) -> dict:
+    """For each held-out spinning clip, the mean over its frames of reward("clockwise") - reward("counterclockwise"),
+    both from the same noise and noise level (drawn per clip from the model's settings, as SAC draws them per
+    episode), scored by SDSReward.forward over the clip's consecutive frames exactly as SAC's labeler scores an
+    episode (video: windows of every k-th frame). Accuracy: the fraction of clips where it has the sign of -omega
+    (clockwise on screen is omega < 0), for one noise draw and for the mean of --noise-draws."""
+    import sac_sds
+    from train_motion_models import held_out_spins
+
+    model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
+    video = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter)
+    image = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST])
+    settings = {"video": sac_sds.tadpole_defaults(model, adapter)[0], "image": sac_sds.tadpole_defaults(model)[0]}
+    spins = held_out_spins(args.clips, args.clip_steps, 1, video.resolution)
+    rests = held_out_spins(args.clips // 2, args.clip_steps, 1, video.resolution, kinds=("rest",), seed=54321)
+    frames = spins["frames"].shape[1]
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return video.family.encode(x.flatten(0, 1)).view(len(x), frames, *video.latent_shape)
+
+    latents = {"direction": encode(spins["frames"]), "speed": torch.cat([encode(spins["frames"][: args.clips // 2]),
+                                                                         encode(rests["frames"])])}
+    # the sign each difference should have: direction, reward(cw) - reward(ccw) > 0 on clockwise clips; speed,
+    # reward(cw) - reward(at rest) > 0 on spinning clips
+    truth = {"direction": (spins["omega"].mean(1) < 0).numpy(),
+             "speed": np.arange(len(latents["speed"])) < args.clips // 2}
+    pairs = {"direction": (0, 1), "speed": (0, 2)}
+    g = torch.Generator().manual_seed(0)
+    n = len(latents["direction"])
+    draws = [(torch.rand(n, generator=g), torch.randn(latents["direction"].shape, generator=g))
+             for _ in range(args.noise_draws)]
+
+    def accuracy(model, stride: int, low: int, width: int, what: str = "direction") -> dict:
+        model.frame_stride = stride
+        z, right_sign, (p, q) = latents[what], truth[what], pairs[what]
+        diff = np.zeros((len(draws), len(z)))
+        for d, (u, noise) in enumerate(draws):
+            t = low + (u * width).long()  # one level per clip and draw, uniform in [low, low + width)
+            for i in range(len(z)):
+                a, b = (model(z[i], int(t[i]), noise[i], prompt=k).mean() for k in (p, q))
+                diff[d, i] = float(a - b)
+        right = (diff > 0) == right_sign
+        return {"one_draw": float(right.mean()), "mean_of_draws": float(((diff.mean(0) > 0) == right_sign).mean()),
+                "diff_pos": float(diff[:, right_sign].mean()), "diff_neg": float(diff[:, ~right_sign].mean())}
+
+    rows = []
+    for what in ("direction", "speed"):
+        for name, model, strides in (("video", video, args.frame_strides if what == "direction" else (2,)),
+                                     ("image", image, (1,))):
+            s = settings[name]
+            for k in strides:
+                rows.append({"what": what, "model": name, "frame_stride": k,
+                             "t": [s["noise_level_base"], s["noise_level_base"] + s["noise_level_range"]],
+                             **accuracy(model, k, s["noise_level_base"], s["noise_level_range"], what)})
+                print(f"  {what}, {name}, frame stride {k}: {rows[-1]['one_draw']:.2f}", flush=True)
+    levels = []
+    for low in args.levels:
+        levels.append({"t": [low, low + 100], "video": accuracy(video, 2, low, 100)["one_draw"],
+                       "image": accuracy(image, 1, low, 100)["one_draw"]})
+    s = settings["video"]
+    lines = [f"Held-out clips of {frames} consecutive Pendulum-v1 steps. direction: {n} spinning clips "
+             f"({int(truth['direction'].sum())} clockwise), the fraction where reward(clockwise) - "
+             f"reward(counterclockwise), each the mean over the clip's frames, has the sign of -omega. speed: "
+             f"{args.clips // 2} of those spinning clips and {args.clips // 2} at rest, the fraction where "
+             f"reward(clockwise) - reward(at rest) is > 0 on spinning clips and < 0 at rest. 0.5 = chance; one noise "
+             f"draw per clip, and the sign of the mean over {args.noise_draws} draws",
+             "", "| known answer | model | window | t | one noise draw | mean of draws | mean difference, clips "
+                 "where > 0 is right | where < 0 is right |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        window = (f"{s['context_size']} frames, every {r['frame_stride']} env steps "
+                  f"({s['context_size'] * r['frame_stride'] * 0.05:.1f} s)" if r["model"] == "video" else "single frames")
+        lines.append(f"| {r['what']} | {r['model']} | {window} | [{r['t'][0]}, {r['t'][1]}) | {r['one_draw']:.2f} | "
+                     f"{r['mean_of_draws']:.2f} | {r['diff_pos']:+.3f} | {r['diff_neg']:+.3f} |")
+    if levels:
+        lines += ["", "Direction, one noise draw per clip, t in [L, L + 100) (video: frame stride 2)", "",
+                  "| t | video | image |", "|---|---|---|"]
+        lines += [f"| [{r['t'][0]}, {r['t'][1]}) | {r['video']:.2f} | {r['image']:.2f} |" for r in levels]
+    return {"clips": n, "clip_steps": frames, "noise_draws": args.noise_draws, "rows": rows, "levels": levels,
+            "table": "\n".join(lines)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,10 +387,10 @@ def rollout(policy, run_args: dict, episodes: int) -> dict:
     known = {f.name for f in dataclasses.fields(core.SACArgs)}
     env = core.make_env(core.SACArgs(**{k: v for k, v in run_args.items() if k in known}))
     env.action_space.seed(0)
-    returns, angles = [], []
+    returns, angles, omegas = [], [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=10_000 + ep)
-        done, ret, ep_angles = False, 0.0, []
+        done, ret, ep_angles, ep_omegas = False, 0.0, [], []
         while not done:
             if policy is None:
                 action = env.action_space.sample()
@@ -282,14 +400,21 @@ def rollout(policy, run_args: dict, episodes: int) -> dict:
             obs, r, terminated, truncated, _ = env.step(action)
             ret += r
             ep_angles.append(abs(math.atan2(obs[1], obs[0])))
+            ep_omegas.append(float(obs[2]))
             done = terminated or truncated
         returns.append(ret)
         angles.append(ep_angles)
+        omegas.append(ep_omegas)
     a = np.degrees(np.array(angles))  # (episodes, 200)
+    w = np.array(omegas)  # signed angular velocity: > 0 counterclockwise on screen, < 0 clockwise
     half = a.shape[1] // 2
     return {"return": float(np.mean(returns)), "angle": float(a.mean()), "angle_first_half": float(a[:, :half].mean()),
             "angle_second_half": float(a[:, half:].mean()), "upright": float((a < 30).mean()),
-            "angle_by_step": a.mean(0).tolist()}
+            "omega": float(w.mean()), "speed": float(np.abs(w).mean()), "omega_first_half": float(w[:, :half].mean()),
+            "omega_second_half": float(w[:, half:].mean()), "clockwise": float((w < 0).mean()),
+            "clockwise_first_half": float((w[:, :half] < 0).mean()),
+            "clockwise_second_half": float((w[:, half:] < 0).mean()),
+            "angle_by_step": a.mean(0).tolist(), "omega_by_step": w.mean(0).tolist()}
 
 
 def rl(args: Args) -> dict:
@@ -306,27 +431,36 @@ def rl(args: Args) -> dict:
             actor, run_args = core.load_actor(runs[config, seed])
             trained_steps.add(run_args["total_timesteps"])
             per_seed.setdefault(config, []).append(rollout(actor.act, run_args, args.eval_episodes))
-    metrics = ["return", "angle", "angle_first_half", "angle_second_half", "upright"]
-    heads = ["env return", "mean abs angle (deg)", "angle, steps 0-99", "angle, steps 100-199", "upright (<30 deg)"]
+    if args.table == "motion":
+        metrics = ["return", "speed", "omega", "clockwise", "omega_first_half", "clockwise_first_half",
+                   "omega_second_half", "clockwise_second_half"]
+        heads = ["env return", "mean abs omega (rad/s)", "mean signed omega", "steps turning clockwise",
+                 "omega, steps 0-99", "clockwise, 0-99", "omega, steps 100-199", "clockwise, 100-199"]
+    else:
+        metrics = ["return", "angle", "angle_first_half", "angle_second_half", "upright"]
+        heads = ["env return", "mean abs angle (deg)", "angle, steps 0-99", "angle, steps 100-199",
+                 "upright (<30 deg)"]
     steps = "/".join(str(n) for n in sorted(trained_steps)) or "-"
     lines = [f"Pendulum-v1, {steps} steps per run, seeds {list(args.seeds)}, {args.eval_episodes} deterministic "
              "evaluation episodes per actor (random policy: the same episodes); mean +- std over seeds",
              "", "| config | command flags | " + " | ".join(heads) + " |", "|---" * (2 + len(heads)) + "|"]
     summary = {}
     for config, rows in per_seed.items():
-        summary[config] = {m: [r[m] for r in rows] for m in metrics + ["angle_by_step"]}
+        summary[config] = {m: [r[m] for r in rows] for m in rows[0]}
         flags = "uniform random actions" if config == "random" else \
             f"{CONFIGS[config][0]} " + " ".join(f'"{f}"' if " " in f else f for f in CONFIGS[config][1])
-        cells = [f"{np.mean(summary[config][m]):.2f} +- {np.std(summary[config][m]):.2f}" if m == "upright" else
+        cells = [f"{np.mean(summary[config][m]):.2f} +- {np.std(summary[config][m]):.2f}"
+                 if m == "upright" or m.startswith(("clockwise", "omega", "speed")) else
                  f"{np.mean(summary[config][m]):.1f} +- {np.std(summary[config][m]):.1f}" for m in metrics]
         lines.append(f"| {config} | {flags} | " + " | ".join(cells) + " |")
     plot_angles(per_seed, Path(args.out) / "angles.png", args)
+    plot_angles(per_seed, Path(args.out) / "omega.png", args, key="omega_by_step")
     return {"steps": sorted(trained_steps), "seeds": list(args.seeds), "per_seed": summary, "table": "\n".join(lines)}
 
 
-def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args) -> None:
-    """Mean absolute pole angle at each step of the evaluation episodes, one line per configuration (mean over
-    seeds, band: min to max over seeds)."""
+def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args, key: str = "angle_by_step") -> None:
+    """Mean absolute pole angle (key "omega_by_step": mean signed angular velocity) at each step of the evaluation
+    episodes, one line per configuration (mean over seeds, band: min to max over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,13 +468,17 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args) -> None
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for config, rows in per_seed.items():
-        curves = np.array([r["angle_by_step"] for r in rows])
+        curves = np.array([r[key] for r in rows])
         (line,) = ax.plot(curves.mean(0), label=config, lw=1.5)
         if len(curves) > 1:
             ax.fill_between(np.arange(curves.shape[1]), curves.min(0), curves.max(0), color=line.get_color(), alpha=0.12)
     ax.axvline(100, color="grey", ls=":", lw=1)
-    ax.set(xlabel="step of the episode", ylabel="mean |pole angle| (deg; 0 = up, 180 = down)", ylim=(0, 180),
-           title=f"Pendulum world: seeds {list(args.seeds)}, "
+    if key == "omega_by_step":
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(ylabel="mean signed angular velocity (rad/s; < 0 = clockwise on screen)", ylim=(-8, 8))
+    else:
+        ax.set(ylabel="mean |pole angle| (deg; 0 = up, 180 = down)", ylim=(0, 180))
+    ax.set(xlabel="step of the episode", title=f"Pendulum world: seeds {list(args.seeds)}, "
                  f"{args.eval_episodes} evaluation episodes each")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -352,7 +490,7 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args) -> None
 
 def main(args: Args) -> None:
     start = time.time()
-    results = ranking(args) if args.what == "ranking" else rl(args)
+    results = {"ranking": ranking, "motion-ranking": motion_ranking, "rl": rl}[args.what](args)
     print(results["table"])
     print(f"\n({(time.time() - start) / 60:.1f} min)")
     out = Path(args.out)
