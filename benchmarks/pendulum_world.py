@@ -131,7 +131,11 @@ class Args:
     """motion-ranking: held-out spinning clips (half of them clockwise)"""
     clip_steps: int = 32
     """motion-ranking: consecutive env steps per clip, one rendered frame each"""
-    frame_strides: tuple[int, ...] = (1, 2, 3, 4)
+    known_answers: tuple[str, ...] = ("direction", "speed", "motion")
+    """motion-ranking: direction (reward(clockwise) - reward(counterclockwise) on spinning clips), speed
+    (reward(clockwise) - reward(at rest) on spinning and resting clips), motion (reward(clockwise) of a spinning
+    clip minus that of the same clip frozen at its first frame: for an image model, frames alike)"""
+    frame_strides: tuple[int, ...] = (1, 2, 4)
     """motion-ranking: frame strides of the video model's windows (every k-th env frame; 2 = 10 frames/s, the rate
     of its training clips)"""
     levels: tuple[int, ...] = ()
@@ -282,21 +286,30 @@ def motion_ranking(args: Args) -> dict:
     draws = [(torch.rand(n, generator=g), torch.randn(latents["direction"].shape, generator=g))
              for _ in range(args.noise_draws)]
 
+    # motion: each spinning clip against the same clip frozen (its first frame held still): the same frames for an
+    # image model, a spin only for a video model; reward(clockwise) of the spin minus that of the frozen clip
+    frozen = latents["direction"][:, :1].expand_as(latents["direction"])
+    truth["motion"] = np.ones(n, dtype=bool)
+
     def accuracy(model, stride: int, low: int, width: int, what: str = "direction") -> dict:
         model.frame_stride = stride
-        z, right_sign, (p, q) = latents[what], truth[what], pairs[what]
+        z, right_sign = latents["direction" if what == "motion" else what], truth[what]
         diff = np.zeros((len(draws), len(z)))
         for d, (u, noise) in enumerate(draws):
             t = low + (u * width).long()  # one level per clip and draw, uniform in [low, low + width)
             for i in range(len(z)):
-                a, b = (model(z[i], int(t[i]), noise[i], prompt=k).mean() for k in (p, q))
+                if what == "motion":
+                    a, b = (model(x, int(t[i]), noise[i], prompt=0).mean() for x in (z[i], frozen[i]))
+                else:
+                    a, b = (model(z[i], int(t[i]), noise[i], prompt=k).mean() for k in pairs[what])
                 diff[d, i] = float(a - b)
         right = (diff > 0) == right_sign
         return {"one_draw": float(right.mean()), "mean_of_draws": float(((diff.mean(0) > 0) == right_sign).mean()),
-                "diff_pos": float(diff[:, right_sign].mean()), "diff_neg": float(diff[:, ~right_sign].mean())}
+                "diff_pos": float(diff[:, right_sign].mean()),
+                "diff_neg": float(diff[:, ~right_sign].mean()) if (~right_sign).any() else float("nan")}
 
     rows = []
-    for what in ("direction", "speed"):
+    for what in args.known_answers:
         for name, model, strides in (("video", video, args.frame_strides if what == "direction" else (2,)),
                                      ("image", image, (1,))):
             s = settings[name]
@@ -314,7 +327,9 @@ def motion_ranking(args: Args) -> dict:
              f"({int(truth['direction'].sum())} clockwise), the fraction where reward(clockwise) - "
              f"reward(counterclockwise), each the mean over the clip's frames, has the sign of -omega. speed: "
              f"{args.clips // 2} of those spinning clips and {args.clips // 2} at rest, the fraction where "
-             f"reward(clockwise) - reward(at rest) is > 0 on spinning clips and < 0 at rest. 0.5 = chance; one noise "
+             f"reward(clockwise) - reward(at rest) is > 0 on spinning clips and < 0 at rest. motion: the fraction of "
+             f"spinning clips whose reward(clockwise) exceeds that of the same clip frozen at its first frame (the "
+             f"same kind of frames for an image model). 0.5 = chance; one noise "
              f"draw per clip, and the sign of the mean over {args.noise_draws} draws",
              "", "| known answer | model | window | t | one noise draw | mean of draws | mean difference, clips "
                  "where > 0 is right | where < 0 is right |",
@@ -475,7 +490,7 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args, key: st
     ax.axvline(100, color="grey", ls=":", lw=1)
     if key == "omega_by_step":
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set(ylabel="mean signed angular velocity (rad/s; < 0 = clockwise on screen)", ylim=(-8, 8))
+        ax.set(ylabel="mean signed omega (rad/s; < 0: clockwise)", ylim=(-8, 8))
     else:
         ax.set(ylabel="mean |pole angle| (deg; 0 = up, 180 = down)", ylim=(0, 180))
     ax.set(xlabel="step of the episode", title=f"Pendulum world: seeds {list(args.seeds)}, "
