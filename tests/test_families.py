@@ -369,10 +369,17 @@ def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
     t = int(torch.randint(400, 500, (1,), generator=g))
     noise = torch.cat([torch.randn(n, 4, 8, 8, generator=g) for n in (8, 8, 4)])
     model = SDSReward.from_pretrained(str(tiny_families["zeroscope"]), PROMPT)  # its own 16 px, 16-frame windows
-    assert model.windows(20) == [(0, 16), (4, 20)]
+    model.frame_stride = 2  # the run's env, Pendulum-v1 (dt 0.05 s), at the default 8 frames/s: as sac_sds.py trains
     expected = model(model.encode(x), t, noise).numpy()
     np.testing.assert_allclose(got["sds_score"], expected, rtol=1e-4, atol=1e-4)
     assert got["sds_align"].shape == (20,)
+    # --sds-frame-stride 1: windows of consecutive frames
+    scorer = eval_videos.SdsScorer(eval_videos.EvalArgs(sds_model_id=str(tiny_families["zeroscope"]), batch_size=8,
+                                                        seed=3, sds_frame_stride=1), torch.device("cpu"))
+    model.frame_stride = 1
+    assert model.windows(20) == [(0, 16), (4, 20)]
+    np.testing.assert_allclose(scorer(x, run)["sds_score"], model(model.encode(x), t, noise).numpy(), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_fp16_upcasts_a_vae_that_asks_for_it(tiny_families):
