@@ -929,7 +929,8 @@ class SDSReward(nn.Module):
                       resolution: Optional[int] = None, **options) -> "SDSReward":
         """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
         build the real architectures from their configs with it). The pipeline's text encoders are used for the
-        conditioning, then left to be freed with it."""
+        conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
+        freezes them (eval, no gradients) and drops the VAE's decoder, so pass copies of modules still in use."""
         name = type(pipe).__name__
         family = family_for(name, "the pipeline")
         device = torch.device(device)

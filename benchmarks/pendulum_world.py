@@ -1,7 +1,7 @@
 """Pendulum world: known-answer results for the text rewards, with the models trained by demo/train_pendulum_models.py.
 
-    python benchmarks/pendulum_world.py ranking             # do the rewards rank held-out frames by the pole angle?
-    python benchmarks/pendulum_world.py rl --jobs 2         # SAC from each reward, 3 seeds: return and pole angle
+    python benchmarks/pendulum_world.py --what ranking      # do the rewards rank held-out frames by the pole angle?
+    python benchmarks/pendulum_world.py --what rl --jobs 2  # SAC from each reward, 3 seeds: return and pole angle
 
 ranking: held-out frames at random angles (seed unlike the training data's); for each prompt, the Spearman rank
 correlation over frames between the reward (and, for SDS, each of its two terms) and cos(angle), i.e. how upright
@@ -16,6 +16,11 @@ the mean absolute pole angle (0 = up, 180 = down) over the whole episode and ove
 fraction of steps with the pole within 30 degrees of upright; angles.png plots the mean angle at each step of the
 episode. Finished runs are reused, so an interrupted benchmark continues where it stopped. Results go to stdout
 and to {out}/rl.md, rl.json and angles.png ({out}/ranking.md and ranking.json for ranking).
+
+The motion world (demo/train_motion_models.py; configs video-*, image-*, with --table motion for the signed angular
+velocity): motion-ranking scores held-out clips for three known answers (the spin direction, spinning against at
+rest, a spin against the same clip frozen), for the video model and its image control; caption-use measures how
+much their noise predictions change when the caption does ({out}/motion-ranking.md, {out}/caption-use.md).
 """
 
 from __future__ import annotations
@@ -94,9 +99,10 @@ BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 
 @dataclass
 class Args:
-    what: Literal["ranking", "motion-ranking", "rl"] = "ranking"
+    what: Literal["ranking", "motion-ranking", "caption-use", "rl"] = "ranking"
     """ranking: how the reward models rank held-out frames; motion-ranking: whether the motion world's rewards tell
-    clockwise from counterclockwise on held-out clips; rl: train and evaluate SAC"""
+    clockwise from counterclockwise on held-out clips; caption-use: how much the motion world's noise predictions
+    depend on the caption; rl: train and evaluate SAC"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
@@ -128,7 +134,7 @@ class Args:
     sds_flags: str = ""
     """ranking: SDS settings as sac_sds.py takes them, one string, e.g. --sds-flags="--align-scale 0" """
     clips: int = 200
-    """motion-ranking: held-out spinning clips (half of them clockwise)"""
+    """motion-ranking, caption-use: held-out spinning clips (half of them clockwise)"""
     clip_steps: int = 32
     """motion-ranking: consecutive env steps per clip, one rendered frame each"""
     known_answers: tuple[str, ...] = ("direction", "speed", "motion")
@@ -141,7 +147,8 @@ class Args:
     levels: tuple[int, ...] = ()
     """ranking: also, for each L, the terms at t in [L, L + 100) with the paper's scales (one draw per frame):
     Spearman of align, recon and the reward with cos(angle), and the terms' mean size, for "pointing up";
-    motion-ranking: the direction accuracy of both models at each level (video: at frame stride 2)"""
+    motion-ranking: the direction accuracy of both models at each level (video: at the frame stride sac_sds.py
+    derives from the adapter's video_fps, 2); caption-use: the levels (default 300 500 700 850)"""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,6 +273,8 @@ def motion_ranking(args: Args) -> dict:
     video = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter)
     image = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST])
     settings = {"video": sac_sds.tadpole_defaults(model, adapter)[0], "image": sac_sds.tadpole_defaults(model)[0]}
+    # the stride sac_sds.py gives the video model on Pendulum-v1 (the adapter's video_fps) serves the fixed-stride rows
+    stride, dt = sac_sds.frame_stride(sac_sds.Args(env_id="Pendulum-v1", video_fps=settings["video"]["video_fps"]))
     spins = held_out_spins(args.clips, args.clip_steps, 1, video.resolution)
     rests = held_out_spins(args.clips // 2, args.clip_steps, 1, video.resolution, kinds=("rest",), seed=54321)
     frames = spins["frames"].shape[1]
@@ -310,7 +319,7 @@ def motion_ranking(args: Args) -> dict:
 
     rows = []
     for what in args.known_answers:
-        for name, model, strides in (("video", video, args.frame_strides if what == "direction" else (2,)),
+        for name, model, strides in (("video", video, args.frame_strides if what == "direction" else (stride,)),
                                      ("image", image, (1,))):
             s = settings[name]
             for k in strides:
@@ -320,7 +329,7 @@ def motion_ranking(args: Args) -> dict:
                 print(f"  {what}, {name}, frame stride {k}: {rows[-1]['one_draw']:.2f}", flush=True)
     levels = []
     for low in args.levels:
-        levels.append({"t": [low, low + 100], "video": accuracy(video, 2, low, 100)["one_draw"],
+        levels.append({"t": [low, low + 100], "video": accuracy(video, stride, low, 100)["one_draw"],
                        "image": accuracy(image, 1, low, 100)["one_draw"]})
     s = settings["video"]
     lines = [f"Held-out clips of {frames} consecutive Pendulum-v1 steps. direction: {n} spinning clips "
@@ -336,15 +345,67 @@ def motion_ranking(args: Args) -> dict:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         window = (f"{s['context_size']} frames, every {r['frame_stride']} env steps "
-                  f"({s['context_size'] * r['frame_stride'] * 0.05:.1f} s)" if r["model"] == "video" else "single frames")
+                  f"({s['context_size'] * r['frame_stride'] * dt:.1f} s)" if r["model"] == "video" else "single frames")
         lines.append(f"| {r['what']} | {r['model']} | {window} | [{r['t'][0]}, {r['t'][1]}) | {r['one_draw']:.2f} | "
                      f"{r['mean_of_draws']:.2f} | {r['diff_pos']:+.3f} | {r['diff_neg']:+.3f} |")
     if levels:
-        lines += ["", "Direction, one noise draw per clip, t in [L, L + 100) (video: frame stride 2)", "",
+        lines += ["", f"Direction, one noise draw per clip, t in [L, L + 100) (video: frame stride {stride})", "",
                   "| t | video | image |", "|---|---|---|"]
         lines += [f"| [{r['t'][0]}, {r['t'][1]}) | {r['video']:.2f} | {r['image']:.2f} |" for r in levels]
     return {"clips": n, "clip_steps": frames, "noise_draws": args.noise_draws, "rows": rows, "levels": levels,
             "table": "\n".join(lines)}
+
+
+def caption_use(args: Args) -> dict:
+    """Whether the motion world's models use the caption at all: on --clips held-out spinning clips (8 frames, every
+    2nd env step, as the video model was trained and as sac_sds.py windows Pendulum-v1), at each noise level (--levels,
+    default 300, 500, 700, 850), the mean squared difference between the noise predictions under two captions, from
+    the same noisy clip, against the prediction's own error. A reward can only tell two captions apart by as much as
+    their predictions differ. Also, how far apart the text encoders put the two spin captions, before (pendulum-sd,
+    the start) and after training (pendulum-motion)."""
+    import sac_sds
+    from train_motion_models import FRAME_GAP, caption_gap, held_out_spins
+
+    model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
+    rewards = {"video": sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter),
+               "image": sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST])}
+    spins = held_out_spins(args.clips, 8, FRAME_GAP, rewards["video"].resolution)
+    n, frames = spins["frames"].shape[:2]
+    with torch.no_grad():
+        z = rewards["video"].family.encode(spins["frames"].flatten(0, 1)).view(n, frames,
+                                                                               *rewards["video"].latent_shape)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for t in args.levels or (300, 500, 700, 850):
+        noise = torch.randn(z.shape, generator=g)
+        for name, reward in rewards.items():
+            zz, eps = (z, noise) if reward.video else (z.flatten(0, 1), noise.flatten(0, 1))
+            tt = torch.full((len(zz),), t)
+            with torch.no_grad():  # conditioning rows: 0 no caption, then clockwise, counterclockwise, at rest
+                z_t = reward.family.noised(zz, eps, tt)
+                pred = [reward.family.eps(z_t, tt, torch.full((len(zz),), row)) for row in range(4)]
+            msd = lambda a, b: float((pred[a] - pred[b]).pow(2).mean())  # noqa: E731
+            rows.append({"t": t, "model": name, "error": float((pred[1] - eps).pow(2).mean()),
+                         "cw_ccw": msd(1, 2), "cw_rest": msd(1, 3), "cw_unconditional": msd(1, 0)})
+            print(f"  t {t}, {name}: cw-ccw {rows[-1]['cw_ccw']:.1e}, cw-rest {rows[-1]['cw_rest']:.1e}", flush=True)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    gaps = {}
+    for folder in (SDS_MODEL, MOTION_MODEL):
+        tokenizer = CLIPTokenizer.from_pretrained(ROOT / folder / "tokenizer")
+        tokens = tokenizer(["", CW, CCW], padding="max_length", max_length=tokenizer.model_max_length,
+                           return_tensors="pt").input_ids
+        gaps[folder] = caption_gap(CLIPTextModel.from_pretrained(ROOT / folder / "text_encoder").eval(), tokens)
+    lines = [f"{n} held-out spinning clips of {frames} frames (every {FRAME_GAP}nd env step); mean squared difference "
+             "of the noise predictions under two captions, from the same noisy clip (the prediction's own error "
+             "under \"clockwise\" for scale)", "",
+             "| t | model | prediction error | clockwise vs counterclockwise | clockwise vs at rest | clockwise vs "
+             "no caption |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['t']} | {r['model']} | {r['error']:.1e} | {r['cw_ccw']:.1e} | {r['cw_rest']:.1e} | "
+              f"{r['cw_unconditional']:.1e} |" for r in rows]
+    lines += ["", "|e(clockwise) - e(counterclockwise)| / |e(clockwise)|, the text encoder's hidden states: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in gaps.items())]
+    return {"rows": rows, "caption_gap": gaps, "table": "\n".join(lines)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,7 +566,8 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args, key: st
 
 def main(args: Args) -> None:
     start = time.time()
-    results = {"ranking": ranking, "motion-ranking": motion_ranking, "rl": rl}[args.what](args)
+    what = {"ranking": ranking, "motion-ranking": motion_ranking, "caption-use": caption_use, "rl": rl}
+    results = what[args.what](args)
     print(results["table"])
     print(f"\n({(time.time() - start) / 60:.1f} min)")
     out = Path(args.out)

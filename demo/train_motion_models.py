@@ -27,6 +27,9 @@ No single frame shows which way a pole turns: the known answer of this world is 
    and the text encoder is trained by both: the motion modules learn time, the spatial layers stay an image model
    (the control is then exactly the video model without its motion modules, trained on the same captioned frames).
    An image model cannot tell the two spins apart (the same frames under both captions); a video model could.
+   The committed models did not learn to (README, the motion world): training pulls the two spin captions together
+   in the text encoder, with the image loss kept from it (--text-encoder-loss video) or dropped (--image-loss-weight
+   0) as well; --eval-every prints how far apart they are.
 4. --eval-every: the fraction of held-out spinning clips (seed unlike the training data's) on which the reward
    for "clockwise" minus that for "counterclockwise" has the sign of -omega, for both models, scored by
    sac_sds.SDSReward itself (benchmarks/pendulum_world.py --what motion-ranking measures it in full).
@@ -44,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Sequence
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen
 import gymnasium as gym
@@ -63,16 +67,15 @@ CAPTIONS = [CW, CCW, SWING, REST]
 KINDS = {"cw": 0, "ccw": 1, "swing": 2, "rest": 3}  # kind -> caption index
 KIND_FRACTIONS = (0.4, 0.4, 0.1, 0.1)
 FRAME_GAP = 2  # env steps between the frames of a training clip: 0.1 s in Pendulum-v1 (dt 0.05 s)
-DT = 0.05  # Pendulum-v1's step
 G_OVER_L = 15.0  # Pendulum-v1: d(omega)/dt = 3g/(2l) sin(theta) + 3u/(ml^2), g = 10, l = m = 1
 # Each model's settings, written beside it as tadpole_config.json: pendulum-sd's (recon alone at t in [700, 900)),
 # kept because `benchmarks/pendulum_world.py --what motion-ranking` measured them to work: with them the video model
 # tells a spinning clip from the same clip frozen on 93% of held-out clips (one draw; the image model 27%). Neither
 # tells the spin direction at any level the trainer checks (t 500, 700, 850; README, the motion world). The video
-# model's windows: 8 frames (its training clips) every 4, at the training clips' rate.
+# model's windows: 8 frames (its training clips) every 4, at the training clips' rate (video_fps, written by train()).
 VIDEO_TADPOLE_CONFIG = {
     "noise_level_base": 700, "noise_level_range": 200, "align_scale": 0.0, "recon_scale": 200.0,
-    "context_size": 8, "stride": 4, "video_fps": 1.0 / (FRAME_GAP * DT),
+    "context_size": 8, "stride": 4,
 }
 IMAGE_TADPOLE_CONFIG = {"noise_level_base": 700, "noise_level_range": 200, "align_scale": 0.0, "recon_scale": 200.0}
 
@@ -97,6 +100,16 @@ class Args:
     """steps between held-out checks of both models (0: none)"""
     eval_clips: int = 64
     """held-out spinning clips per check"""
+    focus_levels: tuple[int, int] = (400, 900)
+    """half of each loss's samples take their noise level t in [low, high) (the rest anywhere in [0, 1000))"""
+    eval_levels: tuple[int, ...] = (500, 700, 850)
+    """the noise levels of the --eval-every check"""
+    text_encoder_loss: Literal["both", "video"] = "both"
+    """which losses train the text encoder: both, or video alone (the image loss then takes the caption embeddings
+    detached). Single frames cannot tell the two spins apart, so the image loss pulls their captions together"""
+    image_loss_weight: float = 1.0
+    """weight of the image loss (0: the video loss alone, and the UNet an image model only as the video model's
+    spatial layers)"""
     seed: int = 0
     """seed of everything (clips, captions, initial weights, noise)"""
     threads: int = 2
@@ -223,30 +236,37 @@ def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
                                    requires_safety_checker=False)
 
 
-def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor, t: int, draws: int = 4,
-                       seed: int = 0) -> dict:
-    """Fraction of clips (latents (N, frames, 4, h, w)) where the mean reward over the clip's frames for "clockwise"
-    minus that for "counterclockwise" has the sign of -omega, for the video model (adapter) and the image model
-    (adapter None), recon term alone at noise level t, averaged over draws noise draws (the same noise for both
-    prompts), scored by sac_sds.SDSReward."""
+def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor, levels: Sequence[int],
+                       draws: int = 4, seed: int = 0) -> dict[int, float]:
+    """At each noise level t in levels, the fraction of clips (latents (N, frames, 4, h, w)) where the mean reward
+    over the clip's frames for "clockwise" minus that for "counterclockwise" has the sign of -omega, for the video
+    model (adapter) or the image model (adapter None), recon term alone, averaged over draws noise draws (the same
+    noise for both prompts; the same draws at every level), scored by sac_sds.SDSReward. The reward takes over the
+    pipeline's modules (from_pipeline freezes them): pass copies of modules still in training."""
     n, frames = latents.shape[:2]
     reward = sac_sds.SDSReward.from_pipeline(pipe, [CW, CCW], motion_adapter=adapter, context_size=frames,
                                              align_scale=0.0, recon_scale=200.0)
-    g = torch.Generator().manual_seed(seed)
-    diff = torch.zeros(n)
-    for _ in range(draws):
-        noise = torch.randn(latents.shape, generator=g)
-        tt = torch.full((n,), t)
-        z, eps = (latents, noise) if reward.video else (latents.flatten(0, 1), noise.flatten(0, 1))
-        if not reward.video:
-            tt = tt.repeat_interleave(frames)
-        per_prompt = []
-        for p in (0, 1):
-            r = reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p)))
-            per_prompt.append(r.view(n, frames).mean(1))
-        diff += (per_prompt[0] - per_prompt[1]) / draws
-    spin = omega.mean(1)
-    return {"accuracy": float(((diff > 0) == (spin < 0)).float().mean()), "diff": diff}
+    z = latents if reward.video else latents.flatten(0, 1)
+    accuracy = {}
+    for t in levels:
+        g = torch.Generator().manual_seed(seed)
+        tt = torch.full((len(z),), t)
+        diff = torch.zeros(n)
+        for _ in range(draws):
+            eps = torch.randn(latents.shape, generator=g).view(z.shape)
+            per_prompt = [reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p))).view(n, frames)
+                          .mean(1) for p in (0, 1)]
+            diff += (per_prompt[0] - per_prompt[1]) / draws
+        accuracy[t] = float(((diff > 0) == (omega.mean(1) < 0)).float().mean())
+    return accuracy
+
+
+def caption_gap(text_encoder, tokens: torch.Tensor) -> float:
+    """How far apart the text encoder puts the two spin captions: |e(clockwise) - e(counterclockwise)| / |e(clockwise)|
+    over the whole hidden-state sequence (tokens: the token ids of [""] + CAPTIONS)."""
+    with torch.no_grad():
+        e = text_encoder(tokens[1:3])[0].flatten(1)
+    return float((e[0] - e[1]).norm() / e[0].norm())
 
 
 def train(args: Args) -> None:
@@ -312,9 +332,9 @@ def train(args: Args) -> None:
         return scheduler.add_noise(z, noise, t), noise
 
     def timesteps(n: int) -> torch.Tensor:
-        # half the samples at any noise level, half at t in [400, 900), where the rewards read the motion
+        # half the samples at any noise level, half at t in --focus-levels, where the rewards read the motion
         t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
-        t[: n // 2] = torch.randint(400, 900, (n // 2,), generator=g)
+        t[: n // 2] = torch.randint(*args.focus_levels, (n // 2,), generator=g)
         return t
 
     def keep(cap: torch.Tensor) -> torch.Tensor:
@@ -332,26 +352,32 @@ def train(args: Args) -> None:
         context = embeddings[keep(caption[idx])].repeat_interleave(f, 0)
         pred = motion_unet(z_t.view(b, f, *z.shape[2:]).transpose(1, 2), t, encoder_hidden_states=context).sample
         video = F.mse_loss(pred.transpose(1, 2).flatten(0, 1), noise)
+        if not args.image_loss_weight:
+            return video
         jdx = next(frames_it)  # image loss: one random frame of each of other clips
         frame = torch.randint(0, args.frames, (len(jdx),), generator=g)
         t = timesteps(len(jdx))
         z_t, noise = noisy(latents[jdx, frame], t)
+        if args.text_encoder_loss == "video":
+            embeddings = embeddings.detach()
         image = F.mse_loss(unet(z_t, t, encoder_hidden_states=embeddings[keep(caption[jdx])]).sample, noise)
-        return video + image
+        return video + args.image_loss_weight * image
 
-    def evaluate(step: int) -> None:  # on copies: the reward freezes and trims the modules it is given
+    def evaluate(step: int) -> None:
         copy_motion_modules(motion_unet, adapter)
-        parts = [copy.deepcopy(m).eval() for m in (vae, text_encoder, unet, adapter)]
+        was_training = text_encoder.training
+        text_encoder.eval()
+        gap = caption_gap(text_encoder, tokens)
+        text_encoder.train(was_training)
+        # on copies: the reward freezes the modules it is given and drops the VAE's decoder; one pipeline serves both
+        pipe = build_pipeline(*[copy.deepcopy(m).eval() for m in (vae, text_encoder)], tokenizer,
+                              copy.deepcopy(unet).eval(), scheduler)
         with torch.no_grad():
-            accs = {}
-            for t in (500, 700, 850):
-                for video in (True, False):
-                    pipe = build_pipeline(*[copy.deepcopy(m) for m in parts[:2]], tokenizer, copy.deepcopy(parts[2]),
-                                          scheduler)
-                    a = copy.deepcopy(parts[3]) if video else None
-                    accs.setdefault(t, []).append(direction_accuracy(pipe, a, *eval_data, t=t)["accuracy"])
+            video = direction_accuracy(pipe, copy.deepcopy(adapter).eval(), *eval_data, levels=args.eval_levels)
+            image = direction_accuracy(pipe, None, *eval_data, levels=args.eval_levels)
         print(f"  step {step}: held-out direction accuracy (video / image) " +
-              ", ".join(f"t {t}: {v:.2f} / {i:.2f}" for t, (v, i) in accs.items()), flush=True)
+              ", ".join(f"t {t}: {video[t]:.2f} / {image[t]:.2f}" for t in args.eval_levels) +
+              f"; caption gap (clockwise vs counterclockwise) {gap:.3f}", flush=True)
 
     train_loop("motion", args.steps, params, loss_fn, lr=args.lr)
     text_encoder.eval(), unet.eval(), motion_unet.eval()
@@ -363,8 +389,10 @@ def train(args: Args) -> None:
     out = Path(args.out_dir)
     pipe.save_pretrained(out / "pendulum-motion")
     adapter.save_pretrained(out / "pendulum-motion-adapter")
+    video_fps = 1.0 / (FRAME_GAP * sac_sds.env_dt(sac_sds.Args(env_id="Pendulum-v1")))  # the training clips' rate
     for folder, config, what in ((out / "pendulum-motion", IMAGE_TADPOLE_CONFIG, "image model"),
-                                 (out / "pendulum-motion-adapter", VIDEO_TADPOLE_CONFIG, "video model")):
+                                 (out / "pendulum-motion-adapter", {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps},
+                                  "video model")):
         comment = (f"The {what}'s TADPoLe settings (sac_sds.py uses them unless flags say otherwise), measured with "
                    "`python benchmarks/pendulum_world.py --what motion-ranking` (README, the motion world).")
         (folder / "tadpole_config.json").write_text(json.dumps({"comment": comment, **config}, indent=2) + "\n")
