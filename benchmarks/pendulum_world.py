@@ -140,7 +140,8 @@ class Args:
     known_answers: tuple[str, ...] = ("direction", "speed", "motion")
     """motion-ranking: direction (reward(clockwise) - reward(counterclockwise) on spinning clips), speed
     (reward(clockwise) - reward(at rest) on spinning and resting clips), motion (reward(clockwise) of a spinning
-    clip minus that of the same clip frozen at its first frame: for an image model, frames alike)"""
+    clip minus that of the same clip frozen at its first frame: for an image model, frames alike), order (the same,
+    against the clip's frames shuffled: for an image model, the same frames)"""
     frame_strides: tuple[int, ...] = (1, 2, 4)
     """motion-ranking: frame strides of the video model's windows (every k-th env frame; 2 = 10 frames/s, the rate
     of its training clips)"""
@@ -297,18 +298,21 @@ def motion_ranking(args: Args) -> dict:
 
     # motion: each spinning clip against the same clip frozen (its first frame held still): the same frames for an
     # image model, a spin only for a video model; reward(clockwise) of the spin minus that of the frozen clip
-    frozen = latents["direction"][:, :1].expand_as(latents["direction"])
-    truth["motion"] = np.ones(n, dtype=bool)
+    # order: each spinning clip against its own frames in a random order (a set of frames alike for an image model)
+    perm = torch.stack([torch.randperm(latents["direction"].shape[1], generator=g) for _ in range(n)])
+    contrast = {"motion": latents["direction"][:, :1].expand_as(latents["direction"]),
+                "order": latents["direction"][torch.arange(n)[:, None], perm]}
+    truth["motion"] = truth["order"] = np.ones(n, dtype=bool)
 
     def accuracy(model, stride: int, low: int, width: int, what: str = "direction") -> dict:
         model.frame_stride = stride
-        z, right_sign = latents["direction" if what == "motion" else what], truth[what]
+        z, right_sign = latents["direction" if what in contrast else what], truth[what]
         diff = np.zeros((len(draws), len(z)))
         for d, (u, noise) in enumerate(draws):
             t = low + (u * width).long()  # one level per clip and draw, uniform in [low, low + width)
             for i in range(len(z)):
-                if what == "motion":
-                    a, b = (model(x, int(t[i]), noise[i], prompt=0).mean() for x in (z[i], frozen[i]))
+                if what in contrast:
+                    a, b = (model(x, int(t[i]), noise[i], prompt=0).mean() for x in (z[i], contrast[what][i]))
                 else:
                     a, b = (model(z[i], int(t[i]), noise[i], prompt=k).mean() for k in pairs[what])
                 diff[d, i] = float(a - b)
@@ -338,8 +342,8 @@ def motion_ranking(args: Args) -> dict:
              f"{args.clips // 2} of those spinning clips and {args.clips // 2} at rest, the fraction where "
              f"reward(clockwise) - reward(at rest) is > 0 on spinning clips and < 0 at rest. motion: the fraction of "
              f"spinning clips whose reward(clockwise) exceeds that of the same clip frozen at its first frame (the "
-             f"same kind of frames for an image model). 0.5 = chance; one noise "
-             f"draw per clip, and the sign of the mean over {args.noise_draws} draws",
+             f"same kind of frames for an image model); order: the same against the clip's frames shuffled. 0.5 = "
+             f"chance; one noise draw per clip, and the sign of the mean over {args.noise_draws} draws",
              "", "| known answer | model | window | t | one noise draw | mean of draws | mean difference, clips "
                  "where > 0 is right | where < 0 is right |",
              "|---|---|---|---|---|---|---|---|"]
@@ -396,7 +400,7 @@ def caption_use(args: Args) -> dict:
         tokens = tokenizer(["", CW, CCW], padding="max_length", max_length=tokenizer.model_max_length,
                            return_tensors="pt").input_ids
         gaps[folder] = caption_gap(CLIPTextModel.from_pretrained(ROOT / folder / "text_encoder").eval(), tokens)
-    lines = [f"{n} held-out spinning clips of {frames} frames (every {FRAME_GAP}nd env step); mean squared difference "
+    lines = [f"{n} held-out spinning clips of {frames} frames (every {FRAME_GAP} env steps); mean squared difference "
              "of the noise predictions under two captions, from the same noisy clip (the prediction's own error "
              "under \"clockwise\" for scale)", "",
              "| t | model | prediction error | clockwise vs counterclockwise | clockwise vs at rest | clockwise vs "

@@ -106,7 +106,7 @@ class Args:
     """the noise levels of the --eval-every check"""
     text_encoder_loss: Literal["both", "video"] = "both"
     """which losses train the text encoder: both, or video alone (the image loss then takes the caption embeddings
-    detached). Single frames cannot tell the two spins apart, so the image loss pulls their captions together"""
+    detached): does the image loss, to which the two spins look alike, pull their captions together?"""
     image_loss_weight: float = 1.0
     """weight of the image loss (0: the video loss alone, and the UNet an image model only as the video model's
     spatial layers)"""

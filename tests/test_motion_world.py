@@ -1,8 +1,8 @@
 """The motion world (demo/pendulum-motion, demo/pendulum-motion-adapter; demo/train_motion_models.py): the committed
 folders load through the scripts' own from_pretrained code, the trainer is deterministic, single training frames do
-not give the spin direction away, the video reward tells a spinning pole from a still one where the image control
-cannot, and SAC's agent for "a pendulum spinning clockwise" spins faster than random actions. (The direction itself
-is not learned by these models: README, the motion world.)"""
+not give the spin direction away, the video reward tells a spinning pole from a still one, and its frames in order
+from shuffled, where the image control cannot, and SAC's agent for "a pendulum spinning clockwise" spins faster than
+random actions. (The direction itself is not learned by these models: README, the motion world.)"""
 
 from __future__ import annotations
 
@@ -96,15 +96,19 @@ def test_training_clips_do_not_give_the_direction_away_in_single_frames():
 def test_video_reward_tells_a_spin_from_a_still_pole_and_the_image_control_does_not():
     """Held-out spinning clips (seeds the training data did not use), each against the same clip frozen at its
     first frame: reward("a pendulum spinning clockwise") is higher for the spin far more often with the video model
-    than with the image model, to which both are the same kind of frames. Also: both tell spinning from rest (one
-    frame shows a hanging pole). The direction, not learned by these models (README), is not asserted."""
+    than with the image model, to which both are the same kind of frames; likewise each clip against its own frames
+    shuffled (the video model knows their order). Also: both tell spinning from rest (one frame shows a hanging
+    pole). The direction, not learned by these models (README), is not asserted."""
     import pendulum_world
 
     results = pendulum_world.motion_ranking(pendulum_world.Args(clips=40, clip_steps=16, frame_strides=(2,),
-                                                                noise_draws=2, known_answers=("motion", "speed")))
+                                                                noise_draws=2,
+                                                                known_answers=("motion", "speed", "order")))
     rows = {(r["what"], r["model"]): r for r in results["rows"]}
     video, image = rows["motion", "video"], rows["motion", "image"]
     assert video["one_draw"] > 0.8 and video["one_draw"] > image["one_draw"] + 0.3, results["table"]
+    video, image = rows["order", "video"], rows["order", "image"]
+    assert video["one_draw"] > 0.7 and video["one_draw"] > image["one_draw"] + 0.2, results["table"]
     assert rows["speed", "video"]["one_draw"] > 0.8 and rows["speed", "image"]["one_draw"] > 0.8, results["table"]
 
 
