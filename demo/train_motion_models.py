@@ -29,7 +29,8 @@ No single frame shows which way a pole turns: the known answer of this world is 
    An image model cannot tell the two spins apart (the same frames under both captions); a video model could.
    The committed models did not learn to (README, the motion world): training pulls the two spin captions together
    in the text encoder, with the image loss kept from it (--text-encoder-loss video) or dropped (--image-loss-weight
-   0) as well; --eval-every prints how far apart they are.
+   0) as well; with the text encoder frozen (--text-encoder-loss none) the direction stays at chance too;
+   --eval-every prints how far apart the captions are.
 4. --eval-every: the fraction of held-out spinning clips (seed unlike the training data's) on which the reward
    for "clockwise" minus that for "counterclockwise" has the sign of -omega, for both models, scored by
    sac_sds.SDSReward itself (benchmarks/pendulum_world.py --what motion-ranking measures it in full).
@@ -104,9 +105,10 @@ class Args:
     """half of each loss's samples take their noise level t in [low, high) (the rest anywhere in [0, 1000))"""
     eval_levels: tuple[int, ...] = (500, 700, 850)
     """the noise levels of the --eval-every check"""
-    text_encoder_loss: Literal["both", "video"] = "both"
-    """which losses train the text encoder: both, or video alone (the image loss then takes the caption embeddings
-    detached): does the image loss, to which the two spins look alike, pull their captions together?"""
+    text_encoder_loss: Literal["both", "video", "none"] = "both"
+    """which losses train the text encoder: both, video alone (the image loss then takes the caption embeddings
+    detached: does the image loss, to which the two spins look alike, pull their captions together?), or none
+    (pendulum-sd's, frozen)"""
     image_loss_weight: float = 1.0
     """weight of the image loss (0: the video loss alone, and the UNet an image model only as the video model's
     spatial layers)"""
@@ -317,7 +319,11 @@ def train(args: Args) -> None:
     motion_unet = UNetMotionModel.from_unet2d(unet, adapter).train()
     tie_spatial(motion_unet, unet)
     motion_params = [p for n, p in motion_unet.named_parameters() if "motion_modules" in n]
-    params = list(unet.parameters()) + list(text_encoder.parameters()) + motion_params
+    text_params = list(text_encoder.parameters())
+    if args.text_encoder_loss == "none":
+        text_encoder.eval().requires_grad_(False)
+        text_params = []
+    params = list(unet.parameters()) + text_params + motion_params
     print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, motion modules "
           f"{sum(p.numel() for p in motion_params) / 1e6:.2f} M, text encoder "
           f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M", flush=True)
