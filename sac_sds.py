@@ -995,16 +995,22 @@ class SDSReward(nn.Module):
     def num_train_timesteps(self) -> int:
         return self.family.num_train_timesteps
 
+    @staticmethod
+    def to_pixels(frames, resolution: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), array or tensor -> (N, 3, resolution, resolution) float32 in [-1, 1] on the
+        device, resized there (antialiased bilinear): what the VAE encodes (the demo trainers make their data so)."""
+        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = x.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-2:] != (resolution, resolution):
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
+        return x
+
     @torch.no_grad()
     def encode(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> the family's latents, float32: [-1, 1], resized on the device to the model's
-        resolution, the VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes
-        whole windows, the resized frames themselves; terms encodes each window)."""
-        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
-        x = x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
-        return self.family.encode(x)
+        """uint8 frames (N, H, W, 3) -> the family's latents, float32: to_pixels at the model's resolution, the
+        VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes whole windows, the
+        resized frames themselves; terms encodes each window)."""
+        return self.family.encode(self.to_pixels(frames, self.resolution, self.device))
 
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor,
                       prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:

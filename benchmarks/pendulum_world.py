@@ -261,6 +261,21 @@ def noise_levels(args: Args, model, latents: torch.Tensor, upright: np.ndarray) 
 # ----------------------------------------------------------------------------------------------------------------
 # motion-ranking
 # ----------------------------------------------------------------------------------------------------------------
+def motion_rewards() -> tuple:
+    """The motion world's video reward and its image control, each with the prompts [CW, CCW, REST]."""
+    import sac_sds
+
+    model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
+    return (sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter),
+            sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST]))
+
+
+def encode_clips(reward, x: torch.Tensor) -> torch.Tensor:
+    """Clips of pixels (N, frames, 3, H, W) in [-1, 1] -> their latents (N, frames, C, h, w)."""
+    with torch.no_grad():
+        return reward.family.encode(x.flatten(0, 1)).view(*x.shape[:2], *reward.latent_shape)
+
+
 def motion_ranking(args: Args) -> dict:
     """For each held-out spinning clip, the mean over its frames of reward("clockwise") - reward("counterclockwise"),
     both from the same noise and noise level (drawn per clip from the model's settings, as SAC draws them per
@@ -271,21 +286,16 @@ def motion_ranking(args: Args) -> dict:
     from train_motion_models import held_out_spins
 
     model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
-    video = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter)
-    image = sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST])
+    video, image = motion_rewards()
     settings = {"video": sac_sds.tadpole_defaults(model, adapter)[0], "image": sac_sds.tadpole_defaults(model)[0]}
     # the stride sac_sds.py gives the video model on Pendulum-v1 (the adapter's video_fps) serves the fixed-stride rows
     stride, dt = sac_sds.frame_stride(sac_sds.Args(env_id="Pendulum-v1", video_fps=settings["video"]["video_fps"]))
     spins = held_out_spins(args.clips, args.clip_steps, 1, video.resolution)
     rests = held_out_spins(args.clips // 2, args.clip_steps, 1, video.resolution, kinds=("rest",), seed=54321)
     frames = spins["frames"].shape[1]
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return video.family.encode(x.flatten(0, 1)).view(len(x), frames, *video.latent_shape)
-
-    latents = {"direction": encode(spins["frames"]), "speed": torch.cat([encode(spins["frames"][: args.clips // 2]),
-                                                                         encode(rests["frames"])])}
+    latents = {"direction": encode_clips(video, spins["frames"]),
+               "speed": torch.cat([encode_clips(video, spins["frames"][: args.clips // 2]),
+                                   encode_clips(video, rests["frames"])])}
     # the sign each difference should have: direction, reward(cw) - reward(ccw) > 0 on clockwise clips; speed,
     # reward(cw) - reward(at rest) > 0 on spinning clips
     truth = {"direction": (spins["omega"].mean(1) < 0).numpy(),
@@ -367,17 +377,12 @@ def caption_use(args: Args) -> dict:
     the same noisy clip, against the prediction's own error. A reward can only tell two captions apart by as much as
     their predictions differ. Also, how far apart the text encoders put the two spin captions, before (pendulum-sd,
     the start) and after training (pendulum-motion)."""
-    import sac_sds
     from train_motion_models import FRAME_GAP, caption_gap, held_out_spins
 
-    model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
-    rewards = {"video": sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST], motion_adapter_id=adapter),
-               "image": sac_sds.SDSReward.from_pretrained(model, [CW, CCW, REST])}
+    rewards = dict(zip(("video", "image"), motion_rewards()))
     spins = held_out_spins(args.clips, 8, FRAME_GAP, rewards["video"].resolution)
     n, frames = spins["frames"].shape[:2]
-    with torch.no_grad():
-        z = rewards["video"].family.encode(spins["frames"].flatten(0, 1)).view(n, frames,
-                                                                               *rewards["video"].latent_shape)
+    z = encode_clips(rewards["video"], spins["frames"])
     g = torch.Generator().manual_seed(0)
     rows = []
     for t in args.levels or (300, 500, 700, 850):
@@ -394,12 +399,9 @@ def caption_use(args: Args) -> dict:
             print(f"  t {t}, {name}: cw-ccw {rows[-1]['cw_ccw']:.1e}, cw-rest {rows[-1]['cw_rest']:.1e}", flush=True)
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    gaps = {}
-    for folder in (SDS_MODEL, MOTION_MODEL):
-        tokenizer = CLIPTokenizer.from_pretrained(ROOT / folder / "tokenizer")
-        tokens = tokenizer(["", CW, CCW], padding="max_length", max_length=tokenizer.model_max_length,
-                           return_tensors="pt").input_ids
-        gaps[folder] = caption_gap(CLIPTextModel.from_pretrained(ROOT / folder / "text_encoder").eval(), tokens)
+    gaps = {folder: caption_gap(CLIPTextModel.from_pretrained(ROOT / folder / "text_encoder"),
+                                CLIPTokenizer.from_pretrained(ROOT / folder / "tokenizer"))
+            for folder in (SDS_MODEL, MOTION_MODEL)}
     lines = [f"{n} held-out spinning clips of {frames} frames (every {FRAME_GAP} env steps); mean squared difference "
              "of the noise predictions under two captions, from the same noisy clip (the prediction's own error "
              "under \"clockwise\" for scale)", "",

@@ -182,15 +182,14 @@ def simulate(env, state: tuple[float, float], torques: np.ndarray, gap: int = 0)
 def render_clips(kinds: list[str], frames: int, gap: int, resolution: int, rng: np.random.Generator,
                  chunk: int = 256) -> dict:
     """Clips of the given kinds (draw_clip): frames (N, frames, 3, resolution, resolution) in [-1, 1] as
-    sac_sds.SDSReward.encode resizes env.render() frames (antialiased bilinear), with the angular velocity and the
+    sac_sds.SDSReward.encode makes them from env.render() frames (to_pixels), with the angular velocity and the
     torque (its arrow) at each frame (N, frames). One frame after every gap-th env step, from the first step on."""
     env = gym.make("Pendulum-v1", render_mode="rgb_array").unwrapped  # unwrapped: no time limit inside a clip
     env.reset(seed=0)
     out, omegas, applied, pending = [], [], [], []
 
     def flush():
-        x = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        out.append(F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True))
+        out.append(sac_sds.SDSReward.to_pixels(np.stack(pending), resolution))
         pending.clear()
 
     for kind in kinds:
@@ -263,11 +262,15 @@ def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor
     return accuracy
 
 
-def caption_gap(text_encoder, tokens: torch.Tensor) -> float:
+def caption_gap(text_encoder, tokenizer) -> float:
     """How far apart the text encoder puts the two spin captions: |e(clockwise) - e(counterclockwise)| / |e(clockwise)|
-    over the whole hidden-state sequence (tokens: the token ids of [""] + CAPTIONS)."""
+    over the whole hidden-state sequence (in eval mode; the encoder's mode is kept)."""
+    tokens = tokenizer([CW, CCW], padding="max_length", max_length=tokenizer.model_max_length,
+                       return_tensors="pt").input_ids
+    training = text_encoder.training
     with torch.no_grad():
-        e = text_encoder(tokens[1:3])[0].flatten(1)
+        e = text_encoder.eval()(tokens)[0].flatten(1)
+    text_encoder.train(training)
     return float((e[0] - e[1]).norm() / e[0].norm())
 
 
@@ -371,10 +374,7 @@ def train(args: Args) -> None:
 
     def evaluate(step: int) -> None:
         copy_motion_modules(motion_unet, adapter)
-        was_training = text_encoder.training
-        text_encoder.eval()
-        gap = caption_gap(text_encoder, tokens)
-        text_encoder.train(was_training)
+        gap = caption_gap(text_encoder, tokenizer)
         # on copies: the reward freezes the modules it is given and drops the VAE's decoder; one pipeline serves both
         pipe = build_pipeline(*[copy.deepcopy(m).eval() for m in (vae, text_encoder)], tokenizer,
                               copy.deepcopy(unet).eval(), scheduler)

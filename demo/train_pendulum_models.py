@@ -54,6 +54,9 @@ import torch
 import torch.nn.functional as F
 import tyro
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import sac_sds  # noqa: E402
+
 DIRECTIONS = {"up": 0.0, "left": math.pi / 2, "down": math.pi, "right": -math.pi / 2}  # Pendulum's angle convention
 CAPTIONS = [f"a pendulum pointing {d}" for d in DIRECTIONS]
 KAPPA = 4.0  # sharpness of the caption weights exp(KAPPA * cos(angle - direction))
@@ -131,15 +134,14 @@ def render_frames(angles: np.ndarray, torques: np.ndarray) -> np.ndarray:
 
 
 def make_dataset(n: int, resolution: int, rng: np.random.Generator, clip_processor=None) -> dict:
-    """Random angles and arrows; frames as the SD reward sees them (sac_sds.SDSReward.encode: [-1, 1], antialiased
-    bilinear resize) and, given a processor, as CLIP sees them (pixel values)."""
+    """Random angles and arrows; frames as the SD reward sees them (sac_sds.SDSReward.to_pixels: [-1, 1],
+    antialiased bilinear resize) and, given a processor, as CLIP sees them (pixel values)."""
     angles = rng.uniform(-math.pi, math.pi, n)
     torques = np.where(rng.random(n) < 0.25, np.nan, rng.uniform(-2.0, 2.0, n))  # no arrow on reset frames
     sd, clip = [], []
     for start in range(0, n, 250):  # 500x500 frames are large: convert them in chunks
         frames = render_frames(angles[start:start + 250], torques[start:start + 250])
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        sd.append(F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True))
+        sd.append(sac_sds.SDSReward.to_pixels(frames, resolution))
         if clip_processor is not None:
             clip.append(clip_processor(images=list(frames), return_tensors="pt").pixel_values)
     return {"angles": torch.tensor(angles, dtype=torch.float32), "sd": torch.cat(sd),
