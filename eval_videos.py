@@ -17,9 +17,10 @@ environment is rebuilt from the run's saved args (make_env of the SAC core, rend
     learning_curves.png            the env's own return (charts/episodic_return) vs steps, mean +- std over seeds
     final_metrics.png              bar chart of the summary's metrics
 
-Metrics of a run: the environment's own return (mean and std over episodes); the CLIP score, the mean cosine
-similarity between every rendered frame and the run's prompt (--prompt for runs trained without one), computed
-by sac_clip.CLIPReward with alpha 0 under --clip-model-id; with --sds-model-id, the TADPoLe score of
+Metrics of a run: the environment's own return (mean and std over episodes); for an env that reports success
+(Meta-World), the success rate, the fraction of episodes in success at their final step (TADPoLe's metric); the
+CLIP score, the mean cosine similarity between every rendered frame and the run's prompt (--prompt for runs trained
+without one), computed by sac_clip.CLIPReward with alpha 0 under --clip-model-id; with --sds-model-id, the TADPoLe score of
 sac_sds.SDSReward (mean per-frame reward, and its align and recon terms). A run trained on a composition of prompts
 (repeated --prompt, --prompt-weight) is scored on that composition: the CLIP score against its weighted goal g, the
 SDS score with eps_u + sum_i w_i (eps_i - eps_u). A run trained on a --prompt-schedule is scored frame by frame on
@@ -345,14 +346,15 @@ def evaluate_run(run: Run, actor, env, args: EvalArgs, clip: Optional[ClipScorer
                  out: Path, bar) -> None:
     """Rolls out the run's episodes (core evaluate(), one episode at a time so that every episode's frames can
     be scored and dropped), scores the frames, writes the video, contact sheet and metrics into run.metrics."""
-    returns, lengths, scores = [], [], {}
+    returns, lengths, successes, scores = [], [], [], {}
     first_frames = None
     if sds is not None:
         sds.reset()
     for ep in range(args.episodes):
-        rets, lens, frames = core.evaluate(actor, env, 1, args.seed + ep, torch.device("cpu"), record=True)
+        rets, lens, frames, succ = core.evaluate(actor, env, 1, args.seed + ep, torch.device("cpu"), record=True)
         returns += rets
         lengths += lens
+        successes += succ
         frames = np.stack(frames)
         if ep == 0:
             first_frames = frames
@@ -378,6 +380,8 @@ def evaluate_run(run: Run, actor, env, args: EvalArgs, clip: Optional[ClipScorer
         "steps": summary.get("global_step"), "video_frames": len(first_frames),
         **{k: float(np.concatenate(v).mean()) for k, v in scores.items()},
     }
+    if successes:  # Meta-World: the fraction of episodes in success at their final step (TADPoLe's metric)
+        run.metrics["success"] = float(np.mean(successes))
 
 
 def save_contact_sheet(frames: np.ndarray, n: int, path: Path, columns: int = 4, border: int = 2) -> None:
@@ -395,7 +399,7 @@ def save_contact_sheet(frames: np.ndarray, n: int, path: Path, columns: int = 4,
 
 
 # ----- tables -----
-METRICS = ("env_return", "clip_score", "sds_score", "sds_align", "sds_recon")
+METRICS = ("env_return", "success", "clip_score", "sds_score", "sds_align", "sds_recon")
 
 
 def group_key(run: Run) -> tuple[str, str, str]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -96,7 +98,21 @@ class SACArgs:
     """height and width of rendered frames: videos, and the frames a text reward sees;
     default: the text reward model's own input size (512 for SD 2.1-base, 1024 for SDXL, 224 for CLIP), else 256"""
     camera: Optional[str] = None
-    """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the env's own"""
+    """MuJoCo camera: an id (e.g. 0) or a name (e.g. track); default: the scene's (or the protocol's) camera"""
+    scene: Literal["stock", "natural"] = "stock"
+    """what frames show (docs/method.md#scenes): stock, the env's own floor, sky and camera; natural, grass, a blue sky
+    with clouds, no reflections, and a camera following the body close enough to fill the frame (gymnasium MuJoCo
+    bodies, dm_control humanoid, dog, walker, cheetah, quadruped; other envs keep their stock scene)"""
+    protocol: Literal["stock", "tadpole"] = "stock"
+    """episode set-up (docs/method.md#tadpoles-protocol): stock, the env's own; tadpole, TADPoLe's for dm_control
+    humanoid and dog (its camera, a fixed start, 7.5 s / 4.5 s episodes, actions repeated twice, its frame sizes) and
+    Meta-World (corner2 moved, fresh object and goal positions each reset, 200 agent steps)"""
+    action_repeat: Optional[int] = None
+    """each action is applied for this many env steps, their rewards summed (a text reward scores the frame after
+    the last); default 2 under --protocol tadpole, else 1"""
+    success_bonus: float = 0.0
+    """adds this times the env's info["success"] (Meta-World) to every step's reward: TADPoLe's Meta-World runs used
+    2, so they were not zero-shot; default 0"""
 
     # SAC
     buffer_size: int = 1_000_000
@@ -154,6 +170,10 @@ class SACArgs:
 class Args(SACArgs):
     """SAC rewarded by CLIP similarity between the rendered frame and a text prompt (VLM-RM)."""
 
+    scene: Literal["stock", "natural"] = "natural"
+    """what frames show (docs/method.md#scenes): natural (the text rewards' default: grass, a blue sky with clouds, no
+    reflections, a camera following the body close enough to fill the frame) or stock (the env's own)"""
+
     clip_model_id: str = "openai/clip-vit-large-patch14"
     """any transformers CLIP checkpoint: a Hugging Face hub id or a local folder saved with save_pretrained"""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
@@ -201,7 +221,271 @@ class TimeFeature(gym.ObservationWrapper):
         return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
 
 
+class ActionRepeat(gym.Wrapper):
+    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
+    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
+
+    def __init__(self, env: gym.Env, n: int):
+        super().__init__(env)
+        self.n = n
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.n):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class Frames(gym.Wrapper):
+    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
+    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
+    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
+    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
+
+    def __init__(self, env: gym.Env, upside_down: bool = False):
+        super().__init__(env)
+        self.upside_down = upside_down
+
+    def render(self):
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None:
+            viewer.make_context_current()
+        frame = self.env.render()
+        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
+
+
 DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
+# The natural scene's cameras (docs/method.md#scenes): (distance m, elevation deg, azimuth deg, lift m). The camera
+# follows the body's centre of mass and looks at the point lift m above it, from that distance, at MuJoCo's free-
+# camera angles (elevation < 0 looks down; azimuth 90 looks along +y, at the side of a body moving along +x).
+NATURAL_CAMERAS = {
+    "Hopper": (2.0, -5, 90, 0.3), "Walker2d": (2.0, -5, 90, 0.25), "HalfCheetah": (2.2, -10, 90, 0.05),
+    "Ant": (3.0, -30, 135, 0.0), "Humanoid": (2.4, -5, 90, 0.0),
+    "dm_control/humanoid": (2.2, -10, 135, 0.1), "dm_control/dog": (1.6, -15, 90, 0.0),
+    "dm_control/walker": (2.0, -5, 90, 0.15), "dm_control/cheetah": (2.2, -10, 90, 0.05),
+    "dm_control/quadruped": (3.0, -30, 135, 0.0),
+}
+# TADPoLe's episodes (docs/method.md#tadpoles-protocol; its reference code's custom_envs/ and src/env.py): time
+# limits in seconds, its render sizes, its cameras (position and xyaxes in the tracked body's frame; Meta-World's
+# corner2 moved to a new position) and Meta-World's episode length in agent steps; actions repeated twice.
+TADPOLE = {
+    "dm_control/humanoid": {"time_limit": 7.5, "render_size": 480, "camera": ((3, 0, 0.2), (0, 1, 0, -1, 0, 5))},
+    "dm_control/dog": {"time_limit": 4.5, "render_size": 512, "camera": ((0, -1.5, 0.8), (1, 0.1, 0, 0, 0.6, 1))},
+    "metaworld": {"episode_steps": 200, "render_size": 448, "camera": "corner2", "camera_pos": (0.75, 0.075, 0.7)},
+}
+TADPOLE_ACTION_REPEAT = 2
+_noted: set = set()  # one-line notes already printed in this process
+
+
+def env_key(env_id: str) -> str:
+    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
+    'metaworld' (metaworld/door-close-v3)."""
+    if env_id.startswith("metaworld/"):
+        return "metaworld"
+    if env_id.startswith("dm_control/"):
+        return env_id.split("-")[0]
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+def action_repeat(args: SACArgs) -> int:
+    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
+
+
+def protocol_render_size(args: SACArgs) -> Optional[int]:
+    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
+    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
+
+
+def check_protocol(args: SACArgs) -> None:
+    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
+        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
+                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
+                        "metaworld/<task>-v3, or --protocol stock")
+
+
+def periodic_noise(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth noise that tiles: waves of integer frequency (up to 21 per texture) with amplitude 1 / frequency,
+    normalised to mean 0 and std 1."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w, indexing="ij")
+    out = np.zeros((h, w), np.float32)
+    for f in (1, 2, 3, 5, 8, 13, 21):
+        for _ in range(4):
+            kx, ky = rng.integers(-f, f + 1, 2)
+            if kx or ky:
+                out += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi)) / math.hypot(kx, ky)
+    return (out - out.mean()) / out.std()
+
+
+@functools.lru_cache(maxsize=None)
+def grass_texture(h: int, w: int) -> np.ndarray:
+    """A tiling (h, w, 3) uint8 lawn: patches of darker and lighter green, each texel's brightness jittered."""
+    patches = np.clip(0.5 + 0.22 * periodic_noise(h, w, seed=0), 0, 1)[..., None]
+    dark, light = np.array([46, 88, 28]), np.array([108, 152, 58])
+    blades = np.random.default_rng(1).uniform(0.8, 1.12, (h, w, 1))
+    return np.clip((dark + (light - dark) * patches) * blades, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def sky_texture(w: int) -> np.ndarray:
+    """A (6 w, w, 3) uint8 skybox: blue, lighter towards the horizon, with light clouds. MuJoCo keeps a skybox in
+    OpenGL's cube-map layout (faces +X, -X, +Y, -Y, +Z, -Z, +Y up, rows from the top); the clouds are waves over the
+    texels' directions, so they run on across the faces' edges. Made at up to 192 texels a face, then resized."""
+    n = min(w, 192)
+    s = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
+    t, u = np.meshgrid(s, s, indexing="ij")
+    one = np.ones_like(u)
+    faces = [(one, -t, -u), (-one, -t, u), (u, one, t), (u, -one, -t), (u, -t, one), (-u, -t, -one)]
+    d = np.stack([np.stack(f, -1) for f in faces])
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    rng, clouds = np.random.default_rng(2), np.zeros(d.shape[:-1], np.float32)
+    for f in (3, 6, 12, 24):
+        for _ in range(4):
+            k = rng.normal(size=3).astype(np.float32)
+            clouds += np.sin(d @ (k * f / np.linalg.norm(k)) + rng.uniform(0, 2 * np.pi)) / f
+    up = d[..., 1:2]
+    cover = np.clip((clouds[..., None] - clouds.mean()) / clouds.std() - 0.2, 0, 1) * np.clip(up * 12, 0, 1)
+    horizon, zenith, cloud = np.array([185, 212, 240]), np.array([62, 122, 212]), np.array([246, 248, 252])
+    sky = horizon + (zenith - horizon) * np.clip(up, 0, 1) ** 0.6
+    sky = torch.from_numpy((sky + (cloud - sky) * 0.9 * cover).astype(np.float32)).permute(0, 3, 1, 2)
+    if n != w:
+        sky = F.interpolate(sky, size=(w, w), mode="bilinear", align_corners=False)
+    return sky.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).reshape(6 * w, w, 3).numpy()
+
+
+def paint(model, texture: int, rgb: np.ndarray) -> None:
+    """Overwrites a texture of a compiled MjModel in place (read by the renderer when it first draws)."""
+    h, w, c = model.tex_height[texture], model.tex_width[texture], model.tex_nchannel[texture]
+    data = model.tex_data[model.tex_adr[texture]:model.tex_adr[texture] + h * w * c].reshape(h, w, c)
+    data[..., :3] = rgb
+    data[..., 3:] = 255
+
+
+def natural_ground_and_sky(model) -> None:
+    """Grass on the floor (the largest plane of the world body; no reflections, drawn 100 m around), the sky on the
+    skybox, and the directional lights turned from straight down to a sun's angle (a light straight above drew streaks
+    of shadow near the horizon)."""
+    planes = np.flatnonzero((model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE) & (model.geom_bodyid == 0))
+    floor = planes[np.argmax(model.geom_size[planes, 0] * model.geom_size[planes, 1])]
+    material = model.geom_matid[floor]
+    texture = model.mat_texid[material, mujoco.mjtTextureRole.mjTEXROLE_RGB]
+    paint(model, texture, grass_texture(model.tex_height[texture], model.tex_width[texture]))
+    model.mat_texuniform[material], model.mat_texrepeat[material] = 1, (0.5, 0.5)  # a texture every 2 m
+    model.mat_reflectance[material], model.mat_specular[material], model.mat_shininess[material] = 0, 0.1, 0.1
+    model.mat_rgba[material] = model.geom_rgba[floor] = 1
+    model.geom_size[floor, :2] = np.maximum(model.geom_size[floor, :2], np.abs(model.geom_pos[floor, :2]) + 100)
+    for sky in np.flatnonzero(model.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX):
+        paint(model, sky, sky_texture(model.tex_width[sky]))
+    model.light_dir[model.light_type == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL] = (0.3, 0.3, -1.0)
+
+
+def follow_with_camera(model, camera: int, offset, xmat) -> None:
+    """Makes a model camera follow its body's subtree centre of mass (MuJoCo's trackcom mode) from `offset` (world
+    frame) with the fixed orientation xmat (columns: the camera's right, up and backward axes)."""
+    model.cam_mode[camera] = mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
+    model.cam_poscom0[camera], model.cam_mat0[camera] = offset, np.asarray(xmat).reshape(-1)
+
+
+def orbit(distance: float, elevation: float, azimuth: float, lift: float):
+    """The offset and orientation of a camera looking at the point lift m above a body's centre of mass."""
+    e, a = math.radians(elevation), math.radians(azimuth)
+    forward = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+    right = np.array([math.sin(a), -math.cos(a), 0.0])
+    return (0, 0, lift) - distance * forward, np.stack([right, np.cross(right, forward), -forward], 1)
+
+
+def mounted(model, camera: int, pos, xyaxes):
+    """The offset and orientation of a camera placed as an MJCF <camera pos xyaxes> in its body's frame (at qpos0)."""
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    body = model.cam_bodyid[camera]
+    x, y = np.asarray(xyaxes[:3], float), np.asarray(xyaxes[3:], float)
+    x /= np.linalg.norm(x)
+    y -= x * (x @ y)  # MJCF's xyaxes: y made orthogonal to x, then both normalised
+    y /= np.linalg.norm(y)
+    rotation = data.xmat[body].reshape(3, 3)
+    offset = data.xpos[body] + rotation @ np.asarray(pos, float) - data.subtree_com[body]
+    return offset, rotation @ np.stack([x, y, np.cross(x, y)], 1)
+
+
+class MetaWorld(gym.Wrapper):
+    """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
+    own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
+    the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
+    positions at every reset (not one of MT1's 50 fixed ones), the goal not observed (its goal-hidden envs), and one
+    zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
+
+    def __init__(self, env: gym.Env, tadpole: bool):
+        super().__init__(env)
+        self.tadpole, inner = tadpole, env.unwrapped
+        env.reset()  # MT1 sets its first task
+        if tadpole:
+            env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+            inner._freeze_rand_vec, inner.seeded_rand_vec, inner._partially_observable = False, True, True
+        self.observation_space = inner.sawyer_observation_space
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.env.unwrapped.seed(seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self.tadpole:
+            obs, _, _, _, info = self.env.unwrapped.step(np.zeros(self.action_space.shape, self.action_space.dtype))
+        return obs, info
+
+
+def tadpole_start(env: gym.Env, key: str) -> None:
+    """TADPoLe's episode start for dm_control humanoid and dog (its custom humanoid.py, dog.py): the stock start, then
+    what it randomises fixed. Humanoid: the XML's standing pose (no joint randomisation); dog: heading 4.4 rad, root
+    velocities 0, actuator states at the middle of their ranges (after the stock start, which measures the dog's
+    stand height)."""
+    task = env.unwrapped._env.task
+    stock_start = task.initialize_episode
+
+    def start(physics):
+        stock_start(physics)
+        if key == "dm_control/humanoid":
+            physics.data.qpos[:], physics.data.qvel[:] = physics.model.qpos0, 0
+        else:
+            physics.named.data.qpos["root"][3:] = (math.cos(2.2), 0, 0, math.sin(2.2))
+            physics.data.qvel[[0, 1, 5]] = 0
+            physics.data.act[:] = physics.model.actuator_ctrlrange.mean(1)
+
+    task.initialize_episode = start
+
+
+def set_scene(env: gym.Env, args: SACArgs, size: int) -> bool:
+    """Applies --scene and the protocol's camera to a freshly made MuJoCo env, before its first frame; returns whether
+    the camera it renders through is mounted upside down (Frames turns its frames)."""
+    key, inner = env_key(args.env_id), env.unwrapped
+    physics = getattr(getattr(inner, "_env", None), "physics", None)  # shimmy's dm_control
+    model = physics.model.ptr if physics is not None else inner.model
+    if physics is not None:  # dm_control's offscreen buffer is the model's (480 px for the humanoid): fit the frames
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+    renderer = None if physics is not None else inner.mujoco_renderer
+    camera = int(args.camera or 0) if physics is not None else renderer.camera_id  # -1: gymnasium's free camera
+    if args.camera is None and args.protocol == "tadpole":
+        if key == "metaworld":
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TADPOLE[key]["camera"])
+            model.cam_pos[camera] = TADPOLE[key]["camera_pos"]
+        else:
+            follow_with_camera(model, camera, *mounted(model, camera, *TADPOLE[key]["camera"]))
+    elif args.camera is None and args.scene == "natural" and key in NATURAL_CAMERAS:
+        if physics is None:  # gymnasium's bodies: their model camera 'track' (on the torso) instead of the free one
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+        follow_with_camera(model, camera, *orbit(*NATURAL_CAMERAS[key]))
+    if renderer is not None:
+        renderer.camera_id = camera
+    if args.scene == "natural":
+        if key in NATURAL_CAMERAS:
+            natural_ground_and_sky(model)
+        elif args.env_id not in _noted:
+            _noted.add(args.env_id)
+            print(f"note: --scene natural has no preset for {args.env_id}; it is rendered in its stock scene")
+    return camera >= 0 and model.cam_mat0[camera].reshape(3, 3)[2, 1] < 0
 
 
 def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
@@ -209,7 +493,7 @@ def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
     if env_id.startswith("dm_control/"):
         return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
     spec = gym.spec(env_id)
-    if "mujoco" not in str(spec.entry_point):
+    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
         return {}  # classic control (Pendulum-v1) renders at its own size
     kwargs = {"width": size, "height": size}
     if camera is not None and camera.lstrip("-").isdigit():
@@ -220,7 +504,7 @@ def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
 
 
 def episode_limit(env: gym.Env) -> int:
-    """The env's time limit in steps (dm_control keeps its own, inside the task)."""
+    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
     if env.spec is not None and env.spec.max_episode_steps:
         return int(env.spec.max_episode_steps)
     inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
@@ -229,23 +513,41 @@ def episode_limit(env: gym.Env) -> int:
 
 
 def make_env(args: SACArgs, render: bool = False) -> gym.Env:
-    """One environment with flat float32 observations; raises UserError for ids or spaces SAC cannot use."""
-    if args.env_id.startswith("dm_control/"):
+    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
+    spaces SAC cannot use, and for a protocol the env does not have."""
+    check_protocol(args)
+    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
+    kwargs = {}
+    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
+        try:
+            import metaworld  # noqa: F401  (registers Meta-World/...)
+        except ImportError:
+            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
+                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
+        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
+        if args.protocol == "tadpole":
+            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
+    elif key.startswith("dm_control/"):
         import shimmy
 
         gym.register_envs(shimmy)
-    kwargs = {}
+        if args.protocol == "tadpole":
+            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
     if args.max_episode_steps:
-        kwargs["max_episode_steps"] = args.max_episode_steps
+        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
+    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
     try:
         if render:
-            size = args.render_size or DEFAULT_RENDER_SIZE
-            kwargs.update(render_mode="rgb_array", **_camera_kwargs(args.env_id, size, args.camera))
-        env = gym.make(args.env_id, **kwargs)
-    except gym.error.Error as e:
+            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
+            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ValueError) as e:
         raise UserError(
-            f"unknown environment id '{args.env_id}' ({e}); use a registered continuous-control id such as "
-            "Hopper-v4, Walker2d-v5, Pendulum-v1 or dm_control/humanoid-stand-v0"
+            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
+            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
+            "metaworld/door-close-v3"
         ) from None
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
@@ -254,6 +556,14 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
             f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
             "one: pick e.g. Pendulum-v1 or Hopper-v4"
         )
+    if key == "metaworld":
+        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
+    elif args.protocol == "tadpole":
+        tadpole_start(env, key)
+    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
+        env = Frames(env, upside_down=set_scene(env, args, size))
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
@@ -264,7 +574,7 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
         gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
     )
     if args.time_feature:
-        env = TimeFeature(env, args.max_episode_steps or episode_limit(env))
+        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
     return env
 
 
@@ -1129,9 +1439,11 @@ def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
 
 # === SAC CORE BEGIN: evaluation and logging (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch.device,
-             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray]]:
-    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...; frames of the first if record."""
-    returns, lengths, frames = [], [], []
+             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray], list[float]]:
+    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...: their returns and lengths, the frames of
+    the first if record, and, for an env that reports info["success"] (Meta-World), each episode's success at its
+    final step (TADPoLe's metric; empty otherwise)."""
+    returns, lengths, frames, successes = [], [], [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         done, ret, length = False, 0.0, 0
@@ -1139,13 +1451,15 @@ def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch
             frames.append(env.render())
         while not done:
             action = actor.act(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
-            obs, r, terminated, truncated, _ = env.step(action)
+            obs, r, terminated, truncated, info = env.step(action)
             ret, length, done = ret + float(r), length + 1, terminated or truncated
             if record and ep == 0:
                 frames.append(env.render())
         returns.append(ret)
         lengths.append(length)
-    return returns, lengths, frames
+        if "success" in info:
+            successes.append(float(info["success"]))
+    return returns, lengths, frames, successes
 
 
 def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
@@ -1266,6 +1580,10 @@ def describe_type(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
+# value runs made before they existed had (the text rewards' --scene now defaults to natural)
+
+
 def read_args(run_dir: Path, args_cls: type) -> SACArgs:
     """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
     an unknown one."""
@@ -1285,8 +1603,10 @@ def read_args(run_dir: Path, args_cls: type) -> SACArgs:
     for f in dataclasses.fields(args_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name not in saved:
+            value, what = ((ADDED_FIELDS[f.name], "what runs made before it had") if f.name in ADDED_FIELDS
+                           else (default, "this version's default"))
             raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
-                            f"{json.dumps(default)} to it (this version's default)")
+                            f"{json.dumps(value)} to it ({what})")
         try:
             values[f.name] = conform(hints[f.name], saved[f.name])
         except TypeError as e:
@@ -1296,7 +1616,8 @@ def read_args(run_dir: Path, args_cls: type) -> SACArgs:
 
 
 def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
-    """The run folder and the args in force: the saved ones when resuming, else the command line's."""
+    """The run folder and the args in force: the saved ones when resuming, else the command line's (train writes
+    them to the folder)."""
     if args.resume:
         run_dir = Path(args.resume)
         has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
@@ -1315,11 +1636,16 @@ def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
     run_dir = Path("runs") / check_run_name(args.run_name)
     if (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
+    return args, run_dir
+
+
+def write_args(run_dir: Path, args: dict) -> None:
+    """runs/NAME/args.json: a new run's flags as given (None where a default is derived at the start), written once
+    the reward model and the environments are built, so that bad input leaves nothing behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "args.json.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    tmp.write_text(json.dumps(args, indent=2))
     os.replace(tmp, run_dir / "args.json")
-    return args, run_dir
 
 
 def cxx_compiler() -> Optional[str]:
@@ -1330,21 +1656,25 @@ def cxx_compiler() -> Optional[str]:
 
 def validate(args: SACArgs) -> None:
     for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "policy_frequency",
-                 "target_network_frequency", "render_size", "log_every"):
+                 "target_network_frequency", "render_size", "log_every", "action_repeat"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
     if args.alpha is not None and args.alpha <= 0:
         raise UserError(f"--alpha must be positive (got {args.alpha})")
+    if not math.isfinite(args.success_bonus):
+        raise UserError(f"--success-bonus must be a finite number (got {args.success_bonus})")
     if args.compile and cxx_compiler() is None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
+    check_protocol(args)
 
 
 def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
     validate(args)
+    given = dataclasses.asdict(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -1354,8 +1684,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     reward = build_reward(args, device)
-    if args.render_size is None:  # frames at the reward model's own size (args.json keeps None: it is re-derived)
-        args.render_size = getattr(reward, "render_size", None)
+    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
+        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
     envs = make_envs(args, render=reward.needs_frames)
     eval_env = make_env(args, render=args.capture_video)
     obs_dim = envs.single_observation_space.shape[0]
@@ -1364,6 +1694,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     envs.action_space.seed(args.seed)
     queue = TransitionQueue(args.num_envs)
     ckpt_path = run_dir / "checkpoint.pt"
+    if not args.resume:
+        write_args(run_dir, given)
 
     global_step, iteration, episode_counter = 0, 0, 0
     if args.resume:
@@ -1388,7 +1720,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
                         {"episode_counter": episode_counter})
 
     n = args.num_envs
-    ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
     learned_return = np.zeros(n)
     episode_ids = np.arange(episode_counter, episode_counter + n)
     episode_counter += n
@@ -1396,6 +1728,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
 
     def store(batch):
         nonlocal last_return
+        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
+            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
         r = np.asarray(batch["reward"], dtype=np.float64)
         if not np.isfinite(r).all():
             bad = int((~np.isfinite(r)).sum())
@@ -1404,7 +1738,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
                 f"({ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) and scales"
             )
         rb.add(batch)
-        if reward.name != "env":
+        if reward.name != "env" or args.success_bonus:
             for env_i, ri, done in zip(batch["env"], r, batch["done"]):
                 learned_return[env_i] += ri
                 if done:
@@ -1425,13 +1759,14 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
                 actions = envs.action_space.sample()
             else:
                 actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
-            next_obs, env_rewards, terminations, truncations, _ = envs.step(actions)
+            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
+            success = infos.get("success")  # Meta-World's, per env (None for envs without it)
             frames = envs.render() if reward.needs_frames else None
             global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted
             iteration += 1
             for i in range(n):
                 if autoreset[i]:
-                    ep_return[i], ep_length[i] = 0.0, 0
+                    ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, 0.0
                     episode_ids[i], episode_counter = episode_counter, episode_counter + 1
                     continue
                 ep_return[i] += env_rewards[i]
@@ -1439,7 +1774,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
                 done = bool(terminations[i] or truncations[i])
                 item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
                         "terminated": bool(terminations[i]), "done": done, "env": i, "episode": episode_ids[i],
-                        "episode_step": ep_length[i]}
+                        "episode_step": ep_length[i], "success": 0.0 if success is None else float(success[i])}
+                ep_success[i] = max(ep_success[i], item["success"])
                 if frames is not None:
                     item["frame"] = frames[i]
                 queue.push(item)
@@ -1447,6 +1783,9 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
                     last_return = float(ep_return[i])
                     logger.scalar("charts/episodic_return", ep_return[i], global_step)
                     logger.scalar("charts/episodic_length", ep_length[i], global_step)
+                    if success is not None:  # at the final step (TADPoLe's metric), and at any step
+                        logger.scalar("charts/success", item["success"], global_step)
+                        logger.scalar("charts/success_once", ep_success[i], global_step)
             autoreset = np.logical_or(terminations, truncations)
             obs = next_obs
             batch = reward.label(queue)
@@ -1471,11 +1810,14 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
             if args.eval_episodes and (global_step >= next_eval or global_step >= args.total_timesteps):
                 next_eval += args.eval_every or args.total_timesteps
                 record = args.capture_video
-                returns, lengths, video = evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
-                                                   device, record)
+                returns, lengths, video, successes = evaluate(sac.actor, eval_env, args.eval_episodes,
+                                                              args.seed + 10_000, device, record)
                 logger.scalar("charts/eval_return", np.mean(returns), global_step)
                 logger.scalar("charts/eval_length", np.mean(lengths), global_step)
                 summary["eval_returns"] = returns
+                if successes:
+                    logger.scalar("charts/eval_success", np.mean(successes), global_step)
+                    summary["eval_success"] = float(np.mean(successes))
                 logger.progress(0, eval=f"{np.mean(returns):.1f}")
                 if record:
                     save_video(video, run_dir / "videos" / f"step_{global_step}.mp4",

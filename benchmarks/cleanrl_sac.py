@@ -217,8 +217,8 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
     summary: dict = {}
 
     def evaluate(step: int) -> None:
-        returns, _, _ = ours.evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
-                                      torch.device("cpu"))
+        returns = ours.evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
+                                torch.device("cpu"))[0]
         writer.add_scalar("charts/eval_return", np.mean(returns), step)
         summary["eval_returns"] = returns
 

@@ -13,7 +13,9 @@ A sweep file holds one training command per line, written as in a shell:
 
 The lines that hold a command are tasks 0, 1, 2, ... in file order; submit.sh sizes the array from the same
 list, so task i is always the i-th command. A command starts with the script (an optional leading "python" is
-dropped) and uses shell quoting only: no variables, pipes or line continuations.
+dropped) and uses shell quoting only: no variables, pipes or line continuations. A command may start with the path
+of the python to run it with instead, e.g. `.venv-metaworld/bin/python sac_env_reward.py --env-id
+metaworld/door-close-v3` (a Meta-World row: its own virtual environment); the others run with $PYTHON.
 
 Every task gets a stable run name, runs/SWEEP__SCRIPT__ENV__PROMPT__sSEED__HASH, where HASH is a hash of the
 parsed command (so spacing, quoting style and comments do not matter, but any change of a flag gives a new
@@ -52,6 +54,7 @@ class Task:
     text: str        # the line as written (stripped)
     argv: list[str]  # script and flags, as parsed
     run_name: str
+    python: str = ""  # the python the line names (its own virtual environment), "" for the sweep's $PYTHON
 
     @property
     def script(self) -> str:
@@ -139,8 +142,11 @@ def read_tasks(path: str | Path, check_scripts: bool = False) -> list[Task]:
             raise SweepError(f"{where}: cannot parse ({e}): {line.strip()}") from None
         if not argv:
             continue  # blank or comment
+        python = ""
         if argv[0] in PYTHONS:
             argv = argv[1:]
+        elif Path(argv[0]).name in PYTHONS and len(argv) > 1:
+            python, argv = argv[0], argv[1:]
         if not argv or not argv[0].endswith(".py"):
             raise SweepError(f"{where}: a command starts with the training script, e.g. "
                              f"sac_env_reward.py --env-id Hopper-v4 --seed 1 (got: {line.strip()})")
@@ -158,7 +164,7 @@ def read_tasks(path: str | Path, check_scripts: bool = False) -> list[Task]:
             raise SweepError(f"{where}: same run as line {seen[name]} (runs/{name}); remove one or change a flag "
                              "(e.g. --seed)")
         seen[name] = number
-        tasks.append(Task(len(tasks), number, line.strip(), argv, name))
+        tasks.append(Task(len(tasks), number, line.strip(), argv, name, python))
     return tasks
 
 
@@ -217,7 +223,7 @@ def main(argv: list[str]) -> int:
                 raise SweepError(f"{path} has tasks 0-{len(tasks) - 1}, not {argv[2]!r}: was the array sized "
                                  "from another version of the file? Submit with slurm/submit.sh") from None
             for name, value in (("sweep", sweep_name(Path(path))), ("line", t.line), ("run_name", t.run_name),
-                                ("command", shlex.join(t.argv)), ("script", t.script),
+                                ("command", shlex.join(t.argv)), ("script", t.script), ("python", t.python),
                                 ("fresh", t.fresh_command()), ("resume", t.resume_command())):
                 print(_bash(name, value))
     except SweepError as e:

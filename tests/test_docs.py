@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,15 +14,18 @@ DOC_REF = re.compile(r"docs/([\w.-]+\.md)(?:#([\w-]+))?")
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def tracked_text_files() -> list[Path]:
-    """The repository's text files: what git tracks (plus new files not ignored), else a walk of the tree."""
+def tracked_text_files(root: Path = ROOT) -> list[Path]:
+    """The repository's text files: what git tracks; outside a git checkout, a walk of the tree that leaves out
+    outputs and virtual environments (a folder holding pyvenv.cfg: their packages cite docs of their own)."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-        paths = [ROOT / p for p in out]
+        out = subprocess.run(["git", "ls-files", "--cached"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+        paths = [root / p for p in out]
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", "runs", "eval", "logs", "__pycache__", ".pytest_cache"}
-        paths = [p for p in ROOT.rglob("*") if not skip & set(p.relative_to(ROOT).parts)]
+        envs = {p.parent for p in root.rglob("pyvenv.cfg")}
+        paths = [p for p in root.rglob("*") if not skip & set(p.relative_to(root).parts)
+                 and not any(env in p.parents for env in envs)]
     return [p for p in paths if p.is_file() and p.suffix in TEXT_SUFFIXES and p.stat().st_size < 2_000_000]
 
 
@@ -95,3 +99,23 @@ def test_markdown_links_resolve():
             elif anchor and file.suffix == ".md" and anchor not in anchors(file):
                 bad.append(f"{md.name}: {target} names a section {file.name} does not have")
     assert checked >= 5 and bad == []
+
+
+def test_a_clone_with_a_virtual_environment_inside_passes(tmp_path):
+    """The newcomer's path: a clone, `python -m venv .venv` inside it (whose packages cite docs/*.md of their own),
+    then the docs checks: they read the repository's files, not the environment's."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    package = clone / ".venv" / "lib" / "python3" / "site-packages" / "somepackage"
+    package.mkdir(parents=True)
+    (clone / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    missing = "docs/" + "missing.md"  # (split, so that this file cites nothing)
+    (package / "README.md").write_text(f"See {missing}#nowhere and [the guide]({missing}).\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_docs.py",
+                           "-k", "not clone"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    outside_git = tmp_path / "tree"  # the same files without git (an unpacked archive)
+    subprocess.run(["cp", "-r", str(clone), str(outside_git)], check=True)
+    subprocess.run(["rm", "-rf", str(outside_git / ".git")], check=True)
+    found = {p.relative_to(outside_git).parts[0] for p in tracked_text_files(outside_git)}
+    assert ".venv" not in found and "README.md" in found

@@ -425,7 +425,8 @@ def test_damaged_args_json_is_refused_in_one_line(in_tmp, field, value, message)
 def test_resume_before_the_first_checkpoint_says_how_to_start_again(in_tmp):
     """A run killed before its first checkpoint has args.json only: --resume says so, and the same run name starts
     it again from step 0."""
-    sac.prepare_run(quick_args(run_name="k"), sac.Args)  # what a job killed during its first steps leaves
+    args, run_dir = sac.prepare_run(quick_args(run_name="k"), sac.Args)
+    sac.write_args(run_dir, sac.dataclasses.asdict(args))  # what a job killed during its first steps leaves
     assert (in_tmp / "runs" / "k" / "args.json").is_file()
     proc = run_script("sac_env_reward.py", "--resume", "runs/k", cwd=in_tmp, check=False, timeout=120)
     assert proc.returncode == 2 and "no checkpoint was written yet" in proc.stderr and "--run-name k" in proc.stderr

@@ -7,6 +7,8 @@ skipped, saying so, without them. Training runs are tiny Pendulum runs of sac_en
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.util
 import json
 import os
@@ -120,14 +122,35 @@ def test_bad_sweep_files_are_refused_with_the_line(tmp_path, capsys, text, messa
 
 def test_ready_sweeps_cover_the_comparison():
     sweeps = {p.stem: sweepfile.read_tasks(p) for p in (SLURM_DIR / "sweeps").glob("*.txt")}
-    assert {"paper", "pendulum", "novel"} <= set(sweeps)
+    assert {"paper", "locomotion", "pendulum", "novel"} <= set(sweeps)
     value = sweepfile.flag_value
 
-    paper = sweeps["paper"]
-    combos = {(t.script, value(t.argv, "--env-id"), value(t.argv, "--seed")) for t in paper}
+    paper = sweeps["paper"]  # TADPoLe's rows as TADPoLe ran them: its protocol, 5 seeds, every reward source
+    assert all(value(t.argv, "--protocol") == "tadpole" for t in paper)
+    rows = {(value(t.argv, "--env-id"), value(t.argv, "--prompt")) for t in paper if t.script == "sac_sds.py"}
+    assert {("dm_control/humanoid-stand-v0", "a person standing"), ("dm_control/dog-stand-v0", "a dog standing"),
+            ("dm_control/humanoid-stand-v0", "a person doing splits"), ("dm_control/humanoid-walk-v0",
+            "a person walking"), ("dm_control/dog-walk-v0", "a dog walking"),
+            ("metaworld/door-close-v3", "closing a door")} <= rows
+    metaworld = {env for env, _ in rows if env.startswith("metaworld/")}
+    assert len(metaworld) == 12
+    for env, prompt in rows:
+        runs = [t for t in paper if value(t.argv, "--env-id") == env and value(t.argv, "--prompt") in (prompt, None)]
+        scripts = {t.script for t in runs}
+        assert {"sac_sds.py", "sac_clip.py"} <= scripts, env
+        assert {value(t.argv, "--seed") for t in runs} == set("12345"), env
+        if env.startswith("metaworld/"):  # Meta-World's own environment, and TADPoLe's success bonus
+            assert all(t.python == ".venv-metaworld/bin/python" for t in runs)
+            assert "sac_env_reward.py" in scripts
+            assert {value(t.argv, "--success-bonus") for t in runs if t.script != "sac_env_reward.py"} == {"2"}
+    video = [t for t in paper if value(t.argv, "--env-id").endswith("walk-v0") and t.script == "sac_sds.py"]
+    assert video and all(value(t.argv, "--motion-adapter-id") for t in video)
+
+    locomotion = sweeps["locomotion"]
+    combos = {(t.script, value(t.argv, "--env-id"), value(t.argv, "--seed")) for t in locomotion}
     assert combos == {(s, e, seed) for s in ("sac_env_reward.py", "sac_clip.py", "sac_sds.py")
                       for e in ("Walker2d-v4", "Hopper-v4", "HalfCheetah-v4", "Humanoid-v4") for seed in "123"}
-    assert all(value(t.argv, "--prompt") for t in paper if t.script != "sac_env_reward.py")
+    assert all(value(t.argv, "--prompt") for t in locomotion if t.script != "sac_env_reward.py")
 
     pendulum = sweeps["pendulum"]
     assert {value(t.argv, "--env-id") for t in pendulum} == {"Pendulum-v1"}
@@ -144,11 +167,22 @@ def test_ready_sweeps_cover_the_comparison():
     novel = sweeps["novel"]
     assert {t.script for t in novel} == {"sac_clip.py", "sac_sds.py"}  # the env reward cannot express these
     assert len({value(t.argv, "--prompt") for t in novel}) >= 3
-    for tasks in sweeps.values():  # every line of every sweep: flags the scripts know
+    for tasks in sweeps.values():  # every line of every sweep: flags its script has
         for t in tasks:
             flags = {a.split("=")[0] for a in t.argv[1:] if a.startswith("--")}
-            assert flags <= {"--env-id", "--seed", "--prompt", "--model-id", "--clip-model-id", "--total-timesteps",
-                             "--eval-every"}, (t.line, flags)
+            module = {"sac_env_reward.py": "sac_env_reward", "sac_clip.py": "sac_clip", "sac_sds.py": "sac_sds"}
+            known = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(
+                importlib.import_module(module[t.script]).Args)}
+            assert flags <= known, (t.line, flags - known)
+
+
+def test_a_line_may_name_its_own_python(tmp_path):
+    f = write(tmp_path / "mixed.txt", "sac_env_reward.py --seed 1\npython sac_env_reward.py --seed 2\n"
+              ".venv-metaworld/bin/python sac_env_reward.py --env-id metaworld/door-close-v3 --seed 3\n")
+    tasks = sweepfile.read_tasks(f)
+    assert [t.python for t in tasks] == ["", "", ".venv-metaworld/bin/python"]
+    assert [t.script for t in tasks] == ["sac_env_reward.py"] * 3
+    assert tasks[2].run_name == sweepfile.run_name("mixed", tasks[2].argv)  # the interpreter is not in the name
 
 
 def test_shell_scripts_parse_and_refuse_to_run_outside_an_array_job(tmp_path):
@@ -335,7 +369,7 @@ def test_a_malformed_line_fails_its_task_only(cluster, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cancel_checkpoints_without_requeue_a_second_copy_is_refused_and_resubmission_resumes(cluster, tmp_path):
-    total = 1000
+    total = 6000  # long enough to be still training when the copy is refused and scancel comes (1000 finished first)
     cwd = workdir(tmp_path, "again", [f"sac_env_reward.py {TINY} --total-timesteps {total} --checkpoint-every 100"])
     job, _, _ = submit(cluster, cwd, "--no-eval", "again.txt")
     (task,) = sweepfile.read_tasks(cwd / "again.txt")
