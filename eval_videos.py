@@ -291,11 +291,11 @@ class SdsScorer:
             self.prompt = key
 
     def frame_stride(self, run: Run) -> int:
-        """The video windows' frame stride for this run's env (sac_sds.frame_stride: the same as training's)."""
+        """The video windows' frame stride for this run's env (sac_sds.video_frame_stride: the same as training's)."""
         video_fps = sac_sds.tadpole_defaults(self.args.sds_model_id, self.args.sds_motion_adapter_id)[0]["video_fps"]
         stride_args = argparse.Namespace(frame_stride=self.args.sds_frame_stride, video_fps=video_fps,
                                          **dataclasses.asdict(core_args(run.args)))
-        return sac_sds.frame_stride(stride_args)[0]
+        return sac_sds.video_frame_stride(stride_args)[0]
 
     def __call__(self, frames: np.ndarray, run: Run) -> dict[str, np.ndarray]:
         self.load(run.text)

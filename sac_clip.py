@@ -142,7 +142,7 @@ class SACArgs:
     # Speed
     compile: bool = False
     """torch.compile the whole update step into one program (needs a C++ compiler such as g++ on the CPU; the first
-    updates compile for about a minute, then each update is faster: README, Speed)"""
+    updates compile for about a minute, then each update is faster: docs/speed.md)"""
     cudagraphs: bool = False
     """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
     threads: int = 0
@@ -193,403 +193,297 @@ class Args(SACArgs):
     """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch"""
 
 
-# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
-class TimeFeature(gym.ObservationWrapper):
-    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
-
-    def __init__(self, env: gym.Env, max_steps: int):
-        super().__init__(env)
-        self.max_steps, self.t = max_steps, 0
-        low, high = env.observation_space.low, env.observation_space.high
-        self.observation_space = gym.spaces.Box(
-            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
-        )
-
-    def reset(self, **kwargs):
-        self.t = 0
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.t += 1
-        return super().step(action)
-
-    def observation(self, obs):
-        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
-
-
-class ActionRepeat(gym.Wrapper):
-    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
-    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
-
-    def __init__(self, env: gym.Env, n: int):
-        super().__init__(env)
-        self.n = n
-
-    def step(self, action):
-        total = 0.0
-        for _ in range(self.n):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
-            if terminated or truncated:
-                break
-        return obs, total, terminated, truncated, info
-
-
-class Frames(gym.Wrapper):
-    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
-    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
-    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
-    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
-
-    def __init__(self, env: gym.Env, upside_down: bool = False):
-        super().__init__(env)
-        self.upside_down = upside_down
-
-    def render(self):
-        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
-        if viewer is not None:
-            viewer.make_context_current()
-        frame = self.env.render()
-        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
-
-
-DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
-# The natural scene's cameras (docs/method.md#scenes): (distance m, elevation deg, azimuth deg, lift m). The camera
-# follows the body's centre of mass and looks at the point lift m above it, from that distance, at MuJoCo's free-
-# camera angles (elevation < 0 looks down; azimuth 90 looks along +y, at the side of a body moving along +x).
-NATURAL_CAMERAS = {
-    "Hopper": (2.0, -5, 90, 0.3), "Walker2d": (2.0, -5, 90, 0.25), "HalfCheetah": (2.2, -10, 90, 0.05),
-    "Ant": (3.0, -30, 135, 0.0), "Humanoid": (2.4, -5, 90, 0.0),
-    "dm_control/humanoid": (2.2, -10, 135, 0.1), "dm_control/dog": (1.6, -15, 90, 0.0),
-    "dm_control/walker": (2.0, -5, 90, 0.15), "dm_control/cheetah": (2.2, -10, 90, 0.05),
-    "dm_control/quadruped": (3.0, -30, 135, 0.0),
-}
-# TADPoLe's episodes (docs/method.md#tadpoles-protocol; its reference code's custom_envs/ and src/env.py): time
-# limits in seconds, its render sizes, its cameras (position and xyaxes in the tracked body's frame; Meta-World's
-# corner2 moved to a new position) and Meta-World's episode length in agent steps; actions repeated twice.
-TADPOLE = {
-    "dm_control/humanoid": {"time_limit": 7.5, "render_size": 480, "camera": ((3, 0, 0.2), (0, 1, 0, -1, 0, 5))},
-    "dm_control/dog": {"time_limit": 4.5, "render_size": 512, "camera": ((0, -1.5, 0.8), (1, 0.1, 0, 0, 0.6, 1))},
-    "metaworld": {"episode_steps": 200, "render_size": 448, "camera": "corner2", "camera_pos": (0.75, 0.075, 0.7)},
-}
-TADPOLE_ACTION_REPEAT = 2
-_noted: set = set()  # one-line notes already printed in this process
-
-
-def env_key(env_id: str) -> str:
-    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
-    'metaworld' (metaworld/door-close-v3)."""
-    if env_id.startswith("metaworld/"):
-        return "metaworld"
-    if env_id.startswith("dm_control/"):
-        return env_id.split("-")[0]
-    return re.sub(r"-v\d+$", "", env_id)
-
-
-def action_repeat(args: SACArgs) -> int:
-    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
-
-
-def protocol_render_size(args: SACArgs) -> Optional[int]:
-    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
-    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
-
-
-def check_protocol(args: SACArgs) -> None:
-    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
-        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
-                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
-                        "metaworld/<task>-v3, or --protocol stock")
-
-
-def periodic_noise(h: int, w: int, seed: int) -> np.ndarray:
-    """Smooth noise that tiles: waves of integer frequency (up to 21 per texture) with amplitude 1 / frequency,
-    normalised to mean 0 and std 1."""
-    rng = np.random.default_rng(seed)
-    y, x = np.meshgrid(np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w, indexing="ij")
-    out = np.zeros((h, w), np.float32)
-    for f in (1, 2, 3, 5, 8, 13, 21):
-        for _ in range(4):
-            kx, ky = rng.integers(-f, f + 1, 2)
-            if kx or ky:
-                out += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi)) / math.hypot(kx, ky)
-    return (out - out.mean()) / out.std()
-
-
-@functools.lru_cache(maxsize=None)
-def grass_texture(h: int, w: int) -> np.ndarray:
-    """A tiling (h, w, 3) uint8 lawn: patches of darker and lighter green, each texel's brightness jittered."""
-    patches = np.clip(0.5 + 0.22 * periodic_noise(h, w, seed=0), 0, 1)[..., None]
-    dark, light = np.array([46, 88, 28]), np.array([108, 152, 58])
-    blades = np.random.default_rng(1).uniform(0.8, 1.12, (h, w, 1))
-    return np.clip((dark + (light - dark) * patches) * blades, 0, 255).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=None)
-def sky_texture(w: int) -> np.ndarray:
-    """A (6 w, w, 3) uint8 skybox: blue, lighter towards the horizon, with light clouds. MuJoCo keeps a skybox in
-    OpenGL's cube-map layout (faces +X, -X, +Y, -Y, +Z, -Z, +Y up, rows from the top); the clouds are waves over the
-    texels' directions, so they run on across the faces' edges. Made at up to 192 texels a face, then resized."""
-    n = min(w, 192)
-    s = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
-    t, u = np.meshgrid(s, s, indexing="ij")
-    one = np.ones_like(u)
-    faces = [(one, -t, -u), (-one, -t, u), (u, one, t), (u, -one, -t), (u, -t, one), (-u, -t, -one)]
-    d = np.stack([np.stack(f, -1) for f in faces])
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    rng, clouds = np.random.default_rng(2), np.zeros(d.shape[:-1], np.float32)
-    for f in (3, 6, 12, 24):
-        for _ in range(4):
-            k = rng.normal(size=3).astype(np.float32)
-            clouds += np.sin(d @ (k * f / np.linalg.norm(k)) + rng.uniform(0, 2 * np.pi)) / f
-    up = d[..., 1:2]
-    cover = np.clip((clouds[..., None] - clouds.mean()) / clouds.std() - 0.2, 0, 1) * np.clip(up * 12, 0, 1)
-    horizon, zenith, cloud = np.array([185, 212, 240]), np.array([62, 122, 212]), np.array([246, 248, 252])
-    sky = horizon + (zenith - horizon) * np.clip(up, 0, 1) ** 0.6
-    sky = torch.from_numpy((sky + (cloud - sky) * 0.9 * cover).astype(np.float32)).permute(0, 3, 1, 2)
-    if n != w:
-        sky = F.interpolate(sky, size=(w, w), mode="bilinear", align_corners=False)
-    return sky.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).reshape(6 * w, w, 3).numpy()
-
-
-def paint(model, texture: int, rgb: np.ndarray) -> None:
-    """Overwrites a texture of a compiled MjModel in place (read by the renderer when it first draws)."""
-    h, w, c = model.tex_height[texture], model.tex_width[texture], model.tex_nchannel[texture]
-    data = model.tex_data[model.tex_adr[texture]:model.tex_adr[texture] + h * w * c].reshape(h, w, c)
-    data[..., :3] = rgb
-    data[..., 3:] = 255
-
-
-def natural_ground_and_sky(model) -> None:
-    """Grass on the floor (the largest plane of the world body; no reflections, drawn 100 m around), the sky on the
-    skybox, and the directional lights turned from straight down to a sun's angle (a light straight above drew streaks
-    of shadow near the horizon)."""
-    planes = np.flatnonzero((model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE) & (model.geom_bodyid == 0))
-    floor = planes[np.argmax(model.geom_size[planes, 0] * model.geom_size[planes, 1])]
-    material = model.geom_matid[floor]
-    texture = model.mat_texid[material, mujoco.mjtTextureRole.mjTEXROLE_RGB]
-    paint(model, texture, grass_texture(model.tex_height[texture], model.tex_width[texture]))
-    model.mat_texuniform[material], model.mat_texrepeat[material] = 1, (0.5, 0.5)  # a texture every 2 m
-    model.mat_reflectance[material], model.mat_specular[material], model.mat_shininess[material] = 0, 0.1, 0.1
-    model.mat_rgba[material] = model.geom_rgba[floor] = 1
-    model.geom_size[floor, :2] = np.maximum(model.geom_size[floor, :2], np.abs(model.geom_pos[floor, :2]) + 100)
-    for sky in np.flatnonzero(model.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX):
-        paint(model, sky, sky_texture(model.tex_width[sky]))
-    model.light_dir[model.light_type == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL] = (0.3, 0.3, -1.0)
-
-
-def follow_with_camera(model, camera: int, offset, xmat) -> None:
-    """Makes a model camera follow its body's subtree centre of mass (MuJoCo's trackcom mode) from `offset` (world
-    frame) with the fixed orientation xmat (columns: the camera's right, up and backward axes)."""
-    model.cam_mode[camera] = mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
-    model.cam_poscom0[camera], model.cam_mat0[camera] = offset, np.asarray(xmat).reshape(-1)
-
-
-def orbit(distance: float, elevation: float, azimuth: float, lift: float):
-    """The offset and orientation of a camera looking at the point lift m above a body's centre of mass."""
-    e, a = math.radians(elevation), math.radians(azimuth)
-    forward = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-    right = np.array([math.sin(a), -math.cos(a), 0.0])
-    return (0, 0, lift) - distance * forward, np.stack([right, np.cross(right, forward), -forward], 1)
-
-
-def mounted(model, camera: int, pos, xyaxes):
-    """The offset and orientation of a camera placed as an MJCF <camera pos xyaxes> in its body's frame (at qpos0)."""
-    data = mujoco.MjData(model)
-    mujoco.mj_forward(model, data)
-    body = model.cam_bodyid[camera]
-    x, y = np.asarray(xyaxes[:3], float), np.asarray(xyaxes[3:], float)
-    x /= np.linalg.norm(x)
-    y -= x * (x @ y)  # MJCF's xyaxes: y made orthogonal to x, then both normalised
-    y /= np.linalg.norm(y)
-    rotation = data.xmat[body].reshape(3, 3)
-    offset = data.xpos[body] + rotation @ np.asarray(pos, float) - data.subtree_com[body]
-    return offset, rotation @ np.stack([x, y, np.cross(x, y)], 1)
-
-
-class MetaWorld(gym.Wrapper):
-    """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
-    own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
-    the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
-    positions at every reset (not one of MT1's 50 fixed ones), the goal not observed (its goal-hidden envs), and one
-    zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
-
-    def __init__(self, env: gym.Env, tadpole: bool):
-        super().__init__(env)
-        self.tadpole, inner = tadpole, env.unwrapped
-        env.reset()  # MT1 sets its first task
-        if tadpole:
-            env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
-            inner._freeze_rand_vec, inner.seeded_rand_vec, inner._partially_observable = False, True, True
-        self.observation_space = inner.sawyer_observation_space
-
-    def reset(self, *, seed=None, options=None):
-        if seed is not None:
-            self.env.unwrapped.seed(seed)
-        obs, info = self.env.reset(seed=seed, options=options)
-        if self.tadpole:
-            obs, _, _, _, info = self.env.unwrapped.step(np.zeros(self.action_space.shape, self.action_space.dtype))
-        return obs, info
-
-
-def tadpole_start(env: gym.Env, key: str) -> None:
-    """TADPoLe's episode start for dm_control humanoid and dog (its custom humanoid.py, dog.py): the stock start, then
-    what it randomises fixed. Humanoid: the XML's standing pose (no joint randomisation); dog: heading 4.4 rad, root
-    velocities 0, actuator states at the middle of their ranges (after the stock start, which measures the dog's
-    stand height)."""
-    task = env.unwrapped._env.task
-    stock_start = task.initialize_episode
-
-    def start(physics):
-        stock_start(physics)
-        if key == "dm_control/humanoid":
-            physics.data.qpos[:], physics.data.qvel[:] = physics.model.qpos0, 0
-        else:
-            physics.named.data.qpos["root"][3:] = (math.cos(2.2), 0, 0, math.sin(2.2))
-            physics.data.qvel[[0, 1, 5]] = 0
-            physics.data.act[:] = physics.model.actuator_ctrlrange.mean(1)
-
-    task.initialize_episode = start
-
-
-def set_scene(env: gym.Env, args: SACArgs, size: int) -> bool:
-    """Applies --scene and the protocol's camera to a freshly made MuJoCo env, before its first frame; returns whether
-    the camera it renders through is mounted upside down (Frames turns its frames)."""
-    key, inner = env_key(args.env_id), env.unwrapped
-    physics = getattr(getattr(inner, "_env", None), "physics", None)  # shimmy's dm_control
-    model = physics.model.ptr if physics is not None else inner.model
-    if physics is not None:  # dm_control's offscreen buffer is the model's (480 px for the humanoid): fit the frames
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-    renderer = None if physics is not None else inner.mujoco_renderer
-    camera = int(args.camera or 0) if physics is not None else renderer.camera_id  # -1: gymnasium's free camera
-    if args.camera is None and args.protocol == "tadpole":
-        if key == "metaworld":
-            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TADPOLE[key]["camera"])
-            model.cam_pos[camera] = TADPOLE[key]["camera_pos"]
-        else:
-            follow_with_camera(model, camera, *mounted(model, camera, *TADPOLE[key]["camera"]))
-    elif args.camera is None and args.scene == "natural" and key in NATURAL_CAMERAS:
-        if physics is None:  # gymnasium's bodies: their model camera 'track' (on the torso) instead of the free one
-            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
-        follow_with_camera(model, camera, *orbit(*NATURAL_CAMERAS[key]))
-    if renderer is not None:
-        renderer.camera_id = camera
-    if args.scene == "natural":
-        if key in NATURAL_CAMERAS:
-            natural_ground_and_sky(model)
-        elif args.env_id not in _noted:
-            _noted.add(args.env_id)
-            print(f"note: --scene natural has no preset for {args.env_id}; it is rendered in its stock scene")
-    return camera >= 0 and model.cam_mat0[camera].reshape(3, 3)[2, 1] < 0
-
-
-def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
-    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
-    if env_id.startswith("dm_control/"):
-        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
-    spec = gym.spec(env_id)
-    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
-        return {}  # classic control (Pendulum-v1) renders at its own size
-    kwargs = {"width": size, "height": size}
-    if camera is not None and camera.lstrip("-").isdigit():
-        kwargs["camera_id"] = int(camera)
-    elif camera is not None:
-        kwargs["camera_name"] = camera
-    return kwargs
-
-
-def episode_limit(env: gym.Env) -> int:
-    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
-    if env.spec is not None and env.spec.max_episode_steps:
-        return int(env.spec.max_episode_steps)
-    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
-    limit = getattr(inner, "_step_limit", None)
-    return int(limit) if limit and np.isfinite(limit) else 1000
-
-
-def make_env(args: SACArgs, render: bool = False) -> gym.Env:
-    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
-    spaces SAC cannot use, and for a protocol the env does not have."""
-    check_protocol(args)
-    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
-    kwargs = {}
-    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
-        try:
-            import metaworld  # noqa: F401  (registers Meta-World/...)
-        except ImportError:
-            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
-                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
-        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
-        if args.protocol == "tadpole":
-            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
-    elif key.startswith("dm_control/"):
-        import shimmy
-
-        gym.register_envs(shimmy)
-        if args.protocol == "tadpole":
-            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
-    if args.max_episode_steps:
-        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
-    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
-    try:
-        if render:
-            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
-            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
-        env = gym.make(env_id, **kwargs)
-    except (gym.error.Error, ValueError) as e:
-        raise UserError(
-            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
-            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
-            "metaworld/door-close-v3"
-        ) from None
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
-    if not isinstance(env.action_space, gym.spaces.Box):
-        raise UserError(
-            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
-            "one: pick e.g. Pendulum-v1 or Hopper-v4"
-        )
-    if key == "metaworld":
-        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
-    elif args.protocol == "tadpole":
-        tadpole_start(env, key)
-    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
-        env = Frames(env, upside_down=set_scene(env, args, size))
-    if repeat > 1:
-        env = ActionRepeat(env, repeat)
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        env = gym.wrappers.FlattenObservation(env)
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: o.astype(np.float32),
-        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
-    )
-    if args.time_feature:
-        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
-    return env
-
-
-def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
-    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
-    the true final observation (and frame); the following step resets that env and is not a transition."""
-    make_env(args)  # fail early, in this process, with a clear message
-    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
-# === SAC CORE END: environments ===
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The reward: CLIP similarity between each rendered frame and the goal prompt, regularised by a baseline prompt
-# (VLM-RM). CLIPReward is the model (eval_videos.py uses it for the CLIP score); CLIPLabeler feeds it the frames.
+# (VLM-RM, docs/method.md#clip-reward-vlm-rm). In order: the model with the reward's formula (CLIPReward: the
+# projection, then the reward), the labeler that feeds it the frames during training, and last the settings, the
+# prompts and the loading, with their errors.
 # ---------------------------------------------------------------------------------------------------------------
+class CLIPReward(nn.Module):
+    """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
+    1 - |(x - g) P|^2 / 2 (see the module docstring).
+
+    Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
+    (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
+    is a goal of its own instead (g_k = e_k, with its own projection P_k from d_k = e_k - b), and forward(frames,
+    prompt) scores each frame on the goal of its index (a --prompt-schedule entry).
+
+    Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
+    resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
+    as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
+    values equal the processor's but for under 1% of them (0.02% on rendered frames), off by one or two uint8
+    levels: PIL computes its filter weights in fixed point (measured in tests/test_sac_clip.py)."""
+
+    def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0,
+                 weights: Optional[Sequence[float]] = None, schedule: bool = False):
+        super().__init__()
+        prompts, baseline_prompts, weights = check_reward_settings(prompts, baseline_prompts, alpha, weights)
+        self.model = model.eval().requires_grad_(False)
+        self.prompts, self.baseline_prompts, self.alpha = prompts, baseline_prompts, float(alpha)
+        self.weights, self.schedule = weights, schedule
+        self.read_image_processor(image_processor)
+
+        embeddings = self.embed_text(tokenizer, prompts)  # (K, D) unit vectors e_i
+        baseline = self.embed_text(tokenizer, baseline_prompts).mean(0)
+        if schedule:  # one goal per entry
+            goals = embeddings
+        elif all(w == 1.0 for w in weights):
+            goals = embeddings.mean(0, keepdim=True)  # means of unit vectors, not re-normalised
+        else:
+            w = torch.tensor(weights, device=embeddings.device)
+            goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
+        texts = [[p] for p in prompts] if schedule else [prompts]
+        projections = torch.stack([self.projection_for(g, baseline, alpha, t, baseline_prompts)
+                                   for g, t in zip(goals, texts)])
+        self.register_buffer("prompt_embeddings", embeddings)
+        self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
+        self.register_buffer("baseline", baseline)
+        self.register_buffer("projections", projections)  # (1, D, D), or (K, D, D)
+
+    @staticmethod
+    def projection_for(goal: torch.Tensor, baseline: torch.Tensor, alpha: float, prompts, baseline_prompts):
+        """P = alpha d d^T / |d|^2 + (1 - alpha) I with d = goal - baseline; UserError if d = 0 and alpha > 0."""
+        d = goal - baseline
+        eye = torch.eye(len(d), device=d.device)
+        if alpha > 0 and d.norm() < 1e-6:
+            raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
+                            "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
+        direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
+        return alpha * direction + (1.0 - alpha) * eye
+
+    def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D); prompt: None (the goal), or per frame
+        the index of its goal (a schedule's entry: g_k and P_k)."""
+        if prompt is None:
+            return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+        prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
+        reward = torch.empty(len(x), device=x.device)
+        for k in prompt.unique().tolist():  # the frames of each goal together
+            m = prompt == k
+            reward[m] = 1.0 - 0.5 * ((x[m] - self.goals[k]) @ self.projections[k]).pow(2).sum(-1)
+        return reward
+
+    @torch.inference_mode()
+    def forward(self, frames, prompt=None) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device. prompt: None,
+        or an int or N goal indices (a schedule's entries)."""
+        return self.reward_from_embeddings(self.embed_frames(frames), prompt)
+
+    @torch.inference_mode()
+    def embed_frames(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), numpy or torch -> normalised image embeddings x (N, D) on the model's device."""
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB frames shaped (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        return self.embed_images(self.preprocess(frames))
+
+    def cosines(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain cosine similarity x . e_i of each normalised image embedding with each goal prompt (N, K)."""
+        return x @ self.prompt_embeddings.T
+
+    @property
+    def goal(self) -> torch.Tensor:
+        """The goal g (D,) (a schedule's first entry's)."""
+        return self.goals[0]
+
+    @property
+    def projection(self) -> torch.Tensor:
+        """The projection P (D, D) (a schedule's first entry's)."""
+        return self.projections[0]
+
+    # ----- the embeddings, and the image processor's preprocessing as batched tensor operations -----
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings x (N, D), float32."""
+        out = self.model.get_image_features(pixel_values=pixel_values.to(self.model.dtype))
+        e = getattr(out, "pooler_output", out).float()
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings (P, D), float32."""
+        max_len = min(tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        too_long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"]) if len(ids) > max_len]
+        if too_long:
+            print(f"warning: prompts longer than CLIP's {max_len} tokens are truncated: {too_long}", file=sys.stderr)
+        tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.get_text_features(**tokens.to(self.model.device))
+        e = getattr(out, "pooler_output", out).float()  # transformers 5 returns an output object, 4 a tensor
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), on any device -> float32 pixel values (N, 3, crop, crop) on the model's."""
+        x = frames.to(self.pixel_scale.device).permute(0, 3, 1, 2)  # uint8, channels-last in memory
+        if self.do_resize:
+            x = self.resize(x, self.output_size(*x.shape[-2:]))
+        if self.do_center_crop:
+            ch, cw = self.crop_to["height"], self.crop_to["width"]
+            h, w = x.shape[-2:]
+            if h < ch or w < cw:  # too small: zero padding first, as the processor does
+                ph, pw = max(ch - h, 0), max(cw - w, 0)
+                x = F.pad(x, ((pw + 1) // 2, pw // 2, (ph + 1) // 2, ph // 2))
+                h, w = x.shape[-2:]
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top: top + ch, left: left + cw]
+        # (x * rescale_factor - mean) / std, as one multiply-add on a contiguous float copy
+        return torch.addcmul(self.pixel_shift, x.contiguous().float(), self.pixel_scale)
+
+    def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) resized to size as PIL resizes them: separable antialiased filter, horizontal
+        pass then vertical, each rounded to uint8. On the CPU torch has PIL's algorithm as a vectorised uint8
+        kernel; elsewhere (CUDA has no uint8 kernel) the two passes run in float32 and are rounded here."""
+        antialias = self.mode != "nearest-exact"
+        if x.device.type == "cpu" and self.uint8_resize:
+            return F.interpolate(x, size=size, mode=self.mode, antialias=antialias)
+        h, w = size
+        x = x.float()
+        if x.shape[-1] != w:
+            x = F.interpolate(x, size=(x.shape[-2], w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+        if x.shape[-2] != h:
+            x = F.interpolate(x, size=(h, w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
+        return x
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Resized (height, width), as transformers' get_resize_output_image_size computes it."""
+        if self.resize_to.get("height") and self.resize_to.get("width"):
+            return self.resize_to["height"], self.resize_to["width"]
+        size = self.resize_to["shortest_edge"]
+        short, long = min(height, width), max(height, width)
+        new_long = int(size * long / short)
+        return (size, new_long) if height <= width else (new_long, size)
+
+    def read_image_processor(self, p) -> None:
+        """Keeps the image processor's settings (its rescaling and normalisation as buffers) for the batched version."""
+        self.do_resize, self.do_center_crop = p.do_resize, p.do_center_crop
+        self.resize_to, self.crop_to = dict(p.size), dict(p.crop_size)  # e.g. {shortest_edge: 224}, {height, width}
+        resample = int(getattr(p.resample, "value", p.resample))
+        if resample not in INTERPOLATION:
+            raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
+        self.mode = INTERPOLATION[resample]
+        self.uint8_resize = True  # on the CPU: torch's uint8 resampling kernel (False: the float path used on CUDA)
+        rescale = p.rescale_factor if p.do_rescale else 1.0
+        mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
+        mean, std = (torch.tensor(v, device=self.model.device).broadcast_to(3).reshape(1, 3, 1, 1) for v in (mean, std))
+        self.register_buffer("pixel_scale", rescale / std)  # pixel values = uint8 * scale + shift
+        self.register_buffer("pixel_shift", -mean / std)
+
+    # ----- loading -----
+    @classmethod
+    def from_pretrained(cls, model_id: str, prompts, baseline_prompts=None, alpha: float = 0.0, dtype="auto",
+                        device="cpu", weights: Optional[Sequence[float]] = None,
+                        schedule: bool = False) -> "CLIPReward":
+        """Loads a transformers CLIP checkpoint (hub id or local folder): model, tokenizer and image processor."""
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        check_reward_settings(prompts, baseline_prompts, alpha, weights)  # fail before loading gigabytes
+        device = torch.device(device)
+        dtype = resolve_dtype(dtype, device)
+        model_id = check_model_id(model_id, "--clip-model-id")
+        try:
+            model = CLIPModel.from_pretrained(model_id, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            image_processor = AutoImageProcessor.from_pretrained(model_id)
+        except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
+            raise load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
+        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
+
+
+class CLIPLabeler:
+    """The reward source of the training loop: labels queued transitions with the CLIP reward of their frame
+    (the frame rendered after the step, i.e. of next_obs), --reward-batch-size frames per forward pass, oldest
+    steps first across all envs. Transitions wait in the queue until a batch is full (or a flush). With a
+    --prompt-schedule (starts: the entries' first steps), each frame is scored on the goal of the entry in force at
+    its step (schedule_entry); frames of different entries share the forward passes."""
+
+    name = "clip"  # the loop logs charts/clip_return
+    needs_frames = True  # the training envs render every step
+
+    def __init__(self, model: CLIPReward, batch_size: int, starts: Optional[Sequence[int]] = None):
+        self.model, self.batch_size = model, batch_size
+        # frames rendered at the size CLIP sees unless --render-size is given: its crop (else its resize target)
+        size = model.crop_to if model.do_center_crop else model.resize_to
+        self.render_size = size.get("height") or size.get("shortest_edge")
+        self.starts = list(starts) if starts is not None else None
+        # a composition (several prompts, or weights): also each prompt's plain cosine, for the logs
+        self.per_prompt = self.starts is None and (len(model.prompts) > 1 or model.weights != [1.0])
+        self.texts_logged = False
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Sums over the frames labelled since the last log."""
+        k = len(self.model.prompts)
+        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
+        self.cosine_sum = np.zeros(k)  # per goal prompt (composition)
+        self.schedule_sum, self.schedule_frames = np.zeros(k), np.zeros(k, dtype=np.int64)  # per entry (schedule)
+
+    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
+        pending = len(queue)
+        n = pending if flush else pending - pending % self.batch_size
+        if n == 0:
+            return None
+        # the n oldest transitions: ordered by their position in their env's queue (time), then by env
+        order = sorted((pos, env) for env, q in enumerate(queue.items) for pos in range(len(q)))[:n]
+        take = np.bincount([env for _, env in order], minlength=len(queue.items))
+        items = [queue.items[env].popleft() for env in range(len(queue.items)) for _ in range(take[env])]
+        entry = None
+        if self.starts is not None:
+            entry = np.array([schedule_entry(self.starts, it["episode_step"]) for it in items])
+        rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]),
+                                None if entry is None else entry[i: i + self.batch_size])
+                   for i in range(0, n, self.batch_size)]
+        batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
+        batch["reward"] = np.concatenate(rewards)
+        if entry is not None:
+            self.schedule_sum += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
+            self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
+        return batch
+
+    def compute(self, frames: np.ndarray, entry: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal)."""
+        t = time.perf_counter()
+        with torch.inference_mode():
+            x = self.model.embed_frames(frames)
+            prompt = None if entry is None else torch.as_tensor(entry, device=x.device)
+            r = self.model.reward_from_embeddings(x, prompt).cpu().numpy()  # .cpu() waits: the timing is complete
+            if self.per_prompt:
+                self.cosine_sum += self.model.cosines(x).sum(0).double().cpu().numpy()
+        self.seconds += time.perf_counter() - t
+        self.frames += len(r)
+        self.reward_sum, self.reward_sq = self.reward_sum + float(r.sum()), self.reward_sq + float((r ** 2).sum())
+        return r
+
+    def log(self, logger: "Logger", step: int) -> None:
+        """Means per frame since the last log: clip/reward, clip/reward_std, clip/frames_per_s; for a composition
+        clip/cosine_prompt{i}, the plain cosine x . e_i with goal prompt i; for a schedule clip/reward_schedule{k},
+        the mean reward of the frames under entry k. The index -> text table is written once as TensorBoard text
+        ("prompts")."""
+        if not self.texts_logged and (self.per_prompt or self.starts is not None):
+            writer = getattr(logger, "writer", None)
+            if writer is not None:
+                writer.add_text("prompts", prompt_table(self.model.prompts, self.model.weights, self.starts), step)
+            self.texts_logged = True
+        if self.frames:
+            mean = self.reward_sum / self.frames
+            logger.scalar("clip/frames_per_s", self.frames / self.seconds, step)
+            logger.scalar("clip/reward", mean, step)
+            logger.scalar("clip/reward_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
+            if self.per_prompt:
+                for i, total in enumerate(self.cosine_sum):
+                    logger.scalar(f"clip/cosine_prompt{i}", total / self.frames, step)
+        if self.starts is not None:
+            for k, count in enumerate(self.schedule_frames):
+                if count:
+                    logger.scalar(f"clip/reward_schedule{k}", self.schedule_sum[k] / count, step)
+        self.reset_stats()
+
+    def state_dict(self) -> dict:
+        """Nothing to save: the CLIP reward is deterministic."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+# ----- loading: the reward's settings, the prompts, the labeler for a run; their errors -----
 DEFAULT_BASELINE_PROMPTS = ("a simulated robot",)
 # the image processor's PIL resampling filter -> F.interpolate mode (antialias=True reproduces PIL's filters)
 INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
@@ -746,288 +640,6 @@ def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = ""
 # === TEXT REWARD END: models ===
 
 
-class CLIPReward(nn.Module):
-    """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
-    1 - |(x - g) P|^2 / 2 (see the module docstring).
-
-    Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
-    (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
-    is a goal of its own instead (g_k = e_k, with its own projection P_k from d_k = e_k - b), and forward(frames,
-    prompt) scores each frame on the goal of its index (a --prompt-schedule entry).
-
-    Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
-    resampling filter, rounding to uint8 as PIL does; center crop; rescale; normalise with its mean and std), but
-    as one batched tensor computation on the model's device instead of image by image through PIL. The pixel
-    values equal the processor's but for under 1% of them (0.02% on rendered frames), off by one or two uint8
-    levels: PIL computes its filter weights in fixed point (measured in tests/test_sac_clip.py)."""
-
-    def __init__(self, model, tokenizer, image_processor, prompts, baseline_prompts=None, alpha: float = 0.0,
-                 weights: Optional[Sequence[float]] = None, schedule: bool = False):
-        super().__init__()
-        prompts, baseline_prompts, weights = check_reward_settings(prompts, baseline_prompts, alpha, weights)
-        self.model = model.eval().requires_grad_(False)
-        self.prompts, self.baseline_prompts, self.alpha = prompts, baseline_prompts, float(alpha)
-        self.weights, self.schedule = weights, schedule
-        self.read_image_processor(image_processor)
-
-        embeddings = self.embed_text(tokenizer, prompts)  # (K, D) unit vectors e_i
-        baseline = self.embed_text(tokenizer, baseline_prompts).mean(0)
-        if schedule:  # one goal per entry
-            goals = embeddings
-        elif all(w == 1.0 for w in weights):
-            goals = embeddings.mean(0, keepdim=True)  # means of unit vectors, not re-normalised
-        else:
-            w = torch.tensor(weights, device=embeddings.device)
-            goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
-        texts = [[p] for p in prompts] if schedule else [prompts]
-        projections = torch.stack([self.projection_for(g, baseline, alpha, t, baseline_prompts)
-                                   for g, t in zip(goals, texts)])
-        self.register_buffer("prompt_embeddings", embeddings)
-        self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
-        self.register_buffer("baseline", baseline)
-        self.register_buffer("projections", projections)  # (1, D, D), or (K, D, D)
-
-    @staticmethod
-    def projection_for(goal: torch.Tensor, baseline: torch.Tensor, alpha: float, prompts, baseline_prompts):
-        """P = alpha d d^T / |d|^2 + (1 - alpha) I with d = goal - baseline; UserError if d = 0 and alpha > 0."""
-        d = goal - baseline
-        eye = torch.eye(len(d), device=d.device)
-        if alpha > 0 and d.norm() < 1e-6:
-            raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
-                            "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
-        direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
-        return alpha * direction + (1.0 - alpha) * eye
-
-    @property
-    def goal(self) -> torch.Tensor:
-        """The goal g (D,) (a schedule's first entry's)."""
-        return self.goals[0]
-
-    @property
-    def projection(self) -> torch.Tensor:
-        """The projection P (D, D) (a schedule's first entry's)."""
-        return self.projections[0]
-
-    @classmethod
-    def from_pretrained(cls, model_id: str, prompts, baseline_prompts=None, alpha: float = 0.0, dtype="auto",
-                        device="cpu", weights: Optional[Sequence[float]] = None,
-                        schedule: bool = False) -> "CLIPReward":
-        """Loads a transformers CLIP checkpoint (hub id or local folder): model, tokenizer and image processor."""
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-        check_reward_settings(prompts, baseline_prompts, alpha, weights)  # fail before loading gigabytes
-        device = torch.device(device)
-        dtype = resolve_dtype(dtype, device)
-        model_id = check_model_id(model_id, "--clip-model-id")
-        try:
-            model = CLIPModel.from_pretrained(model_id, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(model_id)
-            image_processor = AutoImageProcessor.from_pretrained(model_id)
-        except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
-            raise load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
-        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
-
-    def read_image_processor(self, p) -> None:
-        """Keeps the image processor's settings (its rescaling and normalisation as buffers) for the batched version."""
-        self.do_resize, self.do_center_crop = p.do_resize, p.do_center_crop
-        self.resize_to, self.crop_to = dict(p.size), dict(p.crop_size)  # e.g. {shortest_edge: 224}, {height, width}
-        resample = int(getattr(p.resample, "value", p.resample))
-        if resample not in INTERPOLATION:
-            raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
-        self.mode = INTERPOLATION[resample]
-        self.uint8_resize = True  # on the CPU: torch's uint8 resampling kernel (False: the float path used on CUDA)
-        rescale = p.rescale_factor if p.do_rescale else 1.0
-        mean, std = (p.image_mean, p.image_std) if p.do_normalize else ([0.0] * 3, [1.0] * 3)
-        mean, std = (torch.tensor(v, device=self.model.device).broadcast_to(3).reshape(1, 3, 1, 1) for v in (mean, std))
-        self.register_buffer("pixel_scale", rescale / std)  # pixel values = uint8 * scale + shift
-        self.register_buffer("pixel_shift", -mean / std)
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Resized (height, width), as transformers' get_resize_output_image_size computes it."""
-        if self.resize_to.get("height") and self.resize_to.get("width"):
-            return self.resize_to["height"], self.resize_to["width"]
-        size = self.resize_to["shortest_edge"]
-        short, long = min(height, width), max(height, width)
-        new_long = int(size * long / short)
-        return (size, new_long) if height <= width else (new_long, size)
-
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3), on any device -> float32 pixel values (N, 3, crop, crop) on the model's."""
-        x = frames.to(self.pixel_scale.device).permute(0, 3, 1, 2)  # uint8, channels-last in memory
-        if self.do_resize:
-            x = self.resize(x, self.output_size(*x.shape[-2:]))
-        if self.do_center_crop:
-            ch, cw = self.crop_to["height"], self.crop_to["width"]
-            h, w = x.shape[-2:]
-            if h < ch or w < cw:  # too small: zero padding first, as the processor does
-                ph, pw = max(ch - h, 0), max(cw - w, 0)
-                x = F.pad(x, ((pw + 1) // 2, pw // 2, (ph + 1) // 2, ph // 2))
-                h, w = x.shape[-2:]
-            top, left = (h - ch) // 2, (w - cw) // 2
-            x = x[..., top: top + ch, left: left + cw]
-        # (x * rescale_factor - mean) / std, as one multiply-add on a contiguous float copy
-        return torch.addcmul(self.pixel_shift, x.contiguous().float(), self.pixel_scale)
-
-    def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """uint8 images (N, 3, H, W) resized to size as PIL resizes them: separable antialiased filter, horizontal
-        pass then vertical, each rounded to uint8. On the CPU torch has PIL's algorithm as a vectorised uint8
-        kernel; elsewhere (CUDA has no uint8 kernel) the two passes run in float32 and are rounded here."""
-        antialias = self.mode != "nearest-exact"
-        if x.device.type == "cpu" and self.uint8_resize:
-            return F.interpolate(x, size=size, mode=self.mode, antialias=antialias)
-        h, w = size
-        x = x.float()
-        if x.shape[-1] != w:
-            x = F.interpolate(x, size=(x.shape[-2], w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
-        if x.shape[-2] != h:
-            x = F.interpolate(x, size=(h, w), mode=self.mode, antialias=antialias).round().clamp(0, 255)
-        return x
-
-    def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        """Normalised text embeddings (P, D), float32."""
-        max_len = min(tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
-        too_long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"]) if len(ids) > max_len]
-        if too_long:
-            print(f"warning: prompts longer than CLIP's {max_len} tokens are truncated: {too_long}", file=sys.stderr)
-        tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        with torch.no_grad():
-            out = self.model.get_text_features(**tokens.to(self.model.device))
-        e = getattr(out, "pooler_output", out).float()  # transformers 5 returns an output object, 4 a tensor
-        return e / e.norm(dim=-1, keepdim=True)
-
-    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised image embeddings x (N, D), float32."""
-        out = self.model.get_image_features(pixel_values=pixel_values.to(self.model.dtype))
-        e = getattr(out, "pooler_output", out).float()
-        return e / e.norm(dim=-1, keepdim=True)
-
-    def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D); prompt: None (the goal), or per frame
-        the index of its goal (a schedule's entry: g_k and P_k)."""
-        if prompt is None:
-            return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
-        prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
-        reward = torch.empty(len(x), device=x.device)
-        for k in prompt.unique().tolist():  # the frames of each goal together
-            m = prompt == k
-            reward[m] = 1.0 - 0.5 * ((x[m] - self.goals[k]) @ self.projections[k]).pow(2).sum(-1)
-        return reward
-
-    def cosines(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain cosine similarity x . e_i of each normalised image embedding with each goal prompt (N, K)."""
-        return x @ self.prompt_embeddings.T
-
-    @torch.inference_mode()
-    def embed_frames(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3), numpy or torch -> normalised image embeddings x (N, D) on the model's device."""
-        frames = torch.as_tensor(frames)
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB frames shaped (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
-        return self.embed_images(self.preprocess(frames))
-
-    @torch.inference_mode()
-    def forward(self, frames, prompt=None) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device. prompt: None,
-        or an int or N goal indices (a schedule's entries)."""
-        return self.reward_from_embeddings(self.embed_frames(frames), prompt)
-
-
-class CLIPLabeler:
-    """The reward source of the training loop: labels queued transitions with the CLIP reward of their frame
-    (the frame rendered after the step, i.e. of next_obs), --reward-batch-size frames per forward pass, oldest
-    steps first across all envs. Transitions wait in the queue until a batch is full (or a flush). With a
-    --prompt-schedule (starts: the entries' first steps), each frame is scored on the goal of the entry in force at
-    its step (schedule_entry); frames of different entries share the forward passes."""
-
-    name = "clip"  # the loop logs charts/clip_return
-    needs_frames = True  # the training envs render every step
-
-    def __init__(self, model: CLIPReward, batch_size: int, starts: Optional[Sequence[int]] = None):
-        self.model, self.batch_size = model, batch_size
-        # frames rendered at the size CLIP sees unless --render-size is given: its crop (else its resize target)
-        size = model.crop_to if model.do_center_crop else model.resize_to
-        self.render_size = size.get("height") or size.get("shortest_edge")
-        self.starts = list(starts) if starts is not None else None
-        # a composition (several prompts, or weights): also each prompt's plain cosine, for the logs
-        self.each = self.starts is None and (len(model.prompts) > 1 or model.weights != [1.0])
-        self.texts_logged = False
-        self.reset_stats()
-
-    def reset_stats(self) -> None:
-        """Sums over the frames labelled since the last log."""
-        k = len(self.model.prompts)
-        self.frames, self.seconds, self.reward_sum, self.reward_sq = 0, 0.0, 0.0, 0.0
-        self.cosine_sum = np.zeros(k)  # per goal prompt (composition)
-        self.schedule_sum, self.schedule_frames = np.zeros(k), np.zeros(k, dtype=np.int64)  # per entry (schedule)
-
-    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
-        pending = len(queue)
-        n = pending if flush else pending - pending % self.batch_size
-        if n == 0:
-            return None
-        # the n oldest transitions: ordered by their position in their env's queue (time), then by env
-        order = sorted((pos, env) for env, q in enumerate(queue.items) for pos in range(len(q)))[:n]
-        take = np.bincount([env for _, env in order], minlength=len(queue.items))
-        items = [queue.items[env].popleft() for env in range(len(queue.items)) for _ in range(take[env])]
-        entry = None
-        if self.starts is not None:
-            entry = np.array([schedule_entry(self.starts, it["episode_step"]) for it in items])
-        rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]),
-                                None if entry is None else entry[i: i + self.batch_size])
-                   for i in range(0, n, self.batch_size)]
-        batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
-        batch["reward"] = np.concatenate(rewards)
-        if entry is not None:
-            self.schedule_sum += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
-            self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
-        return batch
-
-    def compute(self, frames: np.ndarray, entry: Optional[np.ndarray] = None) -> np.ndarray:
-        """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal)."""
-        t = time.perf_counter()
-        with torch.inference_mode():
-            x = self.model.embed_frames(frames)
-            prompt = None if entry is None else torch.as_tensor(entry, device=x.device)
-            r = self.model.reward_from_embeddings(x, prompt).cpu().numpy()  # .cpu() waits: the timing is complete
-            if self.each:
-                self.cosine_sum += self.model.cosines(x).sum(0).double().cpu().numpy()
-        self.seconds += time.perf_counter() - t
-        self.frames += len(r)
-        self.reward_sum, self.reward_sq = self.reward_sum + float(r.sum()), self.reward_sq + float((r ** 2).sum())
-        return r
-
-    def log(self, logger: "Logger", step: int) -> None:
-        """Means per frame since the last log: clip/reward, clip/reward_std, clip/frames_per_s; for a composition
-        clip/cosine_prompt{i}, the plain cosine x . e_i with goal prompt i; for a schedule clip/reward_schedule{k},
-        the mean reward of the frames under entry k. The index -> text table is written once as TensorBoard text
-        ("prompts")."""
-        if not self.texts_logged and (self.each or self.starts is not None):
-            writer = getattr(logger, "writer", None)
-            if writer is not None:
-                writer.add_text("prompts", prompt_table(self.model.prompts, self.model.weights, self.starts), step)
-            self.texts_logged = True
-        if self.frames:
-            mean = self.reward_sum / self.frames
-            logger.scalar("clip/frames_per_s", self.frames / self.seconds, step)
-            logger.scalar("clip/reward", mean, step)
-            logger.scalar("clip/reward_std", math.sqrt(max(self.reward_sq / self.frames - mean ** 2, 0.0)), step)
-            if self.each:
-                for i, total in enumerate(self.cosine_sum):
-                    logger.scalar(f"clip/cosine_prompt{i}", total / self.frames, step)
-        if self.starts is not None:
-            for k, count in enumerate(self.schedule_frames):
-                if count:
-                    logger.scalar(f"clip/reward_schedule{k}", self.schedule_sum[k] / count, step)
-        self.reset_stats()
-
-    def state_dict(self) -> dict:
-        """Nothing to save: the CLIP reward is deterministic."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 def build_reward(args: Args, device: torch.device) -> CLIPLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     if args.reward_batch_size < 1:
@@ -1036,10 +648,202 @@ def build_reward(args: Args, device: torch.device) -> CLIPLabeler:
     model = CLIPReward.from_pretrained(args.clip_model_id, prompts, args.baseline_prompt, args.clip_alpha,
                                        args.dtype, device, weights=weights, schedule=starts is not None)
     labeler = CLIPLabeler(model, args.reward_batch_size, starts)
-    if labeler.each or starts is not None:  # the per-prompt logs' indices (also saved in args.json)
+    if labeler.per_prompt or starts is not None:  # the per-prompt logs' indices (also saved in args.json)
         kind = "schedule (clip/reward_schedule{k})" if starts is not None else "composition (clip/cosine_prompt{i})"
         print(f"goal prompt {kind}:\n" + prompt_table(model.prompts, model.weights, starts))
     return labeler
+
+
+# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class TimeFeature(gym.ObservationWrapper):
+    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        super().__init__(env)
+        self.max_steps, self.t = max_steps, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(
+            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
+        )
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        return super().step(action)
+
+    def observation(self, obs):
+        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
+    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
+
+    def __init__(self, env: gym.Env, n: int):
+        super().__init__(env)
+        self.n = n
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.n):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class Frames(gym.Wrapper):
+    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
+    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
+    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
+    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
+
+    def __init__(self, env: gym.Env, upside_down: bool = False):
+        super().__init__(env)
+        self.upside_down = upside_down
+
+    def render(self):
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None:
+            viewer.make_context_current()
+        frame = self.env.render()
+        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
+
+
+DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
+TADPOLE_ACTION_REPEAT = 2  # --protocol tadpole's --action-repeat
+
+
+def env_key(env_id: str) -> str:
+    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
+    'metaworld' (metaworld/door-close-v3)."""
+    if env_id.startswith("metaworld/"):
+        return "metaworld"
+    if env_id.startswith("dm_control/"):
+        return env_id.split("-")[0]
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+def action_repeat(args: SACArgs) -> int:
+    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
+
+
+def protocol_render_size(args: SACArgs) -> Optional[int]:
+    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
+    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
+
+
+def check_protocol(args: SACArgs) -> None:
+    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
+        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
+                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
+                        "metaworld/<task>-v3, or --protocol stock")
+
+
+def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
+    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
+    if env_id.startswith("dm_control/"):
+        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+    spec = gym.spec(env_id)
+    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
+        return {}  # classic control (Pendulum-v1) renders at its own size
+    kwargs = {"width": size, "height": size}
+    if camera is not None and camera.lstrip("-").isdigit():
+        kwargs["camera_id"] = int(camera)
+    elif camera is not None:
+        kwargs["camera_name"] = camera
+    return kwargs
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
+    if env.spec is not None and env.spec.max_episode_steps:
+        return int(env.spec.max_episode_steps)
+    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
+    limit = getattr(inner, "_step_limit", None)
+    return int(limit) if limit and np.isfinite(limit) else 1000
+
+
+def make_env(args: SACArgs, render: bool = False) -> gym.Env:
+    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
+    spaces SAC cannot use, and for a protocol the env does not have."""
+    check_protocol(args)
+    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
+    kwargs = {}
+    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
+        try:
+            import metaworld  # noqa: F401  (registers Meta-World/...)
+        except ImportError:
+            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
+                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
+        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
+        if args.protocol == "tadpole":
+            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
+    elif key.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+        if args.protocol == "tadpole":
+            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
+    if args.max_episode_steps:
+        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
+    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
+    try:
+        if render:
+            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
+            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ValueError) as e:
+        raise UserError(
+            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
+            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
+            "metaworld/door-close-v3"
+        ) from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(
+            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
+            "one: pick e.g. Pendulum-v1 or Hopper-v4"
+        )
+    if key == "metaworld":
+        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
+    elif args.protocol == "tadpole":
+        tadpole_start(env, key)
+    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
+        env = Frames(env, upside_down=set_scene(env, args, size))
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
+    env = gym.wrappers.TransformObservation(
+        env,
+        lambda o: o.astype(np.float32),
+        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
+    )
+    if args.time_feature:
+        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
+    return env
+
+
+def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
+    the true final observation (and frame); the following step resets that env and is not a transition."""
+    make_env(args)  # fail early, in this process, with a clear message
+    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
+# === SAC CORE END: environments ===
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -1195,43 +999,15 @@ class TransitionQueue:
 
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-def make_adam(groups: list[dict]) -> torch.optim.Adam:
-    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
-    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
-    runs its steps."""
-    opt = torch.optim.Adam(groups, fused=True)
-    for p in (p for group in opt.param_groups for p in group["params"]):
-        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p)}
-    return opt
-
-
-@torch.no_grad()
-def adam_step(opt: torch.optim.Adam) -> None:
-    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
-    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
-    cut the compiled update into pieces: 1.8x slower, measured). In eager mode it also skips opt.step()'s per-call
-    bookkeeping (grouping, hooks, lazy state): 145 instead of 213 us per critic and actor step."""
-    for group in opt.param_groups:
-        params = group["params"]
-        state = [opt.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
-                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"])
-
-
 class SAC(nn.Module):
-    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step: CleanRL's
+    sac_continuous_action (docs/method.md#sac), with the same losses.
 
-    Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
-    ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
-    actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
-    backward pass and one Adam with two parameter groups; no host sync outside logging. Adam is torch.optim.Adam
-    (make_adam), stepped by adam_step: its fused kernel in eager mode (no host sync, so CUDA graphs can capture
-    it), its arithmetic traced into the compiled update under --compile."""
+    Differences, all for speed, none changing the algorithm: both critics in one batched ensemble; the actor's loss
+    does not backpropagate into the critics' weights; the temperature's loss uses the actor step's own sample (as
+    Stable-Baselines3) instead of a fresh one, so actor and temperature share one backward pass and one Adam with two
+    parameter groups; Adam's step without opt.step()'s bookkeeping (adam_step); no host sync outside logging;
+    optionally the whole update compiled (--compile) or captured in CUDA graphs (--cudagraphs)."""
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
@@ -1246,31 +1022,16 @@ class SAC(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
         self.target_entropy = -float(act_dim)
         self.to(device)
-        self.use_graphs = args.cudagraphs and device.type == "cuda"
         self.q_optimizer = make_adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
         groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
             groups.append({"params": [self.log_alpha], "lr": args.q_lr})
         self.actor_optimizer = make_adam(groups)
-        if args.compile:  # the whole update step (losses, backward passes, Adam, Polyak) as one compiled program
-            # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
-            # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call);
-            # trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three
-            options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
-            compiled = torch.compile(self.step, options=options)
-            self.step = torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
+        self.use_graphs = args.cudagraphs and device.type == "cuda"
         self._graphs: dict = {}
         self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
-
-    def zero_grad(self, opt: torch.optim.Adam) -> None:
-        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
-        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if not self.use_graphs:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+        if args.compile:
+            self.step = compiled(self.step, device)
 
     def critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
@@ -1292,41 +1053,51 @@ class SAC(nn.Module):
         alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
         return actor_loss, alpha_loss
 
-    def critic_update(self, b: dict) -> dict:
-        qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
-        qf_loss.backward()
-        adam_step(self.q_optimizer)
-        self.zero_grad(self.q_optimizer)  # after the step: no stale .grad next time
-        return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
-
-    def actor_update(self, b: dict) -> dict:
-        actor_loss, alpha_loss = self.actor_loss(b["obs"])
-        (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-        adam_step(self.actor_optimizer)
-        self.zero_grad(self.actor_optimizer)
-        return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
-                "losses/alpha": self.log_alpha.detach().exp()}
-
-    def target_update(self) -> None:
-        with torch.no_grad():
-            torch._foreach_lerp_(*self._polyak, self.args.tau)
-
     def step(self, b: dict, actor: bool, target: bool) -> dict:
-        out = self.critic_update(b)
-        if actor:
-            for _ in range(self.args.policy_frequency):  # delayed, as CleanRL: policy_frequency steps at once
-                out.update(self.actor_update(b))
+        """One critic update; with actor, policy_frequency actor (and temperature) updates, delayed as in CleanRL;
+        with target, the Polyak update of the target critics. Returns the losses as tensors (no host sync)."""
+        qf_loss, q = self.critic_loss(**b)
+        self.optimize(self.q_optimizer, qf_loss)
+        out = {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
+        for _ in range(self.args.policy_frequency if actor else 0):
+            actor_loss, alpha_loss = self.actor_loss(b["obs"])
+            self.optimize(self.actor_optimizer, actor_loss + alpha_loss if self.args.autotune else actor_loss)
+            out.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
+                        "losses/alpha": self.log_alpha.detach().exp()})
         if target:
-            self.target_update()
+            with torch.no_grad():
+                torch._foreach_lerp_(*self._polyak, self.args.tau)
         return out
 
     def update(self, batch: dict, iteration: int) -> dict:
-        """One critic update; every policy_frequency-th call also policy_frequency actor (and alpha) updates;
-        every target_network_frequency-th call a Polyak update. Returns the losses as tensors (no host sync)."""
+        """The iteration-th update: step() with the actor every policy_frequency-th and the targets every
+        target_network_frequency-th iteration (replayed from CUDA graphs under --cudagraphs)."""
         kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
         if not self.use_graphs:
             return self.step(batch, *kind)
-        if kind not in self._graphs:  # CUDA graphs: whole-update capture, as in the PyTorch CUDA graphs docs
+        return self.replay(batch, kind)
+
+    # ----- the speed-only parts: Adam's step without opt.step()'s bookkeeping, CUDA graphs -----
+    def optimize(self, opt: torch.optim.Adam, loss: torch.Tensor) -> None:
+        """loss.backward(), opt.step(), gradients cleared: as adam_step and zero_grad (see there)."""
+        loss.backward()
+        adam_step(opt)
+        self.zero_grad(opt)  # after the step: no stale .grad next time
+
+    def zero_grad(self, opt: torch.optim.Adam) -> None:
+        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
+        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not self.use_graphs:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def replay(self, batch: dict, kind: tuple[bool, bool]) -> dict:
+        """step() captured once per kind of update in a CUDA graph (whole-update capture, as in the PyTorch CUDA
+        graphs docs), then replayed on the batch copied into the graph's own input tensors."""
+        if kind not in self._graphs:
             static = {k: v.clone() for k, v in batch.items()}
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -1343,6 +1114,43 @@ class SAC(nn.Module):
             static[k].copy_(v)
         graph.replay()
         return out
+
+
+def compiled(step, device: torch.device):
+    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program.
+    fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper,
+    on the CPU: the code calling the kernels is C++, not Python (less overhead per call); trace_autograd_ops:
+    .backward() is traced into the graph instead of breaking it in three."""
+    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
+    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
+
+
+def make_adam(groups: list[dict]) -> torch.optim.Adam:
+    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
+    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
+    runs its steps."""
+    opt = torch.optim.Adam(groups, fused=True)
+    for p in (p for group in opt.param_groups for p in group["params"]):
+        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p)}
+    return opt
+
+
+@torch.no_grad()
+def adam_step(opt: torch.optim.Adam) -> None:
+    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
+    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
+    cut the compiled update into pieces). In eager mode it also skips opt.step()'s per-call bookkeeping (grouping,
+    hooks, lazy state). Measured: docs/speed.md."""
+    for group in opt.param_groups:
+        params = group["params"]
+        state = [opt.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
+                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
+                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=group["maximize"])
 # === SAC CORE END: update ===
 
 
@@ -1524,6 +1332,246 @@ class Interrupted(Exception):
     """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
 
 
+def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    validate(args)
+    given = dataclasses.asdict(args)
+    device = resolve_device(args.device)
+    seed_everything(args)
+    reward = build_reward(args, device)
+    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
+        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
+    envs = make_envs(args, render=reward.needs_frames)
+    eval_env = make_env(args, render=args.capture_video)
+    obs_dim = envs.single_observation_space.shape[0]
+    sac = SAC(args, obs_dim, envs.single_action_space, device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
+    envs.action_space.seed(args.seed)
+    if not args.resume:
+        write_args(run_dir, given)
+    run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
+
+    obs, _ = envs.reset(seed=args.seed + run.global_step)
+    with run:  # SIGTERM/SIGUSR1 caught (a checkpoint, then Interrupted); logs and envs closed at the end
+        while run.global_step < args.total_timesteps:
+            # act: uniform random actions until learning starts, then samples of the policy
+            if run.global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
+            # step; a text reward is shown the frame after the step
+            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
+            frames = envs.render() if reward.needs_frames else None
+            # store: transitions wait in the queue until the reward source labels them, then enter the buffer
+            run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
+            run.store(reward.label(run.queue))
+            obs = next_obs
+            # update
+            if run.global_step > args.learning_starts and rb.size >= args.batch_size:
+                run.updated(sac.update(rb.sample(args.batch_size), run.iteration))
+            # log, evaluate, checkpoint
+            run.log()
+            run.evaluate_when_due()
+            run.checkpoint_when_due()
+        run.checkpoint()
+    return run.summary()
+
+
+class Run:
+    """What a training run keeps besides the networks and the buffer: the step counters, the episodes under way in
+    each env, the queue of transitions waiting for their reward, the logs, the evaluation and checkpoint schedule,
+    and the signals that stop it. On --resume it restores the networks, the buffer and these from checkpoint.pt."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, sac: SAC, rb: ReplayBuffer, envs, eval_env, reward):
+        self.args, self.run_dir, self.sac, self.rb, self.envs, self.eval_env = args, run_dir, sac, rb, envs, eval_env
+        self.reward, self.queue, self.ckpt_path = reward, TransitionQueue(args.num_envs), run_dir / "checkpoint.pt"
+        self.global_step, self.iteration, self.episode_counter = 0, 0, 0
+        if args.resume:
+            state = load_checkpoint(self.ckpt_path, sac, rb, envs, reward)
+            self.global_step, self.iteration = state["global_step"], state["iteration"]
+            self.episode_counter = state["extra"].get("episode_counter", 0)
+            print(f"resumed {run_dir} at step {self.global_step} (buffer {rb.size}); environments restart their "
+                  "episodes")
+        self.logger = Logger(args, run_dir, self.global_step)
+        n = args.num_envs
+        self.ep_return, self.ep_length, self.ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+        self.learned_return = np.zeros(n)
+        self.episode_ids = np.arange(self.episode_counter, self.episode_counter + n)
+        self.episode_counter += n
+        self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
+        self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        self.t_learn, self.step_learn, self.updates = None, 0, 0
+        every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
+        self.next_eval = every(args.eval_every) if args.eval_every else args.total_timesteps
+        self.next_ckpt = every(args.checkpoint_every) if args.checkpoint_every else None
+
+    def record(self, obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames) -> None:
+        """A vector step's transitions into the queue, one per env whose step was not its reset step (gymnasium's
+        next-step autoreset: the step after an episode's end resets the env, and is neither a transition nor
+        counted); the episodes that end are logged."""
+        success = infos.get("success")  # Meta-World's, per env (None for envs without it)
+        self.global_step += int(len(actions) - self.autoreset.sum())
+        self.iteration += 1
+        for i in range(len(actions)):
+            if self.autoreset[i]:
+                self.ep_return[i], self.ep_length[i], self.ep_success[i] = 0.0, 0, 0.0
+                self.episode_ids[i], self.episode_counter = self.episode_counter, self.episode_counter + 1
+                continue
+            self.ep_return[i] += env_rewards[i]
+            self.ep_length[i] += 1
+            done = bool(terminations[i] or truncations[i])
+            item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
+                    "terminated": bool(terminations[i]), "done": done, "env": i, "episode": self.episode_ids[i],
+                    "episode_step": self.ep_length[i], "success": 0.0 if success is None else float(success[i])}
+            self.ep_success[i] = max(self.ep_success[i], item["success"])
+            if frames is not None:
+                item["frame"] = frames[i]
+            self.queue.push(item)
+            if done:
+                self.last_return = float(self.ep_return[i])
+                self.logger.scalar("charts/episodic_return", self.ep_return[i], self.global_step)
+                self.logger.scalar("charts/episodic_length", self.ep_length[i], self.global_step)
+                if success is not None:  # at the final step (TADPoLe's metric), and at any step
+                    self.logger.scalar("charts/success", item["success"], self.global_step)
+                    self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
+        self.autoreset = np.logical_or(terminations, truncations)
+
+    def store(self, batch: Optional[dict]) -> None:
+        """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
+        stops the run (FloatingPointError), the last checkpoint intact. A text reward's return is logged per
+        episode as charts/{name}_return."""
+        if batch is None:
+            return
+        args, name = self.args, self.reward.name
+        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
+            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
+        r = np.asarray(batch["reward"], dtype=np.float64)
+        if not np.isfinite(r).all():
+            raise FloatingPointError(
+                f"{int((~np.isfinite(r)).sum())} non-finite rewards from the {name} reward at step {self.global_step}; "
+                f"the last checkpoint ({self.ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) "
+                "and scales")
+        self.rb.add(batch)
+        if name != "env" or args.success_bonus:
+            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
+                self.learned_return[env_i] += ri
+                if done:
+                    self.logger.scalar(f"charts/{name}_return", self.learned_return[env_i], self.global_step)
+                    self.learned_return[env_i] = 0.0
+
+    def updated(self, losses: dict) -> None:
+        self.losses, self.updates = losses, self.updates + 1
+        if self.updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
+            self.t_learn, self.step_learn = time.perf_counter(), self.global_step
+
+    def log(self) -> None:
+        """The progress bar every step; every --log-every steps the losses, steps/s and the reward's own scalars
+        (the losses' host sync happens only then)."""
+        self.logger.progress(self.args.num_envs)
+        if self.global_step - self.step_log < self.args.log_every:
+            return
+        sps = (self.global_step - self.step_log) / (time.perf_counter() - self.t_log)
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        for k, v in self.losses.items():
+            self.logger.scalar(k, v, self.global_step)
+        self.logger.scalar("charts/SPS", sps, self.global_step)
+        self.reward.log(self.logger, self.global_step)
+        last = None if self.last_return is None else f"{self.last_return:.1f}"
+        self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
+
+    def evaluate_when_due(self) -> None:
+        """Every --eval-every steps and at the end: --eval-episodes deterministic episodes (the first saved as a
+        video with --capture-video)."""
+        args, step = self.args, self.global_step
+        if not args.eval_episodes or (step < self.next_eval and step < args.total_timesteps):
+            return
+        self.next_eval += args.eval_every or args.total_timesteps
+        returns, lengths, video, successes = evaluate(self.sac.actor, self.eval_env, args.eval_episodes,
+                                                      args.seed + 10_000, self.sac.log_alpha.device,
+                                                      args.capture_video)
+        self.logger.scalar("charts/eval_return", np.mean(returns), step)
+        self.logger.scalar("charts/eval_length", np.mean(lengths), step)
+        self.results["eval_returns"] = returns
+        if successes:
+            self.logger.scalar("charts/eval_success", np.mean(successes), step)
+            self.results["eval_success"] = float(np.mean(successes))
+        self.logger.progress(0, eval=f"{np.mean(returns):.1f}")
+        if args.capture_video:
+            save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
+                       self.eval_env.metadata.get("render_fps", 30))
+
+    def checkpoint_when_due(self) -> None:
+        """Every --checkpoint-every steps; and after a signal, then Interrupted."""
+        if self.next_ckpt is not None and self.global_step >= self.next_ckpt:
+            self.next_ckpt += self.args.checkpoint_every
+            self.checkpoint()
+        if self.stop is not None:
+            self.checkpoint()
+            raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
+                              f"continue with --resume {self.run_dir}")
+
+    def checkpoint(self) -> None:
+        self.store(self.reward.label(self.queue, flush=True))  # pending transitions get their rewards first
+        save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
+                        {"episode_counter": self.episode_counter})
+
+    def summary(self) -> dict:
+        """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
+        summary = dict(self.results)
+        if self.t_learn is not None and self.global_step > self.step_learn:
+            summary["learning_sps"] = (self.global_step - self.step_learn) / (time.perf_counter() - self.t_learn)
+        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size)
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary
+
+    def __enter__(self) -> "Run":
+        def on_signal(signum, frame):
+            self.stop = signum
+
+        self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+        self.logger.close()
+        self.envs.close()
+        self.eval_env.close()
+
+
+def main(args_cls: type, build_reward) -> None:
+    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
+    args = tyro.cli(args_cls)
+    try:
+        args, run_dir = prepare_run(args, args_cls)
+        summary = train(args, run_dir, build_reward)
+        if summary.get("eval_returns"):
+            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+# ----- the run folder, the flags and their errors -----
+def seed_everything(args: SACArgs) -> None:
+    """Threads, the seeds of python, numpy and torch, cudnn's determinism."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -1539,6 +1587,74 @@ def check_run_name(name: str) -> str:
         raise UserError(f"--run-name {name!r}: give a single folder name for runs/NAME (no '/' or '\\', not '.' or "
                         "'..', not empty), e.g. --run-name hopper_seed1")
     return name
+
+
+def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
+    """The run folder and the args in force: the saved ones when resuming, else the command line's (train writes
+    them to the folder)."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
+        if has_args and not has_ckpt:
+            raise UserError(f"--resume {run_dir}: no checkpoint was written yet (the run stopped before its first "
+                            "one); start it again from step 0 with the command line that made it (its flags are in "
+                            f"{run_dir / 'args.json'}), with --run-name {run_dir.name} to reuse the folder")
+        if not has_args:
+            what = "only a checkpoint.pt, no args.json" if has_ckpt else "no args.json and no checkpoint.pt"
+            raise UserError(f"--resume {run_dir}: {what} there; give a run folder runs/NAME written by this script")
+        args = read_args(run_dir, args_cls)
+        args.resume = str(run_dir)
+        return args, run_dir
+    if args.run_name is None:
+        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / check_run_name(args.run_name)
+    if (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
+    return args, run_dir
+
+
+def write_args(run_dir: Path, args: dict) -> None:
+    """runs/NAME/args.json: a new run's flags as given (None where a default is derived at the start), written once
+    the reward model and the environments are built, so that bad input leaves nothing behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "args.json.tmp"
+    tmp.write_text(json.dumps(args, indent=2))
+    os.replace(tmp, run_dir / "args.json")
+
+
+ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
+# value runs made before they existed had (the text rewards' --scene now defaults to natural)
+
+
+def read_args(run_dir: Path, args_cls: type) -> SACArgs:
+    """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
+    an unknown one."""
+    path = run_dir / "args.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); restore it, or start the run again") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} holds {type(saved).__name__}, not the run's flags as a JSON object")
+    hints = typing.get_type_hints(args_cls)
+    unknown = [k for k in saved if k not in hints]
+    if unknown:
+        raise UserError(f"{path}: unknown field '{unknown[0]}' (this script has no --{unknown[0].replace('_', '-')}); "
+                        "was the run made by another script or version? Remove the field")
+    values = {}
+    for f in dataclasses.fields(args_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name not in saved:
+            value, what = ((ADDED_FIELDS[f.name], "what runs made before it had") if f.name in ADDED_FIELDS
+                           else (default, "this version's default"))
+            raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
+                            f"{json.dumps(value)} to it ({what})")
+        try:
+            values[f.name] = conform(hints[f.name], saved[f.name])
+        except TypeError as e:
+            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
+                            f"{json.dumps(default)}") from None
+    return args_cls(**values)
 
 
 def conform(tp, value):
@@ -1580,74 +1696,6 @@ def describe_type(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
-# value runs made before they existed had (the text rewards' --scene now defaults to natural)
-
-
-def read_args(run_dir: Path, args_cls: type) -> SACArgs:
-    """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
-    an unknown one."""
-    path = run_dir / "args.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); restore it, or start the run again") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} holds {type(saved).__name__}, not the run's flags as a JSON object")
-    hints = typing.get_type_hints(args_cls)
-    unknown = [k for k in saved if k not in hints]
-    if unknown:
-        raise UserError(f"{path}: unknown field '{unknown[0]}' (this script has no --{unknown[0].replace('_', '-')}); "
-                        "was the run made by another script or version? Remove the field")
-    values = {}
-    for f in dataclasses.fields(args_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name not in saved:
-            value, what = ((ADDED_FIELDS[f.name], "what runs made before it had") if f.name in ADDED_FIELDS
-                           else (default, "this version's default"))
-            raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
-                            f"{json.dumps(value)} to it ({what})")
-        try:
-            values[f.name] = conform(hints[f.name], saved[f.name])
-        except TypeError as e:
-            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
-                            f"{json.dumps(default)}") from None
-    return args_cls(**values)
-
-
-def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
-    """The run folder and the args in force: the saved ones when resuming, else the command line's (train writes
-    them to the folder)."""
-    if args.resume:
-        run_dir = Path(args.resume)
-        has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
-        if has_args and not has_ckpt:
-            raise UserError(f"--resume {run_dir}: no checkpoint was written yet (the run stopped before its first "
-                            "one); start it again from step 0 with the command line that made it (its flags are in "
-                            f"{run_dir / 'args.json'}), with --run-name {run_dir.name} to reuse the folder")
-        if not has_args:
-            what = "only a checkpoint.pt, no args.json" if has_ckpt else "no args.json and no checkpoint.pt"
-            raise UserError(f"--resume {run_dir}: {what} there; give a run folder runs/NAME written by this script")
-        args = read_args(run_dir, args_cls)
-        args.resume = str(run_dir)
-        return args, run_dir
-    if args.run_name is None:
-        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / check_run_name(args.run_name)
-    if (run_dir / "checkpoint.pt").exists():
-        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
-    return args, run_dir
-
-
-def write_args(run_dir: Path, args: dict) -> None:
-    """runs/NAME/args.json: a new run's flags as given (None where a default is derived at the start), written once
-    the reward model and the environments are built, so that bad input leaves nothing behind."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "args.json.tmp"
-    tmp.write_text(json.dumps(args, indent=2))
-    os.replace(tmp, run_dir / "args.json")
-
-
 def cxx_compiler() -> Optional[str]:
     """The C++ compiler torch.compile's generated code would be built with ($CXX, g++, c++ or clang++), or None."""
     found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
@@ -1669,200 +1717,214 @@ def validate(args: SACArgs) -> None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
     check_protocol(args)
-
-
-def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
-    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
-    validate(args)
-    given = dataclasses.asdict(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    reward = build_reward(args, device)
-    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
-        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
-    envs = make_envs(args, render=reward.needs_frames)
-    eval_env = make_env(args, render=args.capture_video)
-    obs_dim = envs.single_observation_space.shape[0]
-    sac = SAC(args, obs_dim, envs.single_action_space, device)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
-    envs.action_space.seed(args.seed)
-    queue = TransitionQueue(args.num_envs)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not args.resume:
-        write_args(run_dir, given)
-
-    global_step, iteration, episode_counter = 0, 0, 0
-    if args.resume:
-        state = load_checkpoint(ckpt_path, sac, rb, envs, reward)
-        global_step, iteration = state["global_step"], state["iteration"]
-        episode_counter = state["extra"].get("episode_counter", 0)
-        print(f"resumed {run_dir} at step {global_step} (buffer {rb.size}); environments restart their episodes")
-    logger = Logger(args, run_dir, global_step)
-
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def checkpoint():
-        batch = reward.label(queue, flush=True)  # pending transitions get their rewards and enter the buffer
-        if batch is not None:
-            store(batch)
-        save_checkpoint(ckpt_path, sac, rb, envs, reward, global_step, iteration,
-                        {"episode_counter": episode_counter})
-
-    n = args.num_envs
-    ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
-    learned_return = np.zeros(n)
-    episode_ids = np.arange(episode_counter, episode_counter + n)
-    episode_counter += n
-    last_return = None
-
-    def store(batch):
-        nonlocal last_return
-        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
-            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
-        r = np.asarray(batch["reward"], dtype=np.float64)
-        if not np.isfinite(r).all():
-            bad = int((~np.isfinite(r)).sum())
-            raise FloatingPointError(
-                f"{bad} non-finite rewards from the {reward.name} reward at step {global_step}; the last checkpoint "
-                f"({ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) and scales"
-            )
-        rb.add(batch)
-        if reward.name != "env" or args.success_bonus:
-            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
-                learned_return[env_i] += ri
-                if done:
-                    logger.scalar(f"charts/{reward.name}_return", learned_return[env_i], global_step)
-                    learned_return[env_i] = 0.0
-
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
-    losses: dict = {}
-    t_log, step_log = time.perf_counter(), global_step
-    t_learn, step_learn, updates = None, 0, 0
-    next_eval = (global_step // args.eval_every + 1) * args.eval_every if args.eval_every else args.total_timesteps
-    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
-    summary: dict = {}
-    try:
-        while global_step < args.total_timesteps:
-            if global_step < args.learning_starts:
-                actions = envs.action_space.sample()
-            else:
-                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
-            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
-            success = infos.get("success")  # Meta-World's, per env (None for envs without it)
-            frames = envs.render() if reward.needs_frames else None
-            global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted
-            iteration += 1
-            for i in range(n):
-                if autoreset[i]:
-                    ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, 0.0
-                    episode_ids[i], episode_counter = episode_counter, episode_counter + 1
-                    continue
-                ep_return[i] += env_rewards[i]
-                ep_length[i] += 1
-                done = bool(terminations[i] or truncations[i])
-                item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
-                        "terminated": bool(terminations[i]), "done": done, "env": i, "episode": episode_ids[i],
-                        "episode_step": ep_length[i], "success": 0.0 if success is None else float(success[i])}
-                ep_success[i] = max(ep_success[i], item["success"])
-                if frames is not None:
-                    item["frame"] = frames[i]
-                queue.push(item)
-                if done:
-                    last_return = float(ep_return[i])
-                    logger.scalar("charts/episodic_return", ep_return[i], global_step)
-                    logger.scalar("charts/episodic_length", ep_length[i], global_step)
-                    if success is not None:  # at the final step (TADPoLe's metric), and at any step
-                        logger.scalar("charts/success", item["success"], global_step)
-                        logger.scalar("charts/success_once", ep_success[i], global_step)
-            autoreset = np.logical_or(terminations, truncations)
-            obs = next_obs
-            batch = reward.label(queue)
-            if batch is not None:
-                store(batch)
-
-            if global_step > args.learning_starts and rb.size >= args.batch_size:
-                losses = sac.update(rb.sample(args.batch_size), iteration)
-                updates += 1
-                if updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
-                    t_learn, step_learn = time.perf_counter(), global_step
-
-            logger.progress(n)
-            if global_step - step_log >= args.log_every:
-                sps = (global_step - step_log) / (time.perf_counter() - t_log)
-                t_log, step_log = time.perf_counter(), global_step
-                for k, v in losses.items():
-                    logger.scalar(k, v, global_step)
-                logger.scalar("charts/SPS", sps, global_step)
-                reward.log(logger, global_step)
-                logger.progress(0, sps=f"{sps:.0f}", ret=None if last_return is None else f"{last_return:.1f}")
-            if args.eval_episodes and (global_step >= next_eval or global_step >= args.total_timesteps):
-                next_eval += args.eval_every or args.total_timesteps
-                record = args.capture_video
-                returns, lengths, video, successes = evaluate(sac.actor, eval_env, args.eval_episodes,
-                                                              args.seed + 10_000, device, record)
-                logger.scalar("charts/eval_return", np.mean(returns), global_step)
-                logger.scalar("charts/eval_length", np.mean(lengths), global_step)
-                summary["eval_returns"] = returns
-                if successes:
-                    logger.scalar("charts/eval_success", np.mean(successes), global_step)
-                    summary["eval_success"] = float(np.mean(successes))
-                logger.progress(0, eval=f"{np.mean(returns):.1f}")
-                if record:
-                    save_video(video, run_dir / "videos" / f"step_{global_step}.mp4",
-                               eval_env.metadata.get("render_fps", 30))
-            if next_ckpt is not None and global_step >= next_ckpt:
-                next_ckpt += args.checkpoint_every
-                checkpoint()
-            if stop["signal"] is not None:
-                checkpoint()
-                name = signal.Signals(stop["signal"]).name
-                raise Interrupted(f"{name} at step {global_step}: checkpoint saved; continue with --resume {run_dir}")
-        checkpoint()
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        logger.close()
-        envs.close()
-        eval_env.close()
-    if t_learn is not None and global_step > step_learn:
-        summary["learning_sps"] = (global_step - step_learn) / (time.perf_counter() - t_learn)
-    summary.update(global_step=global_step, run_dir=str(run_dir), buffer_size=rb.size)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
-    return summary
-
-
-def main(args_cls: type, build_reward) -> None:
-    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
-    args = tyro.cli(args_cls)
-    try:
-        args, run_dir = prepare_run(args, args_cls)
-        summary = train(args, run_dir, build_reward)
-        if summary.get("eval_returns"):
-            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except Interrupted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
 # === SAC CORE END: training loop ===
+
+
+
+# === SAC CORE BEGIN: scenes (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+# What the frames show (--scene) and TADPoLe's episodes (--protocol tadpole): make_env applies them.
+# The natural scene's cameras (docs/method.md#scenes): (distance m, elevation deg, azimuth deg, lift m). The camera
+# follows the body's centre of mass and looks at the point lift m above it, from that distance, at MuJoCo's free-
+# camera angles (elevation < 0 looks down; azimuth 90 looks along +y, at the side of a body moving along +x).
+NATURAL_CAMERAS = {
+    "Hopper": (2.0, -5, 90, 0.3), "Walker2d": (2.0, -5, 90, 0.25), "HalfCheetah": (2.2, -10, 90, 0.05),
+    "Ant": (3.0, -30, 135, 0.0), "Humanoid": (2.4, -5, 90, 0.0),
+    "dm_control/humanoid": (2.2, -10, 135, 0.1), "dm_control/dog": (1.6, -15, 90, 0.0),
+    "dm_control/walker": (2.0, -5, 90, 0.15), "dm_control/cheetah": (2.2, -10, 90, 0.05),
+    "dm_control/quadruped": (3.0, -30, 135, 0.0),
+}
+# TADPoLe's episodes (docs/method.md#tadpoles-protocol; its reference code's custom_envs/ and src/env.py): time
+# limits in seconds, its render sizes, its cameras (position and xyaxes in the tracked body's frame; Meta-World's
+# corner2 moved to a new position) and Meta-World's episode length in agent steps; actions repeated twice.
+TADPOLE = {
+    "dm_control/humanoid": {"time_limit": 7.5, "render_size": 480, "camera": ((3, 0, 0.2), (0, 1, 0, -1, 0, 5))},
+    "dm_control/dog": {"time_limit": 4.5, "render_size": 512, "camera": ((0, -1.5, 0.8), (1, 0.1, 0, 0, 0.6, 1))},
+    "metaworld": {"episode_steps": 200, "render_size": 448, "camera": "corner2", "camera_pos": (0.75, 0.075, 0.7)},
+}
+_noted: set = set()  # one-line notes already printed in this process
+
+
+def set_scene(env: gym.Env, args: SACArgs, size: int) -> bool:
+    """Applies --scene and the protocol's camera to a freshly made MuJoCo env, before its first frame; returns whether
+    the camera it renders through is mounted upside down (Frames turns its frames)."""
+    key, inner = env_key(args.env_id), env.unwrapped
+    physics = getattr(getattr(inner, "_env", None), "physics", None)  # shimmy's dm_control
+    model = physics.model.ptr if physics is not None else inner.model
+    if physics is not None:  # dm_control's offscreen buffer is the model's (480 px for the humanoid): fit the frames
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+    renderer = None if physics is not None else inner.mujoco_renderer
+    camera = int(args.camera or 0) if physics is not None else renderer.camera_id  # -1: gymnasium's free camera
+    if args.camera is None and args.protocol == "tadpole":
+        if key == "metaworld":
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TADPOLE[key]["camera"])
+            model.cam_pos[camera] = TADPOLE[key]["camera_pos"]
+        else:
+            follow_with_camera(model, camera, *mounted(model, camera, *TADPOLE[key]["camera"]))
+    elif args.camera is None and args.scene == "natural" and key in NATURAL_CAMERAS:
+        if physics is None:  # gymnasium's bodies: their model camera 'track' (on the torso) instead of the free one
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+        follow_with_camera(model, camera, *orbit(*NATURAL_CAMERAS[key]))
+    if renderer is not None:
+        renderer.camera_id = camera
+    if args.scene == "natural":
+        if key in NATURAL_CAMERAS:
+            natural_ground_and_sky(model)
+        elif args.env_id not in _noted:
+            _noted.add(args.env_id)
+            print(f"note: --scene natural has no preset for {args.env_id}; it is rendered in its stock scene")
+    return camera >= 0 and model.cam_mat0[camera].reshape(3, 3)[2, 1] < 0
+
+
+def natural_ground_and_sky(model) -> None:
+    """Grass on the floor (the largest plane of the world body; no reflections, drawn 100 m around), the sky on the
+    skybox, and the directional lights turned from straight down to a sun's angle (a light straight above drew streaks
+    of shadow near the horizon)."""
+    planes = np.flatnonzero((model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE) & (model.geom_bodyid == 0))
+    floor = planes[np.argmax(model.geom_size[planes, 0] * model.geom_size[planes, 1])]
+    material = model.geom_matid[floor]
+    texture = model.mat_texid[material, mujoco.mjtTextureRole.mjTEXROLE_RGB]
+    paint(model, texture, grass_texture(model.tex_height[texture], model.tex_width[texture]))
+    model.mat_texuniform[material], model.mat_texrepeat[material] = 1, (0.5, 0.5)  # a texture every 2 m
+    model.mat_reflectance[material], model.mat_specular[material], model.mat_shininess[material] = 0, 0.1, 0.1
+    model.mat_rgba[material] = model.geom_rgba[floor] = 1
+    model.geom_size[floor, :2] = np.maximum(model.geom_size[floor, :2], np.abs(model.geom_pos[floor, :2]) + 100)
+    for sky in np.flatnonzero(model.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX):
+        paint(model, sky, sky_texture(model.tex_width[sky]))
+    model.light_dir[model.light_type == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL] = (0.3, 0.3, -1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def grass_texture(h: int, w: int) -> np.ndarray:
+    """A tiling (h, w, 3) uint8 lawn: patches of darker and lighter green, each texel's brightness jittered."""
+    patches = np.clip(0.5 + 0.22 * periodic_noise(h, w, seed=0), 0, 1)[..., None]
+    dark, light = np.array([46, 88, 28]), np.array([108, 152, 58])
+    blades = np.random.default_rng(1).uniform(0.8, 1.12, (h, w, 1))
+    return np.clip((dark + (light - dark) * patches) * blades, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def sky_texture(w: int) -> np.ndarray:
+    """A (6 w, w, 3) uint8 skybox: blue, lighter towards the horizon, with light clouds. MuJoCo keeps a skybox in
+    OpenGL's cube-map layout (faces +X, -X, +Y, -Y, +Z, -Z, +Y up, rows from the top); the clouds are waves over the
+    texels' directions, so they run on across the faces' edges. Made at up to 192 texels a face, then resized."""
+    n = min(w, 192)
+    s = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
+    t, u = np.meshgrid(s, s, indexing="ij")
+    one = np.ones_like(u)
+    faces = [(one, -t, -u), (-one, -t, u), (u, one, t), (u, -one, -t), (u, -t, one), (-u, -t, -one)]
+    d = np.stack([np.stack(f, -1) for f in faces])
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    rng, clouds = np.random.default_rng(2), np.zeros(d.shape[:-1], np.float32)
+    for f in (3, 6, 12, 24):
+        for _ in range(4):
+            k = rng.normal(size=3).astype(np.float32)
+            clouds += np.sin(d @ (k * f / np.linalg.norm(k)) + rng.uniform(0, 2 * np.pi)) / f
+    up = d[..., 1:2]
+    cover = np.clip((clouds[..., None] - clouds.mean()) / clouds.std() - 0.2, 0, 1) * np.clip(up * 12, 0, 1)
+    horizon, zenith, cloud = np.array([185, 212, 240]), np.array([62, 122, 212]), np.array([246, 248, 252])
+    sky = horizon + (zenith - horizon) * np.clip(up, 0, 1) ** 0.6
+    sky = torch.from_numpy((sky + (cloud - sky) * 0.9 * cover).astype(np.float32)).permute(0, 3, 1, 2)
+    if n != w:
+        sky = F.interpolate(sky, size=(w, w), mode="bilinear", align_corners=False)
+    return sky.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).reshape(6 * w, w, 3).numpy()
+
+
+def periodic_noise(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth noise that tiles: waves of integer frequency (up to 21 per texture) with amplitude 1 / frequency,
+    normalised to mean 0 and std 1."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w, indexing="ij")
+    out = np.zeros((h, w), np.float32)
+    for f in (1, 2, 3, 5, 8, 13, 21):
+        for _ in range(4):
+            kx, ky = rng.integers(-f, f + 1, 2)
+            if kx or ky:
+                out += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi)) / math.hypot(kx, ky)
+    return (out - out.mean()) / out.std()
+
+
+def paint(model, texture: int, rgb: np.ndarray) -> None:
+    """Overwrites a texture of a compiled MjModel in place (read by the renderer when it first draws)."""
+    h, w, c = model.tex_height[texture], model.tex_width[texture], model.tex_nchannel[texture]
+    data = model.tex_data[model.tex_adr[texture]:model.tex_adr[texture] + h * w * c].reshape(h, w, c)
+    data[..., :3] = rgb
+    data[..., 3:] = 255
+
+
+def follow_with_camera(model, camera: int, offset, xmat) -> None:
+    """Makes a model camera follow its body's subtree centre of mass (MuJoCo's trackcom mode) from `offset` (world
+    frame) with the fixed orientation xmat (columns: the camera's right, up and backward axes)."""
+    model.cam_mode[camera] = mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
+    model.cam_poscom0[camera], model.cam_mat0[camera] = offset, np.asarray(xmat).reshape(-1)
+
+
+def orbit(distance: float, elevation: float, azimuth: float, lift: float):
+    """The offset and orientation of a camera looking at the point lift m above a body's centre of mass."""
+    e, a = math.radians(elevation), math.radians(azimuth)
+    forward = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+    right = np.array([math.sin(a), -math.cos(a), 0.0])
+    return (0, 0, lift) - distance * forward, np.stack([right, np.cross(right, forward), -forward], 1)
+
+
+def mounted(model, camera: int, pos, xyaxes):
+    """The offset and orientation of a camera placed as an MJCF <camera pos xyaxes> in its body's frame (at qpos0)."""
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    body = model.cam_bodyid[camera]
+    x, y = np.asarray(xyaxes[:3], float), np.asarray(xyaxes[3:], float)
+    x /= np.linalg.norm(x)
+    y -= x * (x @ y)  # MJCF's xyaxes: y made orthogonal to x, then both normalised
+    y /= np.linalg.norm(y)
+    rotation = data.xmat[body].reshape(3, 3)
+    offset = data.xpos[body] + rotation @ np.asarray(pos, float) - data.subtree_com[body]
+    return offset, rotation @ np.stack([x, y, np.cross(x, y)], 1)
+
+
+def tadpole_start(env: gym.Env, key: str) -> None:
+    """TADPoLe's episode start for dm_control humanoid and dog (its custom humanoid.py, dog.py): the stock start, then
+    what it randomises fixed. Humanoid: the XML's standing pose (no joint randomisation); dog: heading 4.4 rad, root
+    velocities 0, actuator states at the middle of their ranges (after the stock start, which measures the dog's
+    stand height)."""
+    task = env.unwrapped._env.task
+    stock_start = task.initialize_episode
+
+    def start(physics):
+        stock_start(physics)
+        if key == "dm_control/humanoid":
+            physics.data.qpos[:], physics.data.qvel[:] = physics.model.qpos0, 0
+        else:
+            physics.named.data.qpos["root"][3:] = (math.cos(2.2), 0, 0, math.sin(2.2))
+            physics.data.qvel[[0, 1, 5]] = 0
+            physics.data.act[:] = physics.model.actuator_ctrlrange.mean(1)
+
+    task.initialize_episode = start
+
+
+class MetaWorld(gym.Wrapper):
+    """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
+    own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
+    the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
+    positions at every reset (not one of MT1's 50 fixed ones), the goal not observed (its goal-hidden envs), and one
+    zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
+
+    def __init__(self, env: gym.Env, tadpole: bool):
+        super().__init__(env)
+        self.tadpole, inner = tadpole, env.unwrapped
+        env.reset()  # MT1 sets its first task
+        if tadpole:
+            env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+            inner._freeze_rand_vec, inner.seeded_rand_vec, inner._partially_observable = False, True, True
+        self.observation_space = inner.sawyer_observation_space
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.env.unwrapped.seed(seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self.tadpole:
+            obs, _, _, _, info = self.env.unwrapped.step(np.zeros(self.action_space.shape, self.action_space.dtype))
+        return obs, info
+# === SAC CORE END: scenes ===
 
 
 if __name__ == "__main__":

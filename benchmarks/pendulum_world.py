@@ -289,7 +289,7 @@ def motion_ranking(args: Args) -> dict:
     video, image = motion_rewards()
     settings = {"video": sac_sds.tadpole_defaults(model, adapter)[0], "image": sac_sds.tadpole_defaults(model)[0]}
     # the stride sac_sds.py gives the video model on Pendulum-v1 (the adapter's video_fps) serves the fixed-stride rows
-    stride, dt = sac_sds.frame_stride(sac_sds.Args(env_id="Pendulum-v1", video_fps=settings["video"]["video_fps"]))
+    stride, dt = sac_sds.video_frame_stride(sac_sds.Args(env_id="Pendulum-v1", video_fps=settings["video"]["video_fps"]))
     spins = held_out_spins(args.clips, args.clip_steps, 1, video.resolution)
     rests = held_out_spins(args.clips // 2, args.clip_steps, 1, video.resolution, kinds=("rest",), seed=54321)
     frames = spins["frames"].shape[1]
@@ -392,7 +392,7 @@ def caption_use(args: Args) -> dict:
             tt = torch.full((len(zz),), t)
             with torch.no_grad():  # conditioning rows: 0 no caption, then clockwise, counterclockwise, at rest
                 z_t = reward.family.noised(zz, eps, tt)
-                pred = [reward.family.eps(z_t, tt, torch.full((len(zz),), row)) for row in range(4)]
+                pred = [reward.family.epsilon(z_t, tt, torch.full((len(zz),), row)) for row in range(4)]
             msd = lambda a, b: float((pred[a] - pred[b]).pow(2).mean())  # noqa: E731
             rows.append({"t": t, "model": name, "error": float((pred[1] - eps).pow(2).mean()),
                          "cw_ccw": msd(1, 2), "cw_rest": msd(1, 3), "cw_unconditional": msd(1, 0)})

@@ -80,7 +80,8 @@ def main() -> None:
                 timed("actor: Adam step", lambda: sac.adam_step(agent.actor_optimizer))
                 timed("actor: zero_grad", lambda: agent.zero_grad(agent.actor_optimizer))
         if iteration % args.target_network_frequency == 0:
-            timed("target: Polyak", agent.target_update)
+            with torch.no_grad():
+                timed("target: Polyak", lambda: torch._foreach_lerp_(*agent._polyak, args.tau))
 
     # kinds of update: (with actor updates, with Polyak update), as SAC.update picks them from the iteration
     cycle = range(args.policy_frequency * args.target_network_frequency)

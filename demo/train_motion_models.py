@@ -27,7 +27,7 @@ No single frame shows which way a pole turns: the known answer of this world is 
    and the text encoder is trained by both: the motion modules learn time, the spatial layers stay an image model
    (the control is then exactly the video model without its motion modules, trained on the same captioned frames).
    An image model cannot tell the two spins apart (the same frames under both captions); a video model could.
-   The committed models did not learn to (README, the motion world): training pulls the two spin captions together
+   The committed models did not learn to (docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns): training pulls the two spin captions together
    in the text encoder, with the image loss kept from it (--text-encoder-loss video) or dropped (--image-loss-weight
    0) as well; with the text encoder frozen (--text-encoder-loss none) the direction stays at chance too;
    --eval-every prints how far apart the captions are.
@@ -72,7 +72,7 @@ G_OVER_L = 15.0  # Pendulum-v1: d(omega)/dt = 3g/(2l) sin(theta) + 3u/(ml^2), g 
 # Each model's settings, written beside it as tadpole_config.json: pendulum-sd's (recon alone at t in [700, 900)),
 # kept because `benchmarks/pendulum_world.py --what motion-ranking` measured them to work: with them the video model
 # tells a spinning clip from the same clip frozen on 93% of held-out clips (one draw; the image model 27%). Neither
-# tells the spin direction at any level the trainer checks (t 500, 700, 850; README, the motion world). The video
+# tells the spin direction at any level the trainer checks (t 500, 700, 850; docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns). The video
 # model's windows: 8 frames (its training clips) every 4, at the training clips' rate (video_fps, written by train()).
 VIDEO_TADPOLE_CONFIG = {
     "noise_level_base": 700, "noise_level_range": 200, "align_scale": 0.0, "recon_scale": 200.0,
@@ -400,7 +400,7 @@ def train(args: Args) -> None:
                                  (out / "pendulum-motion-adapter", {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps},
                                   "video model")):
         comment = (f"The {what}'s TADPoLe settings (sac_sds.py uses them unless flags say otherwise), measured with "
-                   "`python benchmarks/pendulum_world.py --what motion-ranking` (README, the motion world).")
+                   "`python benchmarks/pendulum_world.py --what motion-ranking` (docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns).")
         (folder / "tadpole_config.json").write_text(json.dumps({"comment": comment, **config}, indent=2) + "\n")
     print(f"done in {time.perf_counter() - start:.0f} s: {out / 'pendulum-motion'}, {out / 'pendulum-motion-adapter'}")
 

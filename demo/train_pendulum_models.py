@@ -63,7 +63,7 @@ KAPPA = 4.0  # sharpness of the caption weights exp(KAPPA * cos(angle - directio
 PROMPT_CHARS = string.ascii_lowercase + string.digits + " .,'-!?"
 MAX_TOKENS = 48  # start + one token per character + end: "a pendulum pointing right" needs 23
 # The diffusion model's own TADPoLe settings, written beside it as tadpole_config.json (sac_sds.py uses them unless
-# flags say otherwise). Chosen by measurement (`python benchmarks/pendulum_world.py --what ranking`, README): on
+# flags say otherwise). Chosen by measurement (`python benchmarks/pendulum_world.py --what ranking`, docs/pendulum-world.md): on
 # held-out frames the align term ranks frames backwards (it measures mismatch) at every noise level, and the recon
 # term ranks them best at high noise, so this model's reward is the recon term alone at t in [700, 900).
 TADPOLE_CONFIG = {

@@ -1,5 +1,5 @@
 """The learning benchmark's tools: CleanRL's SAC transcribed (benchmarks/cleanrl_sac.py) and learning.py --compare.
-The figures themselves come from long runs outside the suite (README, Learning); here the tools run, shortened."""
+The figures themselves come from long runs outside the suite (docs/speed.md#learning); here the tools run, shortened."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_zeroscope_reward_equals_hand_computation(tiny_families):
     from diffusers import DDPMScheduler, TextToVideoSDPipeline
 
     model = SDSReward.from_pretrained(str(tiny_families["zeroscope"]), PROMPT, resolution=RES, context_size=6)
-    assert model.video and model.windows(6) == [(0, 6)]
+    assert model.video and sac_sds.windows(6, model.context_size, model.stride) == [(0, 6)]
     x, g = frames(6, seed=3), torch.Generator().manual_seed(3)
     noise = torch.randn(6, 4, 8, 8, generator=g)
     reward = model(model.encode(x), 450, noise)
@@ -377,7 +377,7 @@ def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
     scorer = eval_videos.SdsScorer(eval_videos.EvalArgs(sds_model_id=str(tiny_families["zeroscope"]), batch_size=8,
                                                         seed=3, sds_frame_stride=1), torch.device("cpu"))
     model.frame_stride = 1
-    assert model.windows(20) == [(0, 16), (4, 20)]
+    assert sac_sds.windows(20, model.context_size, model.stride) == [(0, 16), (4, 20)]
     np.testing.assert_allclose(scorer(x, run)["sds_score"], model(model.encode(x), t, noise).numpy(), rtol=1e-4,
                                atol=1e-4)
 

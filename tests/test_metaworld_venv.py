@@ -1,6 +1,6 @@
 """The Meta-World checks (tests/test_metaworld.py) in their own virtual environment: Meta-World's mujoco 3.3.0 cannot
 stand beside dm_control 1.0.50, so the main suite runs them with .venv-metaworld's python (CI makes it; README,
-Meta-World) or $METAWORLD_PYTHON, and skips, naming how to make it, where there is none."""
+Set up) or $METAWORLD_PYTHON, and skips, naming how to make it, where there is none."""
 
 from __future__ import annotations
 

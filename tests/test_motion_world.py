@@ -2,7 +2,7 @@
 folders load through the scripts' own from_pretrained code, the trainer is deterministic, single training frames do
 not give the spin direction away, the video reward tells a spinning pole from a still one, and its frames in order
 from shuffled, where the image control cannot, and SAC's agent for "a pendulum spinning clockwise" spins faster than
-random actions. (The direction itself is not learned by these models: README, the motion world.)"""
+random actions. (The direction itself is not learned by these models: docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns)"""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_video_reward_tells_a_spin_from_a_still_pole_and_the_image_control_does_
     first frame: reward("a pendulum spinning clockwise") is higher for the spin far more often with the video model
     than with the image model, to which both are the same kind of frames; likewise each clip against its own frames
     shuffled (the video model knows their order). Also: both tell spinning from rest (one frame shows a hanging
-    pole). The direction, not learned by these models (README), is not asserted."""
+    pole). The direction, not learned by these models (docs/pendulum-world.md), is not asserted."""
     import pendulum_world
 
     results = pendulum_world.motion_ranking(pendulum_world.Args(clips=40, clip_steps=16, frame_strides=(2,),

@@ -1,90 +1,51 @@
-"""The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py
-(docs/method.md#the-scripts-and-the-shared-code).
-
-Each shared block sits between `# === SAC CORE BEGIN: <name> ...` and `# === SAC CORE END: <name> ===`.
-sac_env_reward.py is the source of truth; after editing a block there, copy it to the other scripts with
-
-    python tests/test_sac_core.py --sync
-
-The two text rewards also share their prompt handling (schedules, composition weights) and model loading (dtypes,
-load errors) between `# === TEXT REWARD BEGIN/END: prompts|models ===` markers; sac_sds.py is their source of
-truth and --sync copies them to sac_clip.py.
-"""
+"""The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py, and the two text rewards share
+their prompt and model-loading blocks (docs/method.md#the-scripts-and-the-shared-code); after editing a shared block
+in its source, copy it with `python tools/sync_core.py`."""
 
 from __future__ import annotations
 
-import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "sac_env_reward.py"
-COPIES = [ROOT / "sac_clip.py", ROOT / "sac_sds.py"]
-BLOCK = re.compile(r"^# === SAC CORE BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === SAC CORE END: (?P=name) ===$",
-                   re.M | re.S)
-EXPECTED = ["args", "environments", "networks", "replay buffer", "update", "checkpoints", "evaluation and logging",
-            "training loop"]
-TEXT_SOURCE, TEXT_COPIES = ROOT / "sac_sds.py", [ROOT / "sac_clip.py"]
-TEXT_BLOCK = re.compile(r"^# === TEXT REWARD BEGIN: (?P<name>[\w ]+?) \(.*?\n.*?^# === TEXT REWARD END: (?P=name) ===$",
-                        re.M | re.S)
-TEXT_EXPECTED = ["prompts", "models"]
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import sync_core  # noqa: E402
 
 
-def blocks(path: Path, pattern: re.Pattern = BLOCK) -> dict[str, str]:
-    return {m["name"]: m[0] for m in pattern.finditer(path.read_text())}
-
-
-def test_source_has_every_block_once():
-    text = SOURCE.read_text()
-    assert list(blocks(SOURCE)) == EXPECTED
-    for name in EXPECTED:
-        assert text.count(f"# === SAC CORE BEGIN: {name} (") == 1
-        assert text.count(f"# === SAC CORE END: {name} ===") == 1
+def test_sources_have_every_block_once_in_order():
+    for source, _, pattern, expected in sync_core.SHARED:
+        text = source.read_text()
+        assert list(sync_core.blocks(source, pattern)) == expected, source.name
+        marker = "SAC CORE" if pattern is sync_core.SAC_CORE else "TEXT REWARD"
+        for name in expected:
+            assert text.count(f"# === {marker} BEGIN: {name} (") == 1 and text.count(f"# === {marker} END: {name} ===") == 1
 
 
 def test_copies_are_byte_identical():
-    source = blocks(SOURCE)
-    existing = [p for p in COPIES if p.exists()]
-    for path in existing:
-        copy = blocks(path)
-        assert list(copy) == EXPECTED, f"{path.name}: blocks {list(copy)}"
-        for name in EXPECTED:
-            assert copy[name] == source[name], (
-                f"SAC core block '{name}' of {path.name} differs from sac_env_reward.py; "
-                "edit sac_env_reward.py and run: python tests/test_sac_core.py --sync"
-            )
-
-
-def test_text_prompt_blocks_are_byte_identical():
-    source = blocks(TEXT_SOURCE, TEXT_BLOCK)
-    assert list(source) == TEXT_EXPECTED
-    for path in TEXT_COPIES:
-        assert blocks(path, TEXT_BLOCK) == source, (
-            f"the TEXT REWARD blocks of {path.name} differ from sac_sds.py's; edit sac_sds.py and run: "
-            "python tests/test_sac_core.py --sync"
-        )
+    for source, copies, pattern, expected in sync_core.SHARED:
+        for path in copies:
+            assert set(sync_core.blocks(path, pattern)) == set(expected), path.name
+    assert sync_core.differences() == [], "edit the source, then run: python tools/sync_core.py"
 
 
 def test_block_extraction_sees_a_one_character_change(tmp_path):
-    text = SOURCE.read_text()
+    source = sync_core.SHARED[0][0]
     changed = tmp_path / "changed.py"
-    changed.write_text(text.replace("gamma: float = 0.99", "gamma: float = 0.98"))
-    assert blocks(changed)["args"] != blocks(SOURCE)["args"]
-    assert blocks(changed)["update"] == blocks(SOURCE)["update"]
+    changed.write_text(source.read_text().replace("gamma: float = 0.99", "gamma: float = 0.98"))
+    before, after = (sync_core.blocks(p, sync_core.SAC_CORE) for p in (source, changed))
+    assert after["args"] != before["args"] and after["update"] == before["update"]
 
 
-def sync() -> None:
-    for source_path, copies, pattern in ((SOURCE, COPIES, BLOCK), (TEXT_SOURCE, TEXT_COPIES, TEXT_BLOCK)):
-        source = blocks(source_path, pattern)
-        for path in copies:
-            if not path.exists():
-                continue
-            text = path.read_text()
-            for m in reversed(list(pattern.finditer(text))):
-                text = text[: m.start()] + source[m["name"]] + text[m.end():]
-            path.write_text(text)
-            print(f"synced {path.name} from {source_path.name}")
+def test_check_names_a_block_that_drifted(tmp_path, monkeypatch):
+    """--check (the maintainer's command) reports a copy's changed block, and sync repairs it."""
+    import shutil
 
-
-if __name__ == "__main__" and "--sync" in sys.argv:
-    sync()
+    for name in ("sac_env_reward.py", "sac_clip.py", "sac_sds.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    copy = tmp_path / "sac_clip.py"
+    copy.write_text(copy.read_text().replace("tau: float = 0.005", "tau: float = 0.01"))
+    shared = [(tmp_path / s.name, [tmp_path / c.name for c in cs], p, e) for s, cs, p, e in sync_core.SHARED]
+    monkeypatch.setattr(sync_core, "SHARED", shared)
+    assert sync_core.differences() == ["sac_clip.py: block 'args'"]
+    sync_core.sync()
+    assert sync_core.differences() == []

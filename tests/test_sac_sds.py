@@ -113,9 +113,9 @@ def test_video_reward_is_the_mean_of_its_windows_rewards(tiny_sd, tiny_motion_ad
     model = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
                                       context_size=4, stride=2)
     assert model.video and type(model.unet).__name__ == "UNetMotionModel"
-    assert model.windows(11) == [(0, 4), (2, 6), (4, 8), (6, 10), (7, 11)]
-    assert model.windows(8) == [(0, 4), (2, 6), (4, 8)]
-    assert model.windows(3) == [(0, 3)]
+    assert sac_sds.windows(11, model.context_size, model.stride) == [(0, 4), (2, 6), (4, 8), (6, 10), (7, 11)]
+    assert sac_sds.windows(8, model.context_size, model.stride) == [(0, 4), (2, 6), (4, 8)]
+    assert sac_sds.windows(3, model.context_size, model.stride) == [(0, 3)]
     g = torch.Generator().manual_seed(3)
     latents, noise = model.encode(frames(9, seed=3)), torch.randn(9, 4, 8, 8, generator=g)
     reward = model(latents, 450, noise)
@@ -124,7 +124,7 @@ def test_video_reward_is_the_mean_of_its_windows_rewards(tiny_sd, tiny_motion_ad
         return torch.sign(x) * torch.log(1 + x.abs())
 
     total, count, align, recon = torch.zeros(9), torch.zeros(9), torch.zeros(9), torch.zeros(9)
-    for a, b in model.windows(9):  # (0, 4) (2, 6) (4, 8) (5, 9): each window on its own
+    for a, b in sac_sds.windows(9, model.context_size, model.stride):  # (0, 4) (2, 6) (4, 8) (5, 9): each window on its own
         wa, wr = model.terms(latents[None, a:b], torch.tensor([450]), noise[None, a:b])
         total[a:b] += symlog(2000 * wa[0]) + symlog(200 * wr[0])
         count[a:b] += 1
@@ -215,7 +215,7 @@ def test_frame_stride_windows_every_kth_frame_per_residue(tiny_sd, tiny_motion_a
 def test_frame_stride_default_from_the_env_dt(tiny_sd, tiny_motion_adapter, tmp_path):
     """--frame-stride defaults to round(1 / (dt * video_fps)); video_fps to 8, or the adapter's tadpole_config.json."""
     def stride(**kw):
-        return sac_sds.frame_stride(Args(**{"video_fps": 8.0, **kw}))[0]
+        return sac_sds.video_frame_stride(Args(**{"video_fps": 8.0, **kw}))[0]
 
     assert sac_sds.env_dt(Args(env_id="Pendulum-v1")) == pytest.approx(0.05)
     assert stride(env_id="Pendulum-v1") == 2  # 20 frames/s -> 8 (2.5 rounds to 2)
@@ -450,14 +450,14 @@ def test_one_prompt_of_weight_1_is_bit_for_bit_the_single_prompt_reward(tiny_sd)
         for it in push_episodes(queue, 0, [4], 0, 8):
             queue.push(it)
         rewards.append(labeler.label(queue, flush=True)["reward"])
-    assert np.array_equal(*rewards) and not labeler.each
+    assert np.array_equal(*rewards) and not labeler.per_prompt
 
 
 def test_all_weights_0_give_exactly_zero_reward(tiny_sd):
     model = SDSReward.from_pretrained(str(tiny_sd), [PROMPT, OTHER], weights=[0.0, 0.0])
     g = torch.Generator().manual_seed(9)
     latents, noise, t = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), torch.full((3,), 450)
-    align, recon = model.terms(latents, t, noise, each=True)
+    align, recon = model.terms(latents, t, noise, per_prompt=True)
     assert (align[0] == 0).all() and (recon[0] == 0).all()  # eps_comp = eps_u
     assert (align[1:] > 0).all()  # each prompt alone does change the prediction: the zero is the weights'
     assert (model(latents, t, noise) == 0).all()
@@ -472,7 +472,7 @@ def test_composition_of_two_prompts_equals_a_hand_computation(tiny_sd, weights):
     latents, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([410, 450, 490])
     reward = model(latents, t, noise)
-    align, recon = model.terms(latents, t, noise, each=True)
+    align, recon = model.terms(latents, t, noise, per_prompt=True)
 
     uncond, p1, p2 = hand_embeddings(tiny_sd, ["blurry", PROMPT, OTHER])
     unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
@@ -526,7 +526,7 @@ def test_video_composition_and_schedule(tiny_sd, tiny_motion_adapter):
     prompt = torch.tensor([0] * 5 + [1] * 4)
     got = model(latents, 450, noise, prompt=prompt)
     total, count = torch.zeros(9), torch.zeros(9)
-    for (a, b), k in zip(model.windows(9), [0, 1, 1, 1]):
+    for (a, b), k in zip(sac_sds.windows(9, model.context_size, model.stride), [0, 1, 1, 1]):
         wa, wr = model.terms(latents[None, a:b], torch.tensor([450]), noise[None, a:b], prompt=torch.tensor([k]))
         total[a:b] += model.combine(wa[0], wr[0])
         count[a:b] += 1
@@ -564,7 +564,7 @@ def test_schedule_switches_prompt_at_the_right_step(tiny_sd):
 
 def test_composition_logs_each_prompts_own_reward(tiny_sd):
     labeler = labeler_for(tiny_sd, num_envs=1, batch=4, prompt=(PROMPT, OTHER), prompt_weight=(1.0, -0.5))
-    assert labeler.each
+    assert labeler.per_prompt
     queue = TransitionQueue(1)
     stream = push_episodes(queue, 0, [4], 0, 13)
     for it in stream:

@@ -167,8 +167,8 @@ def test_tadpole_frame_sizes_and_time_per_agent_step():
         args = sac.SACArgs(env_id=env_id, protocol="tadpole")
         assert sac.protocol_render_size(args) == size
     args = sac_sds.Args(env_id="dm_control/humanoid-walk-v0", protocol="tadpole")
-    assert sac_sds.frame_stride(args) == (1, pytest.approx(0.05))  # consecutive agent steps of 2 x 0.025 s
-    assert sac_sds.frame_stride(sac_sds.Args(env_id="dm_control/humanoid-walk-v0", video_fps=8))[0] == 5  # stock
+    assert sac_sds.video_frame_stride(args) == (1, pytest.approx(0.05))  # consecutive agent steps of 2 x 0.025 s
+    assert sac_sds.video_frame_stride(sac_sds.Args(env_id="dm_control/humanoid-walk-v0", video_fps=8))[0] == 5  # stock
 
 
 # ----- the flags through the run folder, and bad input -----
