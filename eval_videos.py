@@ -76,6 +76,8 @@ class EvalArgs:
     """Stable Diffusion pipeline (hub id or local folder) for the TADPoLe score; None to skip it"""
     sds_motion_adapter_id: Optional[str] = None
     """AnimateDiff motion adapter for the SDS score: the video reward, each episode scored in windows"""
+    sds_customization: Optional[str] = None
+    """a customize_motion.py folder loaded over the SDS video model (runs trained with --customization: pass the same)"""
     sds_frame_stride: Optional[int] = None
     """SDS video score: a window takes every k-th frame (default: from each run's env dt and the model's video_fps,
     as sac_sds.py derives it)"""
@@ -287,12 +289,14 @@ class SdsScorer:
             self.model = None  # free the previous copy first
             self.model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
                                                            device=self.device, weights=list(weights) or None,
-                                                           motion_adapter_id=self.args.sds_motion_adapter_id)
+                                                           motion_adapter_id=self.args.sds_motion_adapter_id,
+                                                           customization=self.args.sds_customization)
             self.prompt = key
 
     def frame_stride(self, run: Run) -> int:
         """The video windows' frame stride for this run's env (sac_sds.video_frame_stride: the same as training's)."""
-        video_fps = sac_sds.tadpole_defaults(self.args.sds_model_id, self.args.sds_motion_adapter_id)[0]["video_fps"]
+        video_fps = sac_sds.tadpole_defaults(self.args.sds_model_id, self.args.sds_motion_adapter_id,
+                                             self.args.sds_customization)[0]["video_fps"]
         stride_args = argparse.Namespace(frame_stride=self.args.sds_frame_stride, video_fps=video_fps,
                                          **dataclasses.asdict(core_args(run.args)))
         return sac_sds.video_frame_stride(stride_args)[0]
@@ -323,7 +327,7 @@ class SdsScorer:
 def resolve_sds_noise_levels(args: EvalArgs) -> None:
     """Fills the SDS noise levels not given in from the SDS model's own tadpole_config.json (else the paper's)."""
     if args.sds_model_id and (args.sds_noise_level_base is None or args.sds_noise_level_range is None):
-        defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id, args.sds_motion_adapter_id)
+        defaults, _ = sac_sds.tadpole_defaults(args.sds_model_id, args.sds_motion_adapter_id, args.sds_customization)
         if args.sds_noise_level_base is None:
             args.sds_noise_level_base = defaults["noise_level_base"]
         if args.sds_noise_level_range is None:

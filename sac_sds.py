@@ -229,6 +229,10 @@ class Args(SACArgs):
     frame_stride: Optional[int] = None
     """video reward: a window takes every k-th frame (every frame still gets its reward: one set of windows per
     residue mod k); default: from --video-fps and the env's step time, 1 under --protocol tadpole"""
+    customization: Optional[str] = None
+    """a folder written by customize_motion.py: its trained tensors over the video model's (a motion learned from a few
+    clips), with a new token for it; then say the token in --prompt, e.g. its phrase "a pendulum doing sks"
+    (docs/method.md#motion-customisation)"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,7 +413,7 @@ class SDSReward(nn.Module):
                         dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
                         motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
                         resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
-                        **options) -> "SDSReward":
+                        customization: Optional[str] = None, **options) -> "SDSReward":
         """Loads a diffusers pipeline (hub id or local folder) of any family detect_family knows, keeps its denoiser,
         VAE and noise schedule, and uses its text encoders only long enough to embed the prompt(s) and the negative
         prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
@@ -422,7 +426,7 @@ class SDSReward(nn.Module):
         if not prompts or not all(p.strip() for p in prompts):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
         weights = check_weights(prompts, weights)
-        defaults, _ = tadpole_defaults(model_id, motion_adapter_id)
+        defaults, _ = tadpole_defaults(model_id, motion_adapter_id, customization)
         for k in ("align_scale", "recon_scale", "context_size", "stride"):
             if options.get(k) is None:
                 options[k] = defaults[k]
@@ -460,12 +464,14 @@ class SDSReward(nn.Module):
         except (OSError, HFValidationError, ValueError, TypeError) as e:
             raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
         return cls.from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights, motion_adapter=adapter,
-                                 cross_frame_attention=cross_frame_attention, resolution=resolution, **options)
+                                 cross_frame_attention=cross_frame_attention, resolution=resolution,
+                                 customization=customization, **options)
 
     @classmethod
     def from_pipeline(cls, pipe, prompts: Sequence[str], negative_prompt: str = "", device: str | torch.device = "cpu",
                       weights: Optional[Sequence[float]] = None, motion_adapter=None, cross_frame_attention: bool = False,
-                      resolution: Optional[int] = None, **options) -> "SDSReward":
+                      resolution: Optional[int] = None, customization: Optional[str] = None,
+                      **options) -> "SDSReward":
         """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
         build the real architectures from their configs with it). The pipeline's text encoders are used for the
         conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
@@ -501,6 +507,8 @@ class SDSReward(nn.Module):
             size = options.get("context_size") or model.context_default
             if max_frames and size > max_frames:
                 raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
+        if customization is not None:  # customize_motion.py's tensors over the model's own
+            load_customization(model.denoiser, customization)
         resolution = resolution or model.default_resolution
         if resolution % model.size_multiple:
             raise UserError(f"--resolution must be a multiple of {model.size_multiple} for this {name} (got {resolution})")
@@ -1139,6 +1147,38 @@ def detect_family(model_id: str) -> tuple[type[Family], str]:
     return family_for(index["_class_name"], f"--model-id {model_id}"), index["_class_name"]
 
 
+CUSTOMIZATION = "customization.safetensors"  # customize_motion.py's trained tensors
+
+
+def load_customization(denoiser: nn.Module, folder: str) -> dict:
+    """A customize_motion.py folder's trained tensors (safetensors: no code runs when they load) copied into the
+    denoiser's parameters in place; returns its customization.json. UserError for a folder without them or one made
+    for another model."""
+    from safetensors.torch import load_file
+
+    folder = os.path.expanduser(folder)
+    path = Path(folder) / CUSTOMIZATION
+    if not path.is_file():
+        raise UserError(f"--customization {folder}: no {CUSTOMIZATION} there; give a folder written by "
+                        "customize_motion.py")
+    try:
+        tensors = load_file(path)
+        info = json.loads((Path(folder) / "customization.json").read_text())
+    except Exception as e:
+        raise UserError(f"--customization {folder}: cannot read it ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:150]}); make it again with customize_motion.py") from None
+    own = dict(denoiser.named_parameters())
+    wrong = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise UserError(f"--customization {folder} was made for another model ({len(wrong)} of its {len(tensors)} tensors "
+                        f"do not fit this {type(denoiser).__name__}, e.g. {wrong[0]}): use it with the model its "
+                        f"customization.json names ({info.get('model_id')}, adapter {info.get('motion_adapter_id')})")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return info
+
+
 TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0,
                     # video models: window length (None: the family's), window step, frame rate of the windows
                     "context_size": None, "stride": 8, "video_fps": 8.0}
@@ -1146,12 +1186,14 @@ VIDEO_SETTINGS = ("context_size", "stride", "video_fps")
 TADPOLE_CONFIG = "tadpole_config.json"
 
 
-def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> tuple[dict, Optional[str]]:
+def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None,
+                     customization: Optional[str] = None) -> tuple[dict, Optional[str]]:
     """The reward settings for a model: the paper's (docs/method.md#tadpole-reward), then its family's where the
     family has its own (flow-matching models: the paper's noise levels at the same signal-to-noise ratio,
     docs/method.md#model-families), then the model folder's tadpole_config.json if it has one (a model's own
     defaults, as transformers' generation_config.json; flags given on the command line override all), then, for a
-    video model made with a motion adapter, the adapter folder's (the video model's own). Returns the settings and
+    video model made with a motion adapter, the adapter folder's (the video model's own), then a customisation
+    folder's (customize_motion.py: its windows; its phrase and token are not settings). Returns the settings and
     where they came from (None: the paper's)."""
     settings, source = dict(TADPOLE_DEFAULTS), None
     try:
@@ -1161,7 +1203,7 @@ def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> 
     if family is not None and family.tadpole_defaults:
         settings.update(family.tadpole_defaults)
         source = f"the {family.__name__} defaults"
-    for folder in (model_id, motion_adapter_id):
+    for folder in (model_id, motion_adapter_id, customization):
         path = Path(os.path.expanduser(folder or "")) / TADPOLE_CONFIG
         if folder is None or not path.is_file():
             continue
@@ -1170,7 +1212,7 @@ def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> 
         except (OSError, ValueError) as e:
             raise UserError(f"{path} is not readable JSON ({e}); fix it, or delete it to use the paper's settings") \
                 from None
-        unknown = set(saved) - set(settings) - {"comment"}
+        unknown = set(saved) - set(settings) - {"comment", "phrase", "token"}
         if unknown:
             raise UserError(f"{path}: unknown keys {sorted(unknown)}; it may set {', '.join(settings)} (and a comment)")
         kinds = {k: type(v) if v is not None else int for k, v in TADPOLE_DEFAULTS.items()}
@@ -1179,10 +1221,20 @@ def tadpole_defaults(model_id: str, motion_adapter_id: Optional[str] = None) -> 
     return settings, source
 
 
+def tadpole_config_of(folder: str) -> dict:
+    """A folder's tadpole_config.json ({} without one)."""
+    path = Path(os.path.expanduser(folder)) / TADPOLE_CONFIG
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def apply_tadpole_defaults(args) -> tuple[list[str], Optional[str]]:
     """Fills the reward settings that args (an Args) leaves at None from tadpole_defaults(args.model_id,
-    args.motion_adapter_id); returns the names filled in and the files they came from (None: the paper's)."""
-    defaults, source = tadpole_defaults(args.model_id, args.motion_adapter_id)
+    args.motion_adapter_id, args.customization); returns the names filled in and the files they came from (None:
+    the paper's)."""
+    defaults, source = tadpole_defaults(args.model_id, args.motion_adapter_id, args.customization)
     unset = [k for k in defaults if getattr(args, k) is None and defaults[k] is not None]
     for k in unset:
         setattr(args, k, defaults[k])
@@ -1346,6 +1398,10 @@ def video_frame_stride(args: Args) -> tuple[int, Optional[float]]:
 
 def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
+    if args.customization and not args.prompt and not args.prompt_schedule:
+        phrase = tadpole_config_of(args.customization).get("phrase")
+        raise UserError(f"--prompt is required with --customization: say the motion with its token, e.g. the "
+                        f"customisation's phrase: --prompt \"{phrase}\"")
     prompts, weights, starts = resolve_prompts(args)
     unset, source = apply_tadpole_defaults(args)  # the values in force go to the hparams table; args.json keeps None
     family = detect_family(check_model_id(args.model_id, "--model-id", MIRROR_NOTE))[0]
@@ -1368,6 +1424,7 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
         motion_adapter_id=args.motion_adapter_id, cross_frame_attention=args.cross_frame_attention,
         resolution=args.resolution, align_scale=args.align_scale,
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
+        customization=args.customization,
     )
     if model.video:
         model.frame_stride, dt = video_frame_stride(args)

@@ -3,9 +3,9 @@
     python tools/sync_core.py           # copy, after editing a shared block in its source
     python tools/sync_core.py --check   # exit 1, naming the blocks, if a copy differs (tests/test_sac_core.py)
 
-The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py (docs/method.md#the-scripts-and-the-
-shared-code): each shared block sits between `# === SAC CORE BEGIN: <name> (...) ===` and `# === SAC CORE END:
-<name> ===`, and sac_env_reward.py is its source. The two text rewards also share their prompt handling (schedules,
+The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py
+(docs/method.md#the-scripts-and-the-shared-code): each shared block sits between `# === SAC CORE BEGIN: <name> (...)
+===` and `# === SAC CORE END: <name> ===`, and sac_env_reward.py is its source. The two text rewards also share their prompt handling (schedules,
 composition weights) and model loading (dtypes, load errors) between `# === TEXT REWARD BEGIN/END: prompts|models
 ===` markers; sac_sds.py is their source and sac_clip.py the copy.
 """
