@@ -393,6 +393,7 @@ def write_folder(out: Path, params: dict[str, nn.Parameter], info: dict, window:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: p.detach().to(torch.float16).contiguous() for name, p in params.items()}  # as the demo models
     save_file(tensors, out / (sac_sds.CUSTOMIZATION + ".tmp"), metadata={"phrase": info["phrase"]})
+    os.chmod(out / (sac_sds.CUSTOMIZATION + ".tmp"), 0o644)  # (safetensors writes it readable by its owner only)
     config = {"phrase": info["phrase"], "token": info["token"],
               "comment": "made by customize_motion.py: the demonstrations' phrase and the video windows it was trained on"}
     if not info["image_control"]:  # the reward's windows as trained, half overlapping

@@ -68,6 +68,10 @@ MOTION_MODEL, MOTION_ADAPTER = "demo/pendulum-motion", "demo/pendulum-motion-ada
 IMAGE_WORLD = ["--model-id", MOTION_MODEL]
 VIDEO_WORLD = [*IMAGE_WORLD, "--motion-adapter-id", MOTION_ADAPTER]
 MOTION_SCHEDULE = f"0:{CW};100:{CCW}"
+# Motion customisation (customize_motion.py): the video model taught "sks" from swinging clips, and the image control
+# customised on the same frames (--what demo-clips makes their clips; the commands: docs/pendulum-world.md)
+SWING, TOKEN_PHRASE = "a pendulum swinging", "a pendulum doing sks"
+CUSTOM_SWING, CUSTOM_SWING_IMAGE = "demo/pendulum-custom-swing", "demo/pendulum-custom-swing-image"
 # name -> (script, flags); every run also gets the common SAC flags of run_command
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "env": ("sac_env_reward.py", []),
@@ -93,16 +97,22 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "image-cw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CW]),
     "image-ccw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CCW]),
     "video-schedule": ("sac_sds.py", [*VIDEO_WORLD, "--prompt-schedule", MOTION_SCHEDULE, "--time-feature"]),
+    # motion customisation: the token learned from swinging clips, the word, the image control
+    "video-swing-token": ("sac_sds.py", [*VIDEO_WORLD, "--customization", CUSTOM_SWING, "--prompt", TOKEN_PHRASE]),
+    "video-swing-word": ("sac_sds.py", [*VIDEO_WORLD, "--prompt", SWING]),
+    "image-swing-token": ("sac_sds.py", [*IMAGE_WORLD, "--customization", CUSTOM_SWING_IMAGE, "--prompt",
+                                         TOKEN_PHRASE]),
 }
 BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 
 
 @dataclass
 class Args:
-    what: Literal["ranking", "motion-ranking", "caption-use", "rl"] = "ranking"
+    what: Literal["ranking", "motion-ranking", "caption-use", "rl", "demo-clips", "custom-ranking"] = "ranking"
     """ranking: how the reward models rank held-out frames; motion-ranking: whether the motion world's rewards tell
     clockwise from counterclockwise on held-out clips; caption-use: how much the motion world's noise predictions
-    depend on the caption; rl: train and evaluate SAC"""
+    depend on the caption; rl: train and evaluate SAC; demo-clips: write demonstration and regularisation clips for
+    customize_motion.py; custom-ranking: whether a customised model's token tells its motion from others"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
@@ -118,9 +128,18 @@ class Args:
     """rl: runs trained at the same time (each uses one torch thread)"""
     out: str = "runs/pendulum_world"
     """rl: folder of the runs and the results files"""
-    table: Literal["poses", "motion"] = "poses"
-    """rl: the table's columns: poses (pole angle, upright) or motion (signed angular velocity, the fraction of
-    steps turning clockwise), by whole episode and by half"""
+    table: Literal["poses", "motion", "swing"] = "poses"
+    """rl: the table's columns: poses (pole angle, upright), motion (signed angular velocity, the fraction of
+    steps turning clockwise), by whole episode and by half, or swing (the fraction of steps in a swing)"""
+    demo_kind: Literal["swing", "cw", "ccw"] = "swing"
+    """demo-clips: the demonstrations' motion (the regularisation clips: the other kinds, under their captions);
+    custom-ranking: the motion the customisation was taught"""
+    demo_clips: int = 24
+    """demo-clips: demonstration clips (and 3 times as many regularisation clips)"""
+    custom_video: str = CUSTOM_SWING
+    """custom-ranking: the customised video model's folder"""
+    custom_image: str = ""
+    """custom-ranking: the image control's folder (none: not scored)"""
     extra: str = ""
     """rl: further flags for every training run, one string, e.g. --extra="--align-scale 0" """
     frames: int = 300
@@ -417,6 +436,88 @@ def caption_use(args: Args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # rl
 # ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------
+# motion customisation (customize_motion.py)
+# ----------------------------------------------------------------------------------------------------------------
+def demo_clips(args: Args) -> dict:
+    """{out}/demos: --demo-clips clips of --demo-kind (8 frames, every 2nd env step, as the motion world's training
+    clips); {out}/regularization: 3 times as many of the other kinds, with their captions (captions.json)."""
+    from train_motion_models import FRAME_GAP, save_clips
+
+    out, resolution = Path(args.out), 32
+    rng = np.random.default_rng(777)  # unlike the trainer's and the held-out clips' seeds
+    others = [k for k in ("cw", "ccw", "swing", "rest") if k != args.demo_kind]
+    save_clips(out / "demos", [args.demo_kind] * args.demo_clips, 8, FRAME_GAP, resolution, rng)
+    regular = [others[i % len(others)] for i in range(3 * args.demo_clips)]
+    save_clips(out / "regularization", regular, 8, FRAME_GAP, resolution, rng, caption=True)
+    table = (f"{args.demo_clips} {args.demo_kind} clips in {out / 'demos'}; {len(regular)} regularisation clips "
+             f"({', '.join(others)}) with captions in {out / 'regularization'}")
+    return {"demos": args.demo_clips, "regularization": len(regular), "table": table}
+
+
+def custom_ranking(args: Args) -> dict:
+    """Held-out clips (8 frames, every 2nd env step) of the taught motion against the other kinds: the AUC (the
+    fraction of (taught, other) pairs whose score is ordered so) of each reward's mean over the clip's frames, for the
+    customised video model under the token's phrase, the same untaught (the token then means nothing), the video
+    model under the motion's word, and the image control customised on the same frames. One noise level and noise
+    per clip and draw, from each model's settings; one draw, and the mean of --noise-draws."""
+    import sac_sds
+    from train_motion_models import CAPTIONS, FRAME_GAP, KINDS, held_out_spins
+
+    model, adapter = str(ROOT / MOTION_MODEL), str(ROOT / MOTION_ADAPTER)
+    phrase = json.loads((ROOT / args.custom_video / "tadpole_config.json").read_text())["phrase"]
+    word = CAPTIONS[KINDS[args.demo_kind]]
+    taught = {"swing": ("swing",), "cw": ("cw",), "ccw": ("ccw",)}[args.demo_kind]
+    others = {"swing": ("cw", "ccw", "rest"), "cw": ("ccw",), "ccw": ("cw",)}[args.demo_kind]
+    n = args.clips
+    pos = held_out_spins(n, 8, FRAME_GAP, 32, kinds=taught, seed=12345)
+    neg = held_out_spins(n, 8, FRAME_GAP, 32, kinds=others, seed=54321)
+    scorers = [("video, customised", phrase, dict(motion_adapter_id=adapter, customization=str(ROOT / args.custom_video))),
+               ("video, not customised", phrase, dict(motion_adapter_id=adapter)),
+               (f"video, the word ({word})", word, dict(motion_adapter_id=adapter))]
+    if args.custom_image:
+        scorers.append(("image control, customised", phrase, dict(customization=str(ROOT / args.custom_image))))
+    rows = []
+    for name, text, options in scorers:
+        reward = sac_sds.SDSReward.from_pretrained(model, [text], **options)
+        settings = sac_sds.tadpole_defaults(model, options.get("motion_adapter_id"), options.get("customization"))[0]
+        low, width = settings["noise_level_base"], settings["noise_level_range"]
+        if reward.video:
+            reward.frame_stride = 1  # the clips hold every 2nd env step already
+        taught_z = encode_clips(reward, pos["frames"])
+        g = torch.Generator().manual_seed(0)
+        perm = torch.stack([torch.randperm(8, generator=g) for _ in range(n)])
+        # the others; and each taught clip frozen at its first frame, or its frames shuffled: the same frames, so
+        # that only a model that sees the motion can tell them from the clip
+        z = torch.cat([taught_z, encode_clips(reward, neg["frames"]), taught_z[:, :1].expand_as(taught_z),
+                       taught_z[torch.arange(n)[:, None], perm]])
+        scores = np.zeros((args.noise_draws, len(z)))
+        for d in range(args.noise_draws):
+            t = (low + (torch.rand(n, generator=g) * width).long()).repeat(4)  # a clip and its contrasts alike
+            noise = torch.randn(taught_z.shape, generator=g).repeat(4, 1, 1, 1, 1)
+            for i in range(len(z)):
+                scores[d, i] = float(reward(z[i], int(t[i]), noise[i]).mean())
+
+        def answers(s):
+            taught_s = s[:n]
+            return {"others": float((taught_s[:, None] > s[None, n:2 * n]).mean()),  # AUC over all pairs
+                    "frozen": float((taught_s > s[2 * n:3 * n]).mean()), "shuffled": float((taught_s > s[3 * n:]).mean())}
+
+        rows.append({"reward": name, "prompt": text, "t": [low, low + width], "one_draw": answers(scores[0]),
+                     "mean_of_draws": answers(scores.mean(0))})
+        print(f"  {name}: {rows[-1]['one_draw']}", flush=True)
+    lines = [f"{n} held-out {'/'.join(taught)} clips (8 frames, every 2nd env step), scored by the mean reward over "
+             f"their frames: against {n} {'/'.join(others)} clips (AUC over all pairs), against each clip frozen at its "
+             f"first frame and against its frames shuffled (the fraction of clips scored above their contrast; the "
+             f"same noise and level for both). 0.5 = chance; one noise draw, and the mean of {args.noise_draws}", "",
+             "| reward | prompt | t | against the others | against itself frozen | against itself shuffled |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['reward']} | {r['prompt']} | [{r['t'][0]}, {r['t'][1]}) | "
+              + " | ".join(f"{r['one_draw'][k]:.2f} / {r['mean_of_draws'][k]:.2f}" for k in ("others", "frozen", "shuffled"))
+              + " |" for r in rows]
+    return {"rows": rows, "table": "\n".join(lines)}
+
+
 def run_command(args: Args, config: str, seed: int) -> tuple[list[str], Path]:
     script, flags = CONFIGS[config]
     name = f"{Path(args.out).name}__{config}__s{seed}"  # a run name is one folder under runs/
@@ -489,6 +590,12 @@ def rollout(policy, run_args: dict, episodes: int) -> dict:
         omegas.append(ep_omegas)
     a = np.degrees(np.array(angles))  # (episodes, 200)
     w = np.array(omegas)  # signed angular velocity: > 0 counterclockwise on screen, < 0 clockwise
+    # in a swing: moving (|omega| >= 1 rad/s), and within the 16 steps around, never within 17 degrees of the top
+    # (the motion world's swing clips: 8 frames every 2nd step, never that close to the top)
+    near_top = a < np.degrees(0.3)
+    padded = np.pad(near_top, ((0, 0), (8, 8)))
+    around = np.stack([padded[:, k:k + near_top.shape[1]] for k in range(17)]).any(0)
+    swinging = (np.abs(w) >= 1.0) & ~around
     half = a.shape[1] // 2
     return {"return": float(np.mean(returns)), "angle": float(a.mean()), "angle_first_half": float(a[:, :half].mean()),
             "angle_second_half": float(a[:, half:].mean()), "upright": float((a < 30).mean()),
@@ -496,6 +603,7 @@ def rollout(policy, run_args: dict, episodes: int) -> dict:
             "omega_second_half": float(w[:, half:].mean()), "clockwise": float((w < 0).mean()),
             "clockwise_first_half": float((w[:, :half] < 0).mean()),
             "clockwise_second_half": float((w[:, half:] < 0).mean()),
+            "swinging": float(swinging.mean()),
             "angle_by_step": a.mean(0).tolist(), "omega_by_step": w.mean(0).tolist()}
 
 
@@ -518,6 +626,9 @@ def rl(args: Args) -> dict:
                    "omega_second_half", "clockwise_second_half"]
         heads = ["env return", "mean abs omega (rad/s)", "mean signed omega", "steps turning clockwise",
                  "omega, steps 0-99", "clockwise, 0-99", "omega, steps 100-199", "clockwise, 100-199"]
+    elif args.table == "swing":
+        metrics = ["swinging", "speed", "upright", "return"]
+        heads = ["steps in a swing", "mean abs omega (rad/s)", "upright (<30 deg)", "env return"]
     else:
         metrics = ["return", "angle", "angle_first_half", "angle_second_half", "upright"]
         heads = ["env return", "mean abs angle (deg)", "angle, steps 0-99", "angle, steps 100-199",
@@ -532,7 +643,7 @@ def rl(args: Args) -> dict:
         flags = "uniform random actions" if config == "random" else \
             f"{CONFIGS[config][0]} " + " ".join(f'"{f}"' if " " in f else f for f in CONFIGS[config][1])
         cells = [f"{np.mean(summary[config][m]):.2f} +- {np.std(summary[config][m]):.2f}"
-                 if m == "upright" or m.startswith(("clockwise", "omega", "speed")) else
+                 if m in ("upright", "swinging") or m.startswith(("clockwise", "omega", "speed")) else
                  f"{np.mean(summary[config][m]):.1f} +- {np.std(summary[config][m]):.1f}" for m in metrics]
         lines.append(f"| {config} | {flags} | " + " | ".join(cells) + " |")
     plot_angles(per_seed, Path(args.out) / "angles.png", args)
@@ -572,7 +683,8 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args, key: st
 
 def main(args: Args) -> None:
     start = time.time()
-    what = {"ranking": ranking, "motion-ranking": motion_ranking, "caption-use": caption_use, "rl": rl}
+    what = {"ranking": ranking, "motion-ranking": motion_ranking, "caption-use": caption_use, "rl": rl,
+            "demo-clips": demo_clips, "custom-ranking": custom_ranking}
     results = what[args.what](args)
     print(results["table"])
     print(f"\n({(time.time() - start) / 60:.1f} min)")

@@ -208,6 +208,24 @@ def render_clips(kinds: list[str], frames: int, gap: int, resolution: int, rng: 
             "torque": torch.tensor(np.array(applied), dtype=torch.float32)}
 
 
+def save_clips(folder: Path, kinds: list[str], frames: int, gap: int, resolution: int, rng: np.random.Generator,
+               caption: bool = False) -> None:
+    """Clips of the given kinds (render_clips) as folders of png frames at the models' resolution, clip000, clip001, ...
+    (what customize_motion.py reads); with caption, a captions.json naming each clip's caption (CAPTIONS)."""
+    import imageio.v2 as imageio
+
+    x = render_clips(kinds, frames, gap, resolution, rng)["frames"]
+    pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    captions = {}
+    for i, (kind, clip) in enumerate(zip(kinds, pixels)):
+        (folder / f"clip{i:03d}").mkdir(parents=True, exist_ok=True)
+        for f, frame in enumerate(clip):
+            imageio.imwrite(folder / f"clip{i:03d}" / f"{f:03d}.png", frame)
+        captions[f"clip{i:03d}"] = CAPTIONS[KINDS[kind]]
+    if caption:
+        (folder / "captions.json").write_text(json.dumps(captions, indent=2) + "\n")
+
+
 def draw_kinds(n: int, rng: np.random.Generator, fractions=KIND_FRACTIONS) -> list[str]:
     return list(rng.choice(list(KINDS), size=n, p=np.array(fractions) / sum(fractions)))
 
