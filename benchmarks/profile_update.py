@@ -2,14 +2,16 @@
 --compile, also the whole update, eager against compiled (sac_env_reward.py --compile compiles the update as one
 program, so it has no phases to time), by kind of update; with --against REV, also the whole update of the SAC core
 as it was at a git revision (the A/B of a change, more precise than bench_sac.py's, whose env steps add noise).
-Variants run interleaved in rounds in one process.
+Variants run interleaved in rounds in one process. --flops also counts the arithmetic of one update (torch's flop
+counter), ours against CleanRL's (benchmarks/cleanrl_sac.py), and divides it by this machine's rate for a 256 x 256
+matmul: the time an update needs at the least, whatever the overhead around its matmuls.
 
 torch.profiler is not used: on the 2-core CPU it inflates the in-place timings of elementwise ops on (2, 256, 256)
 tensors by 5-10x (measured: a mul that takes 34 us under perf_counter shows as 250 us), which points at the wrong
 places. The phases run exactly as SAC.update runs them (same methods, same order), on a replay buffer of random
 transitions shaped like the env's, after a warm-up.
 
-    python benchmarks/profile_update.py --env-id Hopper-v4 --updates 300 [--compile] [--against HEAD~1]
+    python benchmarks/profile_update.py --env-id Hopper-v4 --updates 300 [--compile] [--against HEAD~1] [--flops]
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main() -> None:
     p.add_argument("--against", metavar="REV", default=None,
                    help="also the whole update of sac_env_reward.py at this git revision (eager, and compiled with "
                         "--compile), by kind: an A/B of a change to the update, interleaved in one process")
+    p.add_argument("--flops", action="store_true",
+                   help="also the arithmetic of one update, ours against CleanRL's, and its time at the matmul rate")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -128,6 +132,48 @@ def main() -> None:
         for row in ms["eager"]:
             cells = [f"{ms[k][row]:.2f}" for k in agents] + [f"{ms[x][row] / ms[y][row]:.3f}" for x, y in pairs]
             print(f"| {row} | " + " | ".join(cells) + " |")
+    if a.flops:
+        flops(agents["eager"], rb, env, weights)
+
+
+def flops(agent, rb, env, weights: Counter) -> None:
+    """FLOPs of one update of each kind, ours (SAC.step) and CleanRL's (its update at an iteration of that kind),
+    and the milliseconds they take at the rate of a dense 256 x 256 x 256 matmul on this machine."""
+    import cleanrl_sac
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args, b = agent.args, rb.sample(agent.args.batch_size)
+    clean = cleanrl_sac.CleanRLSAC(cleanrl_sac.Args(env_id=args.env_id), b["obs"].shape[1], env.action_space)
+    cycle = range(args.policy_frequency * args.target_network_frequency)
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    ours, theirs = {}, {}
+    for kind in weights:
+        i = next(i for i in cycle if (i % args.policy_frequency == 0, i % args.target_network_frequency == 0) == kind)
+        ours[kind] = count(lambda: agent.step(b, *kind))
+        theirs[kind] = count(lambda: clean.update(i, b["obs"], b["action"], b["reward"], b["next_obs"],
+                                                  b["terminated"]))
+    x, y = torch.randn(256, 256), torch.randn(256, 256)
+    for _ in range(50):
+        torch.mm(x, y)
+    t0 = time.perf_counter()
+    for _ in range(500):
+        torch.mm(x, y)
+    rate = 500 * 2 * 256**3 / (time.perf_counter() - t0)
+    mean = {k: sum(v[kind] * w for kind, w in weights.items()) / sum(weights.values())
+            for k, v in (("ours", ours), ("CleanRL", theirs))}
+    print(f"\n| one update's arithmetic | ours: MFLOP | CleanRL: MFLOP | CleanRL / ours |\n|-|-|-|-|")
+    for kind in sorted(weights):
+        print(f"| actor {kind[0]}, Polyak {kind[1]} | {ours[kind] / 1e6:.1f} | {theirs[kind] / 1e6:.1f} | "
+              f"{theirs[kind] / ours[kind]:.2f}x |")
+    print(f"| per update, the kinds weighted as they occur | {mean['ours'] / 1e6:.1f} | {mean['CleanRL'] / 1e6:.1f} | "
+          f"{mean['CleanRL'] / mean['ours']:.2f}x |")
+    print(f"| ms per update at the 256 x 256 matmul rate ({rate / 1e9:.0f} GFLOP/s) | {mean['ours'] / rate * 1e3:.2f} | "
+          f"{mean['CleanRL'] / rate * 1e3:.2f} | |")
 
 
 if __name__ == "__main__":
