@@ -19,6 +19,15 @@ sys.path.insert(0, str(ROOT / "demo"))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one CPU thread per worker (and per script it runs): two workers with
+    os.environ["OMP_NUM_THREADS"] = "1"   # two threads each on two cores made torch's threads wait on each other
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """The heavy tests (real SAC runs, the Meta-World environment) first: started early, they end with the others
+    on two workers instead of after them."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 600, check: bool = True,

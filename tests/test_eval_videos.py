@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.xdist_group("eval_videos")  # its trained runs (a module fixture) are made once
+
 from conftest import run_script
 
 PROMPT = "a pendulum pointing up"

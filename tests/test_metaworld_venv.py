@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.heavy
 def test_metaworld_checks_pass_in_their_own_environment():
     if importlib.util.find_spec("metaworld") is not None:
         pytest.skip("metaworld is installed here: tests/test_metaworld.py runs in this environment")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "demo"))
 CW, CCW = "a pendulum spinning clockwise", "a pendulum spinning counterclockwise"
 MOTION, ADAPTER = ROOT / "demo" / "pendulum-motion", ROOT / "demo" / "pendulum-motion-adapter"
-SAC_STEPS = 6000
+SAC_STEPS = 3000  # seeds 1-3: |omega| 6.3-6.6 rad/s against random actions' 3.4
 
 
 def test_committed_motion_folders_load_as_the_video_model_and_its_image_control():
@@ -93,6 +93,7 @@ def test_training_clips_do_not_give_the_direction_away_in_single_frames():
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.heavy
 def test_video_reward_tells_a_spin_from_a_still_pole_and_the_image_control_does_not():
     """Held-out spinning clips (seeds the training data did not use), each against the same clip frozen at its
     first frame: reward("a pendulum spinning clockwise") is higher for the spin far more often with the video model
@@ -113,6 +114,7 @@ def test_video_reward_tells_a_spin_from_a_still_pole_and_the_image_control_does_
 
 
 @pytest.mark.timeout(1500)
+@pytest.mark.heavy
 def test_sds_video_agent_spins_faster_than_random(tmp_path):
     """The whole motion-world loop on a CPU: rendered windows of every 2nd frame, the video reward for "a pendulum
     spinning clockwise", SAC. The deterministic policy spins the pole faster (mean |omega|) than random actions."""
@@ -122,7 +124,7 @@ def test_sds_video_agent_spins_faster_than_random(tmp_path):
     run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--model-id", str(MOTION), "--motion-adapter-id",
                str(ADAPTER), "--prompt", CW, "--total-timesteps", str(SAC_STEPS), "--learning-starts", "1000",
                "--alpha", "0.2", "--eval-every", "0", "--eval-episodes", "1", "--checkpoint-every", "0",
-               "--threads", "2", "--no-progress", "--run-name", "cw", cwd=tmp_path, timeout=1400)
+               "--threads", "1", "--no-progress", "--run-name", "cw", cwd=tmp_path, timeout=1400)
     actor, run_args = core.load_actor(tmp_path / "runs" / "cw")
     trained = pendulum_world.rollout(actor.act, run_args, episodes=5)
     random = pendulum_world.rollout(None, run_args, episodes=5)

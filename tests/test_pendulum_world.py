@@ -102,15 +102,17 @@ def test_rewards_rank_held_out_frames_by_uprightness():
 
 
 @pytest.mark.timeout(1500)
+@pytest.mark.heavy
 def test_sds_agent_keeps_the_pole_up_more_than_random(tmp_path):
     """The whole loop on a CPU: render, TADPoLe reward from the committed diffusion model, SAC. After a short
-    budget the deterministic policy spends more evaluation steps upright (within 30 degrees) than random actions."""
+    budget the deterministic policy spends more evaluation steps upright (within 30 degrees) than random actions
+    (5000 steps, seeds 1-3: upright 0.74-0.90 of the steps, random actions 0.10)."""
     import pendulum_world
     import sac_env_reward as core
 
     run_script("sac_sds.py", "--env-id", "Pendulum-v1", "--model-id", str(SDS_MODEL), "--prompt", UP,
-               "--total-timesteps", "8000", "--learning-starts", "1000", "--eval-every", "0", "--eval-episodes", "1",
-               "--checkpoint-every", "0", "--threads", "2", "--no-progress", "--run-name", "up", cwd=tmp_path,
+               "--total-timesteps", "5000", "--learning-starts", "1000", "--eval-every", "0", "--eval-episodes", "1",
+               "--checkpoint-every", "0", "--threads", "1", "--no-progress", "--run-name", "up", cwd=tmp_path,
                timeout=1400)
     run = tmp_path / "runs" / "up"
     assert json.loads((run / "args.json").read_text())["model_id"] == str(SDS_MODEL)

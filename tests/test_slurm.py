@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one local cluster (its daemons, its ports): one worker
+
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_DIR = ROOT / "slurm"
 SUBMIT = SLURM_DIR / "submit.sh"
