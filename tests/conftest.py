@@ -32,9 +32,11 @@ def pytest_collection_modifyitems(items):
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 600, check: bool = True,
                env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs `python ROOT/script args...` in cwd; output captured as text. check: fail the test on a non-zero exit."""
+    """Runs `python ROOT/script args...` in cwd; output captured as text. check: fail the test on a non-zero exit.
+    env: variables to set over this process's, None to unset one."""
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=env)
     if check and proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

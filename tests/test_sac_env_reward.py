@@ -239,8 +239,12 @@ def test_time_feature(in_tmp):
 
 
 def test_pendulum_end_to_end_writes_events_args_checkpoint(in_tmp):
-    run_script("sac_env_reward.py", "--env-id", "Pendulum-v1", "--total-timesteps", "500", "--num-envs", "2",
-               "--run-name", "p", *QUICK, "--eval-every", "250", "--capture-video", "--render-size", "64", cwd=in_tmp)
+    """Also: rendering Pendulum (pygame) in a shell without a display prints no false SDL error
+    ("error: XDG_RUNTIME_DIR is invalid or not set in the environment.")."""
+    proc = run_script("sac_env_reward.py", "--env-id", "Pendulum-v1", "--total-timesteps", "500", "--num-envs", "2",
+                      "--run-name", "p", *QUICK, "--eval-every", "250", "--capture-video", "--render-size", "64",
+                      cwd=in_tmp, env={"SDL_VIDEODRIVER": None, "XDG_RUNTIME_DIR": None})
+    assert "XDG_RUNTIME_DIR" not in proc.stderr + proc.stdout, proc.stderr
     run = in_tmp / "runs" / "p"
     args = json.loads((run / "args.json").read_text())
     assert args["env_id"] == "Pendulum-v1" and args["num_envs"] == 2
