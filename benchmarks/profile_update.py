@@ -118,9 +118,8 @@ def main() -> None:
         print(f"| {name} | {sum(v) / count * 1e3:.3f} | {sum(v) / count * 1e3 / total:.0%} |")
     print(f"| total | {total:.2f} | |")
     if len(agents) > 1:
-        names = {(False, True): "critic + Polyak", (True, True): f"critic + {args.policy_frequency} actor + Polyak",
-                 (False, False): "critic", (True, False): f"critic + {args.policy_frequency} actor"}
-        ms = {k: {names[kind]: whole[k][kind] / count * 1e3 for kind in kinds} for k in agents}
+        ms = {k: {kind_name(kind, args.policy_frequency): whole[k][kind] / count * 1e3 for kind in kinds}
+              for k in agents}
         for k in agents:
             ms[k]["per update, the kinds weighted as they occur"] = sum(
                 whole[k][kind] * w for kind, w in weights.items()) / len(cycle) / count * 1e3
@@ -134,6 +133,12 @@ def main() -> None:
             print(f"| {row} | " + " | ".join(cells) + " |")
     if a.flops:
         flops(agents["eager"], rb, env, weights)
+
+
+def kind_name(kind: tuple[bool, bool], policy_frequency: int) -> str:
+    """A kind of update, (with actor updates, with the Polyak update), as the tables name it."""
+    actor, polyak = kind
+    return "critic" + (f" + {policy_frequency} actor" if actor else "") + (" + Polyak" if polyak else "")
 
 
 def flops(agent, rb, env, weights: Counter) -> None:
@@ -168,7 +173,7 @@ def flops(agent, rb, env, weights: Counter) -> None:
             for k, v in (("ours", ours), ("CleanRL", theirs))}
     print(f"\n| one update's arithmetic | ours: MFLOP | CleanRL: MFLOP | CleanRL / ours |\n|-|-|-|-|")
     for kind in sorted(weights):
-        print(f"| actor {kind[0]}, Polyak {kind[1]} | {ours[kind] / 1e6:.1f} | {theirs[kind] / 1e6:.1f} | "
+        print(f"| {kind_name(kind, args.policy_frequency)} | {ours[kind] / 1e6:.1f} | {theirs[kind] / 1e6:.1f} | "
               f"{theirs[kind] / ours[kind]:.2f}x |")
     print(f"| per update, the kinds weighted as they occur | {mean['ours'] / 1e6:.1f} | {mean['CleanRL'] / 1e6:.1f} | "
           f"{mean['CleanRL'] / mean['ours']:.2f}x |")
