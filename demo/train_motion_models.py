@@ -51,9 +51,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen
-# MKL may otherwise run a matmul on fewer threads than set when the machine is busy, and the weights then differ
-# from run to run (Intel's reproducibility conditions: a fixed thread count and MKL_DYNAMIC=FALSE)
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 import gymnasium as gym
 import numpy as np
 import torch
