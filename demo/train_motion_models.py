@@ -35,7 +35,7 @@ No single frame shows which way a pole turns: the known answer of this world is 
    for "clockwise" minus that for "counterclockwise" has the sign of -omega, for both models, scored by
    sac_sds.SDSReward itself (benchmarks/pendulum_world.py --what motion-ranking measures it in full).
 
-Deterministic for a fixed --threads on one machine (fixed seeds).
+Deterministic for a fixed --threads on one machine (fixed seeds, torch's deterministic algorithms).
 """
 
 from __future__ import annotations
@@ -300,6 +300,9 @@ def train(args: Args) -> None:
 
     diffusers.utils.logging.set_verbosity_error()  # the pipeline is built and cast several times; its notes are noise
     torch.set_num_threads(args.threads)
+    # the same bytes from one seed: the CPU's backward of indexing with repeated indices (the captions'
+    # embeddings, embeds[caption]) otherwise adds in an order that depends on thread timing on a busy machine
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     init = Path(args.init)

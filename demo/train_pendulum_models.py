@@ -5,7 +5,7 @@
 
 Stable Diffusion and CLIP weights cannot be downloaded everywhere, yet the whole loop (render, reward from a
 text-conditioned model, SAC, behaviour that matches the text) must be shown to work. This script makes a world
-where it can be, in minutes on two CPU cores, deterministically (fixed seeds, fixed thread count):
+where it can be, in minutes on two CPU cores, deterministically (fixed seeds, fixed thread count, torch's deterministic algorithms):
 
 1. Data. Pendulum-v1 frames at uniformly random pole angles (and random torque arrows, as frames during training
    show them), each captioned by its angle: "a pendulum pointing up" / "... left" / "... down" / "... right".
@@ -375,6 +375,9 @@ def main(args: Args) -> None:
     if unknown:
         sys.exit(f"error: --which {' '.join(sorted(unknown))}: choose from sd, sd3, clip")
     torch.set_num_threads(args.threads)
+    # the same bytes from one seed: the CPU's backward of indexing with repeated indices (the captions'
+    # embeddings, embeds[caption]) otherwise adds in an order that depends on thread timing on a busy machine
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
