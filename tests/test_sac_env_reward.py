@@ -296,6 +296,10 @@ def test_checkpoint_and_resume_continue_the_same_run(in_tmp):
     saved = json.loads((run / "args.json").read_text())
     saved["total_timesteps"] = 700
     (run / "args.json").write_text(json.dumps(saved))
+    # TensorBoard reads a run's event files in name order, events.out.tfevents.{second}.{host}.{pid}.{counter}: a
+    # resume in the same second of the same process would be ordered by the counter as text (".10" before ".9");
+    # a real resume starts seconds later, so this one waits for the next second
+    time.sleep(1.0)
     summary = sac.train(*sac.prepare_run(sac.Args(resume=str(run)), sac.Args), sac.build_reward)
     second = torch.load(run / "checkpoint.pt", weights_only=True)
     assert summary["global_step"] == 700 and second["replay_buffer"]["size"] == 700
