@@ -641,8 +641,6 @@ def main() -> None:
     if not args.runs:
         print("error: no run folders given; e.g. python eval_videos.py runs/*", file=sys.stderr)
         sys.exit(2)
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering (set before mujoco is imported)
     try:
         runs = run_evaluation(args)
     except USER_ERRORS as e:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+if sys.platform.startswith("linux") and not os.environ.get("MUJOCO_GL"):  # unset or empty: headless EGL, set
+    os.environ["MUJOCO_GL"] = "egl"  # before MuJoCo is imported (its default, GLFW, aborts the process without a display)
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -123,10 +126,11 @@ class SACArgs:
 
     # Speed
     compile: bool = False
-    """torch.compile the whole update step into one program (needs a C++ compiler such as g++ on the CPU; the first
-    updates compile for about a minute, then each update is faster: docs/speed.md)"""
-    cudagraphs: bool = False
-    """on CUDA: capture the update step in CUDA graphs (replayed each step; no Python overhead)"""
+    """torch.compile the whole update step into one program per kind of update (needs a C++ compiler such as g++ on
+    the CPU; the first updates compile for about a minute, then each update is faster: docs/speed.md)"""
+    cudagraphs: bool = True
+    """on CUDA: capture the update step in a CUDA graph (tensordict's CudaGraphModule) and replay it each step,
+    without Python's overhead; no effect on the CPU; --no-cudagraphs turns it off"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
 
@@ -246,6 +250,16 @@ class Frames(gym.Wrapper):
             viewer.make_context_current()
         frame = self.env.render()
         return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
+
+    def close(self):
+        """MuJoCo's rendering context (textures, buffers) freed while its OpenGL context lives, then the env closed:
+        gymnasium frees the OpenGL context and leaves the rendering context to the garbage collector, which frees it
+        at exit after EGL has shut down (NVIDIA's EGL then reports errors)."""
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None and getattr(viewer.opengl_context, "_context", True):
+            viewer.make_context_current()
+            viewer.con.free()
+        super().close()
 
 
 DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
@@ -530,14 +544,14 @@ class TransitionQueue:
 
 # === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 class SAC(nn.Module):
-    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update step: CleanRL's
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update: CleanRL's
     sac_continuous_action (docs/method.md#sac), with the same losses.
 
     Differences, all for speed, none changing the algorithm: both critics in one batched ensemble; the actor's loss
     does not backpropagate into the critics' weights; the temperature's loss uses the actor step's own sample (as
     Stable-Baselines3) instead of a fresh one, so actor and temperature share one backward pass and one Adam with two
-    parameter groups; Adam's step without opt.step()'s bookkeeping (adam_step); no host sync outside logging;
-    optionally the whole update compiled (--compile) or captured in CUDA graphs (--cudagraphs)."""
+    parameter groups; no host sync outside logging. Speed wraps the update, as in LeanRL: torch.compile (--compile),
+    then CUDA graphs (--cudagraphs, tensordict's CudaGraphModule)."""
 
     def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
         super().__init__()
@@ -552,16 +566,12 @@ class SAC(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
         self.target_entropy = -float(act_dim)
         self.to(device)
-        self.q_optimizer = make_adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
+        self.q_optimizer = Adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
         groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
         if args.autotune:  # CleanRL's temperature learning rate is q_lr
             groups.append({"params": [self.log_alpha], "lr": args.q_lr})
-        self.actor_optimizer = make_adam(groups)
-        self.use_graphs = args.cudagraphs and device.type == "cuda"
-        self._graphs: dict = {}
-        self._polyak = (list(self.critic_target.parameters()), list(self.critic.parameters()))  # once, not per step
-        if args.compile:
-            self.step = compiled(self.step, device)
+        self.actor_optimizer = Adam(groups)
+        self.updates = fast_updates(self, args, device)  # step() for each kind of update, wrapped for speed
 
     def critic_loss(self, obs, action, reward, next_obs, terminated):
         alpha = self.log_alpha.detach().exp()
@@ -583,104 +593,90 @@ class SAC(nn.Module):
         alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
         return actor_loss, alpha_loss
 
-    def step(self, b: dict, actor: bool, target: bool) -> dict:
+    def step(self, data: dict, actor: bool, target: bool) -> dict:
         """One critic update; with actor, policy_frequency actor (and temperature) updates, delayed as in CleanRL;
         with target, the Polyak update of the target critics. Returns the losses as tensors (no host sync)."""
-        qf_loss, q = self.critic_loss(**b)
-        self.optimize(self.q_optimizer, qf_loss)
+        qf_loss, q = self.critic_loss(**data)
+        self.q_optimizer.zero_grad()
+        qf_loss.backward()
+        self.q_optimizer.step()
         out = {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
         for _ in range(self.args.policy_frequency if actor else 0):
-            actor_loss, alpha_loss = self.actor_loss(b["obs"])
-            self.optimize(self.actor_optimizer, actor_loss + alpha_loss if self.args.autotune else actor_loss)
+            actor_loss, alpha_loss = self.actor_loss(data["obs"])
+            self.actor_optimizer.zero_grad()
+            (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
+            self.actor_optimizer.step()
             out.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
                         "losses/alpha": self.log_alpha.detach().exp()})
         if target:
             with torch.no_grad():
-                torch._foreach_lerp_(*self._polyak, self.args.tau)
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()),
+                                     self.args.tau)
         return out
 
-    def update(self, batch: dict, iteration: int) -> dict:
+    def update(self, data: dict, iteration: int) -> dict:
         """The iteration-th update: step() with the actor every policy_frequency-th and the targets every
-        target_network_frequency-th iteration (replayed from CUDA graphs under --cudagraphs)."""
+        target_network_frequency-th iteration."""
         kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
-        if not self.use_graphs:
-            return self.step(batch, *kind)
-        return self.replay(batch, kind)
-
-    # ----- the speed-only parts: Adam's step without opt.step()'s bookkeeping, CUDA graphs -----
-    def optimize(self, opt: torch.optim.Adam, loss: torch.Tensor) -> None:
-        """loss.backward(), opt.step(), gradients cleared: as adam_step and zero_grad (see there)."""
-        loss.backward()
-        adam_step(opt)
-        self.zero_grad(opt)  # after the step: no stale .grad next time
-
-    def zero_grad(self, opt: torch.optim.Adam) -> None:
-        """opt.zero_grad(), which torch.compile does not trace: gradients set to None, so that the next backward
-        writes fresh ones; zeroed in place instead under CUDA graphs, whose tensors must stay the same."""
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if not self.use_graphs:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
-
-    def replay(self, batch: dict, kind: tuple[bool, bool]) -> dict:
-        """step() captured once per kind of update in a CUDA graph (whole-update capture, as in the PyTorch CUDA
-        graphs docs), then replayed on the batch copied into the graph's own input tensors."""
-        if kind not in self._graphs:
-            static = {k: v.clone() for k, v in batch.items()}
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up outside the graph (allocations, Adam state)
-                    self.step(static, *kind)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.step(static, *kind)
-            self._graphs[kind] = (graph, static, out)
-        graph, static, out = self._graphs[kind]
-        for k, v in batch.items():
-            static[k].copy_(v)
-        graph.replay()
-        return out
+        return self.updates[kind](data)
 
 
-def compiled(step, device: torch.device):
-    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program.
-    fallback_random: torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper,
-    on the CPU: the code calling the kernels is C++, not Python (less overhead per call); trace_autograd_ops:
-    .backward() is traced into the graph instead of breaking it in three."""
+# ----- speed, wrapped around the update as LeanRL wraps CleanRL's -----
+def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
+    """sac.step for each kind of update (actor or not, targets or not): torch.compile'd with --compile, then
+    captured in a CUDA graph with --cudagraphs on CUDA (tensordict's CudaGraphModule: a warm-up call, the capture,
+    then each call copies the batch into the graph's inputs and replays it)."""
+    step = compile_update(sac.step, device) if args.compile else sac.step
+    updates = {}
+    for kind in ((False, False), (False, True), (True, False), (True, True)):
+        updates[kind] = functools.partial(step, actor=kind[0], target=kind[1])
+        if args.cudagraphs and device.type == "cuda":
+            from tensordict.nn import CudaGraphModule
+
+            updates[kind] = CudaGraphModule(updates[kind], in_keys=[], out_keys=[], device=device)
+    return updates
+
+
+def compile_update(step, device: torch.device):
+    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program per kind.
+    trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three; fallback_random:
+    torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper, on the CPU: the
+    code calling the kernels is C++, not Python (less overhead per call)."""
     options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
     return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
 
 
-def make_adam(groups: list[dict]) -> torch.optim.Adam:
-    """torch.optim.Adam over parameter groups (lr per group; betas 0.9, 0.999, eps 1e-8), its state made now as
-    Adam(fused=True) would make it at its first step, so that a compiled or captured update finds it; adam_step
-    runs its steps."""
-    opt = torch.optim.Adam(groups, fused=True)
-    for p in (p for group in opt.param_groups for p in group["params"]):
-        opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p)}
-    return opt
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, lr per parameter group) whose step() and zero_grad() a compiled
+    update traces into its graph (torch.optim's own break the graph by design, which made a compiled update 1.8x
+    slower: docs/speed.md). step() is torch's functional adam on this optimizer's state, made here as its first step
+    would make it (so that a compiled or captured update finds it): in eager mode the fused kernel, as
+    Adam(fused=True) runs it; compiled, its arithmetic in capturable form on every device (torch runs a non-capturable
+    CUDA Adam outside the graph, where the traced backward's gradients are not yet set)."""
 
+    def __init__(self, groups: list[dict]):
+        super().__init__(groups, fused=True)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                             "exp_avg_sq": torch.zeros_like(p)}
 
-@torch.no_grad()
-def adam_step(opt: torch.optim.Adam) -> None:
-    """opt.step(), computed by torch.optim's functional adam on opt's own state: its fused kernel in eager mode;
-    under --compile its arithmetic, traced into the update (opt.step() graph-breaks before and after itself, which
-    cut the compiled update into pieces). In eager mode it also skips opt.step()'s per-call bookkeeping (grouping,
-    hooks, lazy state). Measured: docs/speed.md."""
-    for group in opt.param_groups:
-        params = group["params"]
-        state = [opt.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                        [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                        fused=not torch.compiler.is_compiling(), amsgrad=False, beta1=beta1, beta2=beta2,
-                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"])
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        compiling = torch.compiler.is_compiling()
+        for group in self.param_groups:
+            params = group["params"]
+            state = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state], fused=not compiling,
+                            capturable=compiling, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients set to None, so that the next backward writes fresh ones (opt.zero_grad()'s default)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 # === SAC CORE END: update ===
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ["MUJOCO_GL"] = os.environ.get("MUJOCO_GL") or "egl"  # unset or empty: EGL
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mujoco  # noqa: E402

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ["MUJOCO_GL"] = os.environ.get("MUJOCO_GL") or "egl"  # unset or empty: EGL
 import numpy as np
 import torch
 import tyro

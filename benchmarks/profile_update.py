@@ -74,18 +74,19 @@ def main() -> None:
         b = timed("sample the batch", lambda: rb.sample(args.batch_size))
         qf_loss, _ = timed("critic: target + forward + loss", lambda: agent.critic_loss(
             b["obs"], b["action"], b["reward"], b["next_obs"], b["terminated"]))
+        timed("critic: zero_grad", agent.q_optimizer.zero_grad)
         timed("critic: backward", qf_loss.backward)
-        timed("critic: Adam step", lambda: sac.adam_step(agent.q_optimizer))
-        timed("critic: zero_grad", lambda: agent.zero_grad(agent.q_optimizer))
+        timed("critic: Adam step", agent.q_optimizer.step)
         if iteration % args.policy_frequency == 0:
             for _ in range(args.policy_frequency):
                 actor_loss, alpha_loss = timed("actor: forward + loss", lambda: agent.actor_loss(b["obs"]))
+                timed("actor: zero_grad", agent.actor_optimizer.zero_grad)
                 timed("actor: backward", (actor_loss + alpha_loss).backward)
-                timed("actor: Adam step", lambda: sac.adam_step(agent.actor_optimizer))
-                timed("actor: zero_grad", lambda: agent.zero_grad(agent.actor_optimizer))
+                timed("actor: Adam step", agent.actor_optimizer.step)
         if iteration % args.target_network_frequency == 0:
             with torch.no_grad():
-                timed("target: Polyak", lambda: torch._foreach_lerp_(*agent._polyak, args.tau))
+                timed("target: Polyak", lambda: torch._foreach_lerp_(
+                    list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau))
 
     # kinds of update: (with actor updates, with Polyak update), as SAC.update picks them from the iteration
     cycle = range(args.policy_frequency * args.target_network_frequency)

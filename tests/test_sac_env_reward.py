@@ -3,6 +3,7 @@ learning, bad input."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import pickletools
@@ -79,8 +80,8 @@ def test_termination_and_truncation_under_autoreset(in_tmp):
     assert term.sum() == 2
 
 
-def test_adam_step_equals_torch_optim_adam():
-    """adam_step (torch's functional adam on the state make_adam makes up front) gives the parameters and state of
+def test_adam_equals_torch_optim_adam():
+    """The core's Adam (torch's functional adam on the state it makes up front) gives the parameters and state of
     torch.optim.Adam's own step after several steps with two groups, also across a state_dict round trip into a
     fresh optimizer (what resuming does)."""
     torch.manual_seed(0)
@@ -92,18 +93,18 @@ def test_adam_step_equals_torch_optim_adam():
     def groups(params):
         return [{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 3e-4}]
 
-    opt, ref_opt = sac.make_adam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
+    opt, ref_opt = sac.Adam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
     for step in range(6):
         if step == 3:  # continue in a fresh optimizer from the saved state
             saved = torch.load(io.BytesIO(_saved(opt.state_dict())), weights_only=True)
-            opt = sac.make_adam(groups(ours))
+            opt = sac.Adam(groups(ours))
             opt.load_state_dict(saved)
         grads = [torch.randn(s) for s in shapes]
-        for params in (ours, ref):
-            for p in params:
-                p.grad = None
+        for params, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            assert all(p.grad is None for p in params)
             sum((p * g).sum() for p, g in zip(params, grads)).backward()
-        sac.adam_step(opt)
+        opt.step()
         ref_opt.step()
         for a, b in zip(ours, ref):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -150,6 +151,36 @@ def test_compile_matches_eager():
             for k in ("step", "exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(compiled[i][k], eager[i][k], rtol=1e-4, atol=1e-6, msg=f"{opt} {i} {k}")
     assert not torch.equal(agents[1].critic.w2, agents[0].critic_target.w2)  # and the update did something
+
+
+def test_compiled_update_is_one_graph_with_capturable_adam(monkeypatch):
+    """--compile on CUDA crashed at the first update: torch runs a non-capturable CUDA Adam outside the compiled graph
+    (torch.optim's maybe_fallback), where the traced backward's gradients are not set yet. The CPU never takes that
+    fallback, so this checks what keeps CUDA off it, on the code path both devices share: each kind of update
+    traces into one graph with no break, and Adam's steps inside it run in capturable form."""
+    import torch._dynamo
+
+    calls = []
+    real = sac.adam_functional
+
+    def recording(*a, **kw):
+        calls.append({k: kw[k] for k in ("fused", "capturable")})
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sac, "adam_functional", recording)
+    agent = sac.SAC(quick_args(), 5, gym.spaces.Box(-2.0, 2.0, (2,), np.float32), torch.device("cpu"))
+    batch = {"obs": torch.randn(16, 5), "next_obs": torch.randn(16, 5), "action": torch.rand(16, 2),
+             "reward": torch.randn(16, 1), "terminated": torch.zeros(16, 1)}
+    for actor in (False, True):
+        torch._dynamo.reset()
+        calls.clear()
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            explained = torch._dynamo.explain(functools.partial(agent.step, actor=actor, target=True))(batch)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        assert calls and all(c == {"fused": False, "capturable": True} for c in calls), calls
+    calls.clear()
+    agent.step(batch, actor=True, target=True)  # eager: the fused kernel, as Adam(fused=True)
+    assert calls and all(c == {"fused": True, "capturable": False} for c in calls), calls
 
 
 def test_replay_buffer_ring_wraps_around():
@@ -263,11 +294,16 @@ def test_pendulum_end_to_end_writes_events_args_checkpoint(in_tmp):
 
 
 def test_mujoco_end_to_end(in_tmp):
-    run_script("sac_env_reward.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--run-name", "h",
-               *QUICK, cwd=in_tmp)
+    """A MuJoCo run that renders (its evaluation video) with MUJOCO_GL set but empty, as `MUJOCO_GL= python -m pytest`
+    leaves it: taken as unset (EGL), where MuJoCo's own fallback, GLFW, aborted the process without a display."""
+    proc = run_script("sac_env_reward.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--run-name", "h",
+                      *QUICK, "--capture-video", "--max-episode-steps", "20", "--render-size", "64", cwd=in_tmp,
+                      env={"MUJOCO_GL": "", "DISPLAY": None})
     ckpt = torch.load(in_tmp / "runs" / "h" / "checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 300
     assert ckpt["replay_buffer"]["data"]["obs"].shape == (300, 11)
+    assert (in_tmp / "runs" / "h" / "videos" / "step_300.mp4").stat().st_size > 0
+    assert "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_dm_control_dict_observations_flattened(in_tmp):
