@@ -12,6 +12,7 @@ between the "SAC CORE" marker comments (tests check it); they differ only in whe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,6 +27,7 @@ import sys
 import time
 import typing
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -133,6 +135,10 @@ class SACArgs:
     without Python's overhead; no effect on the CPU; --no-cudagraphs turns it off"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    reward_overlap: bool = True
+    """a text reward scores its frames in a thread of its own (on CUDA, its own stream) while the envs step and SAC
+    updates: the transitions of every reward batch's worth of steps are handed to it, and enter the replay buffer when
+    the next are handed over; deterministic (docs/speed.md#overlap); no effect on the env reward"""
 
     # Evaluation, videos, logging, checkpoints
     eval_every: int = 10_000
@@ -863,6 +869,9 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     validate(args)
     given = dataclasses.asdict(args)
     device = resolve_device(args.device)
+    # compiled kernels (--compile, --reward-compile) cached where a requeued job finds them (torch's default is the
+    # node's /tmp), so that it does not compile them again
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
     seed_everything(args)
     reward = build_reward(args, device)
     if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
@@ -890,7 +899,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
             frames = envs.render() if reward.needs_frames else None
             # store: transitions wait in the queue until the reward source labels them, then enter the buffer
             run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
-            run.store(reward.label(run.queue))
+            run.label()
             obs = next_obs
             # update
             if run.global_step > args.learning_starts and rb.size >= args.batch_size:
@@ -926,6 +935,13 @@ class Run:
         self.episode_counter += n
         self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
         self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
+        # --reward-overlap: the text reward's thread, the queue it labels from, its work under way, its CUDA stream
+        self.overlap = (ThreadPoolExecutor(1, thread_name_prefix="reward")
+                        if args.reward_overlap and reward.needs_frames else None)
+        self.handed, self.labelling = TransitionQueue(n), None
+        self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
+        device = getattr(getattr(reward, "model", None), "device", torch.device("cpu"))
+        self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
         self.t_log, self.step_log = time.perf_counter(), self.global_step
         self.t_learn, self.step_learn, self.updates = None, 0, 0
         every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
@@ -962,6 +978,39 @@ class Run:
                     self.logger.scalar("charts/success", item["success"], self.global_step)
                     self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
         self.autoreset = np.logical_or(terminations, truncations)
+
+    def label(self, flush: bool = False) -> None:
+        """The reward source labels the queued transitions, which then enter the replay buffer. With --reward-overlap
+        (a text reward), every label_every-th step hands the transitions queued since to the reward's thread and
+        stores what it labelled from the previous hand-over (waiting for it if need be): which transitions enter the
+        buffer at which step depends on the step count alone, not on the thread's timing."""
+        if self.overlap is None or flush:
+            self.collect()
+            self.store(self.labelled(self.handover(), flush))
+        elif self.iteration % self.label_every == 0:
+            self.collect()
+            self.labelling = self.overlap.submit(self.labelled, self.handover())
+
+    def handover(self) -> TransitionQueue:
+        """The queue the reward labels from: the loop's own, or under --reward-overlap the labelling thread's (filled
+        from the loop's while that thread is idle)."""
+        if self.overlap is None:
+            return self.queue
+        for mine, theirs in zip(self.queue.items, self.handed.items):
+            theirs.extend(mine)
+            mine.clear()
+        return self.handed
+
+    def labelled(self, queue: TransitionQueue, flush: bool = False) -> Optional[dict]:
+        """reward.label, on the reward's own CUDA stream under --reward-overlap."""
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            return self.reward.label(queue, flush)
+
+    def collect(self) -> None:
+        """Stores what the labelling thread labelled (its errors are raised here)."""
+        if self.labelling is not None:
+            labelling, self.labelling = self.labelling, None
+            self.store(labelling.result())
 
     def store(self, batch: Optional[dict]) -> None:
         """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
@@ -1002,6 +1051,7 @@ class Run:
         for k, v in self.losses.items():
             self.logger.scalar(k, v, self.global_step)
         self.logger.scalar("charts/SPS", sps, self.global_step)
+        self.collect()  # the reward's statistics are read when its thread is idle
         self.reward.log(self.logger, self.global_step)
         last = None if self.last_return is None else f"{self.last_return:.1f}"
         self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
@@ -1037,8 +1087,9 @@ class Run:
             raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
                               f"continue with --resume {self.run_dir}")
 
-    def checkpoint(self) -> None:
-        self.store(self.reward.label(self.queue, flush=True))  # pending transitions get their rewards first
+    def checkpoint(self, label: bool = True) -> None:
+        if label:
+            self.label(flush=True)  # pending transitions get their rewards first
         save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
                         {"episode_counter": self.episode_counter})
 
@@ -1060,12 +1111,23 @@ class Run:
         self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Restores the signal handlers and closes everything; a CUDA out-of-memory error that the reward could not
+        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line."""
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
+        if self.overlap is not None:
+            self.overlap.shutdown(cancel_futures=True)
         self.logger.close()
         self.envs.close()
         self.eval_env.close()
+        if isinstance(exc, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            self.checkpoint(label=False)
+            raise UserError(f"out of GPU memory at step {self.global_step}; checkpoint saved (without the "
+                            f"{len(self.queue) + len(self.handed)} transitions awaiting their reward): free the GPU, or "
+                            f"lower what the run needs in {self.run_dir / 'args.json'} (reward_batch_size, resolution, "
+                            f"dtype, batch_size), then continue with --resume {self.run_dir}") from None
 
 
 def main(args_cls: type, build_reward) -> None:

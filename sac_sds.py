@@ -33,6 +33,7 @@ sac_env_reward.py sac_sds.py` shows only the reward.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -50,6 +51,7 @@ import time
 import typing
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
@@ -157,6 +159,10 @@ class SACArgs:
     without Python's overhead; no effect on the CPU; --no-cudagraphs turns it off"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    reward_overlap: bool = True
+    """a text reward scores its frames in a thread of its own (on CUDA, its own stream) while the envs step and SAC
+    updates: the transitions of every reward batch's worth of steps are handed to it, and enter the replay buffer when
+    the next are handed over; deterministic (docs/speed.md#overlap); no effect on the env reward"""
 
     # Evaluation, videos, logging, checkpoints
     eval_every: int = 10_000
@@ -212,8 +218,10 @@ class Args(SACArgs):
     """weight of the reconstruction term inside its symlog; 0 drops the term (paper: 200)"""
     reward_batch_size: int = 32
     """frames scored together, from all envs and consecutive steps (transitions wait for their reward until then)"""
-    reward_compile: bool = False
-    """torch.compile the diffusion UNet (each new batch shape compiles once)"""
+    reward_compile: Optional[bool] = None
+    """torch.compile the diffusion model (denoiser and VAE encoder) at one batch shape, short passes padded (default:
+    True on CUDA, False on the CPU; compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR, default
+    ~/.cache/torchinductor, so a requeued job reuses them)"""
 
     # Video-TADPoLe: a video model (ZeroScope, Wan), or an SD 1.x/2.x model made one
     motion_adapter_id: Optional[str] = None
@@ -869,6 +877,7 @@ class SDSLabeler:
         self.model, self.batch_size = model, args.reward_batch_size
         self.render_size = model.resolution  # frames rendered at the model's own size unless --render-size is given
         self.pass_frames = args.reward_batch_size  # frames per model pass; halved on CUDA out-of-memory
+        self.whole_passes = args.reward_compile  # short passes padded to full ones: the compiled model sees one shape
         self.noise_levels = (args.noise_level_base, args.noise_level_base + args.noise_level_range)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.episode_t: dict[int, int] = {}
@@ -916,9 +925,11 @@ class SDSLabeler:
         prompt = self.entries(items) if self.starts is not None else None
         noise = self.noise(n)
         latents = self.encode(np.stack([it["frame"] for it in items]))
-        values = self.in_passes(n, 1, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b],
-                                                               None if prompt is None else prompt[a:b]))
-        return items, torch.cat(values)  # (N, rows, 3)
+        pad = self.padding(n)  # under --reward-compile: the last frame repeated up to whole passes
+        latents, t, noise, prompt = (None if x is None else x[pad] for x in (latents, t, noise, prompt))
+        values = self.in_passes(len(pad), 1, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b],
+                                                                      None if prompt is None else prompt[a:b]))
+        return items, torch.cat(values)[:n]  # (N, rows, 3)
 
     def _label_windows(self, queue, flush):
         """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
@@ -980,6 +991,8 @@ class SDSLabeler:
                                        torch.zeros(grow, device=self.model.device)])
         for length in sorted({b - a for _, a, b in due}):
             group = [w for w in due if w[2] - w[1] == length]
+            real = len(group)
+            group = [group[i] for i in self.padding(real, length).tolist()]  # (--reward-compile: whole passes)
 
             def score(i, j):
                 chunk = [(seg, a - seg.offset, b - seg.offset) for seg, a, b in group[i:j]]
@@ -988,7 +1001,7 @@ class SDSLabeler:
                 t = torch.tensor([seg.t for seg, _, _ in chunk], device=self.model.device)
                 last = [seg.items[b - 1] for seg, _, b in chunk]  # a window is scored on its last frame's entry
                 values = self.values(latents, t, noise, self.entries(last) if self.starts is not None else None)
-                for (seg, a, b), v in zip(chunk, values):  # v: (frames, rows, 3)
+                for (seg, a, b), v in zip(chunk[: max(0, real - i)], values):  # v: (frames, rows, 3); padding dropped
                     seg.sums[a:b] += v
                     seg.count[a:b] += 1
 
@@ -1021,7 +1034,42 @@ class SDSLabeler:
         return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        return torch.cat(self.in_passes(len(frames), 1, lambda a, b: self.model.encode(frames[a:b])))
+        pad = self.padding(len(frames)).numpy()
+        return torch.cat(self.in_passes(len(pad), 1, lambda a, b: self.model.encode(frames[pad[a:b]])))[: len(frames)]
+
+    def padding(self, n: int, frames_per_unit: int = 1) -> torch.Tensor:
+        """Indices 0..n-1, and under --reward-compile the last one repeated up to a whole number of passes: a short
+        pass (a flush at a checkpoint or the run's end, a short group of windows) runs at the shape the compiled model
+        was compiled for, instead of compiling another."""
+        per_pass = max(1, self.pass_frames // frames_per_unit)
+        m = -(-n // per_pass) * per_pass if self.whole_passes else n
+        return torch.arange(m).clamp(max=n - 1)
+
+    def probe(self) -> None:
+        """Before training (build_reward, on CUDA): one full pass of blank frames (video: of windows), so that a pass too
+        large for the GPU's memory is halved now, not during the run, and a model that does not fit one frame is an
+        error that names what to lower. The noise generator is left as it was."""
+        size, state = self.model.context_size if self.model.video else 1, self.generator.get_state()
+        n = max(1, self.pass_frames // size)
+        try:
+            latents = self.encode(np.zeros((n * size, self.render_size, self.render_size, 3), np.uint8))
+            noise = self.noise(n * size)
+            if self.model.video:
+                latents, noise = latents.view(n, size, *latents.shape[1:]), noise.view(n, size, *noise.shape[1:])
+            t = torch.full((n,), self.noise_levels[0], device=self.model.device)
+            self.in_passes(n, size, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b], None))
+        except torch.OutOfMemoryError:
+            raise UserError("the reward model does not fit in the GPU's memory even one frame per pass: use --dtype "
+                            "bf16 (or fp16), a smaller --resolution, fewer prompts, or a GPU with more memory") from None
+        finally:
+            self.generator.set_state(state)
+        if self.pass_frames < self.batch_size:
+            print(f"note: passes of {self.pass_frames} frames fit this GPU's memory, not {self.batch_size}: "
+                  f"--reward-batch-size {self.pass_frames} starts there", file=sys.stderr)
+        if self.model.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.model.device).total_memory
+            print(f"reward model: peak CUDA memory {torch.cuda.max_memory_allocated(self.model.device) / 2**30:.1f} "
+                  f"GiB of {total / 2**30:.1f}")
 
     def in_passes(self, n: int, frames_per_unit: int, fn) -> list:
         """fn(start, stop) over range(n) in passes of at most pass_frames frames (at least one unit); on CUDA
@@ -1437,12 +1485,22 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
         raise UserError(f"noise levels up to {args.noise_level_base + args.noise_level_range} asked for; the model "
                         f"has {model.num_train_timesteps} steps")
-    if args.reward_compile:
+    if args.reward_compile is None:  # (args.json keeps None)
+        args.reward_compile = device.type == "cuda"
+    if args.reward_compile and device.type == "cpu" and cxx_compiler() is None:
+        raise UserError("--reward-compile on the CPU needs a C++ compiler for the code torch.compile generates: "
+                        "install g++ (apt install g++) or drop --reward-compile")
+    if args.reward_compile:  # the denoiser and the VAE's encoder (41% of an SD 2.1 frame's arithmetic at 512 px)
         model.family.denoiser.compile()
+        if not isinstance(model.family, WanFamily):  # (Wan's causal video VAE keeps a cache between its calls)
+            model.vae.encoder.compile()
     if starts is not None or not model.plain:  # the per-prompt logs' indices (also saved in args.json)
         kind = "schedule (sds/reward_schedule{k})" if starts is not None else "composition (sds/*_prompt{i})"
         print(f"prompt {kind}:\n" + prompt_table(prompts, weights, starts))
-    return SDSLabeler(model, args, starts, prompts)
+    labeler = SDSLabeler(model, args, starts, prompts)
+    if device.type == "cuda":
+        labeler.probe()
+    return labeler
 
 
 # === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -2120,6 +2178,9 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     validate(args)
     given = dataclasses.asdict(args)
     device = resolve_device(args.device)
+    # compiled kernels (--compile, --reward-compile) cached where a requeued job finds them (torch's default is the
+    # node's /tmp), so that it does not compile them again
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
     seed_everything(args)
     reward = build_reward(args, device)
     if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
@@ -2147,7 +2208,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
             frames = envs.render() if reward.needs_frames else None
             # store: transitions wait in the queue until the reward source labels them, then enter the buffer
             run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
-            run.store(reward.label(run.queue))
+            run.label()
             obs = next_obs
             # update
             if run.global_step > args.learning_starts and rb.size >= args.batch_size:
@@ -2183,6 +2244,13 @@ class Run:
         self.episode_counter += n
         self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
         self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
+        # --reward-overlap: the text reward's thread, the queue it labels from, its work under way, its CUDA stream
+        self.overlap = (ThreadPoolExecutor(1, thread_name_prefix="reward")
+                        if args.reward_overlap and reward.needs_frames else None)
+        self.handed, self.labelling = TransitionQueue(n), None
+        self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
+        device = getattr(getattr(reward, "model", None), "device", torch.device("cpu"))
+        self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
         self.t_log, self.step_log = time.perf_counter(), self.global_step
         self.t_learn, self.step_learn, self.updates = None, 0, 0
         every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
@@ -2219,6 +2287,39 @@ class Run:
                     self.logger.scalar("charts/success", item["success"], self.global_step)
                     self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
         self.autoreset = np.logical_or(terminations, truncations)
+
+    def label(self, flush: bool = False) -> None:
+        """The reward source labels the queued transitions, which then enter the replay buffer. With --reward-overlap
+        (a text reward), every label_every-th step hands the transitions queued since to the reward's thread and
+        stores what it labelled from the previous hand-over (waiting for it if need be): which transitions enter the
+        buffer at which step depends on the step count alone, not on the thread's timing."""
+        if self.overlap is None or flush:
+            self.collect()
+            self.store(self.labelled(self.handover(), flush))
+        elif self.iteration % self.label_every == 0:
+            self.collect()
+            self.labelling = self.overlap.submit(self.labelled, self.handover())
+
+    def handover(self) -> TransitionQueue:
+        """The queue the reward labels from: the loop's own, or under --reward-overlap the labelling thread's (filled
+        from the loop's while that thread is idle)."""
+        if self.overlap is None:
+            return self.queue
+        for mine, theirs in zip(self.queue.items, self.handed.items):
+            theirs.extend(mine)
+            mine.clear()
+        return self.handed
+
+    def labelled(self, queue: TransitionQueue, flush: bool = False) -> Optional[dict]:
+        """reward.label, on the reward's own CUDA stream under --reward-overlap."""
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            return self.reward.label(queue, flush)
+
+    def collect(self) -> None:
+        """Stores what the labelling thread labelled (its errors are raised here)."""
+        if self.labelling is not None:
+            labelling, self.labelling = self.labelling, None
+            self.store(labelling.result())
 
     def store(self, batch: Optional[dict]) -> None:
         """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
@@ -2259,6 +2360,7 @@ class Run:
         for k, v in self.losses.items():
             self.logger.scalar(k, v, self.global_step)
         self.logger.scalar("charts/SPS", sps, self.global_step)
+        self.collect()  # the reward's statistics are read when its thread is idle
         self.reward.log(self.logger, self.global_step)
         last = None if self.last_return is None else f"{self.last_return:.1f}"
         self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
@@ -2294,8 +2396,9 @@ class Run:
             raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
                               f"continue with --resume {self.run_dir}")
 
-    def checkpoint(self) -> None:
-        self.store(self.reward.label(self.queue, flush=True))  # pending transitions get their rewards first
+    def checkpoint(self, label: bool = True) -> None:
+        if label:
+            self.label(flush=True)  # pending transitions get their rewards first
         save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
                         {"episode_counter": self.episode_counter})
 
@@ -2317,12 +2420,23 @@ class Run:
         self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Restores the signal handlers and closes everything; a CUDA out-of-memory error that the reward could not
+        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line."""
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
+        if self.overlap is not None:
+            self.overlap.shutdown(cancel_futures=True)
         self.logger.close()
         self.envs.close()
         self.eval_env.close()
+        if isinstance(exc, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            self.checkpoint(label=False)
+            raise UserError(f"out of GPU memory at step {self.global_step}; checkpoint saved (without the "
+                            f"{len(self.queue) + len(self.handed)} transitions awaiting their reward): free the GPU, or "
+                            f"lower what the run needs in {self.run_dir / 'args.json'} (reward_batch_size, resolution, "
+                            f"dtype, batch_size), then continue with --resume {self.run_dir}") from None
 
 
 def main(args_cls: type, build_reward) -> None:

@@ -264,6 +264,36 @@ def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_strid
         np.testing.assert_allclose(rewards[env == e], torch.cat(expected).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.heavy
+@pytest.mark.skipif(sac_sds.cxx_compiler() is None, reason="torch.compile's CPU backend needs a C++ compiler (g++)")
+def test_compiled_reward_pads_short_passes_instead_of_recompiling(tiny_sd):
+    """--reward-compile: the denoiser and the VAE encoder compiled; a flush's short batch (2 frames after passes of 4)
+    is padded to a whole pass, so it compiles nothing new, and every reward equals the eager model's."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    labeler = labeler_for(tiny_sd, batch=4, reward_compile=True)
+    assert labeler.whole_passes
+    queue = TransitionQueue(2)
+    streams = [push_episodes(queue, 0, [7], 0, 0), push_episodes(queue, 1, [7], 10, 0)]
+    out = []
+    for step in range(7):
+        for env in (0, 1):
+            queue.push(streams[env][step])
+        out.append(labeler.label(queue))
+    compiled = dict(torch._dynamo.utils.counters["stats"])
+    assert len(queue) == 2 and compiled.get("unique_graphs", 0) >= 2  # the denoiser's and the encoder's
+    out.append(labeler.label(queue, flush=True))
+    assert dict(torch._dynamo.utils.counters["stats"]) == compiled  # the short batch: no new compilation
+    out = [b for b in out if b is not None]
+    env, rewards = np.concatenate([b["env"] for b in out]), np.concatenate([b["reward"] for b in out])
+    for e in (0, 1):
+        x = np.stack([it["frame"] for it in streams[e]])
+        eager = SDSReward.from_pretrained(str(tiny_sd), PROMPT)
+        expected = eager(eager.encode(x), 450, torch.zeros(len(x), 4, 8, 8))
+        np.testing.assert_allclose(rewards[env == e], expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_noise_level_per_episode_and_generator_state(tiny_sd):
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), noise_level_base=100, noise_level_range=800)
     labeler = sac_sds.build_reward(args, torch.device("cpu"))
@@ -294,6 +324,30 @@ def test_out_of_memory_halves_the_pass(tiny_sd, capsys):
     assert len(batch["reward"]) == 8 and np.isfinite(batch["reward"]).all()
     assert sizes == [8, 4, 2, 2, 2, 2] and labeler.pass_frames == 2
     assert capsys.readouterr().err.count("out of memory") == 2  # one line per halving, not per pass
+
+
+def test_probe_halves_a_pass_too_large_before_training_and_names_the_flags_when_one_frame_fails(tiny_sd, capsys):
+    """build_reward's probe on CUDA, taken here on the CPU with a simulated memory limit: a full pass of blank frames
+    halves the pass until it fits, says so, and leaves the noise generator as it was; a model that does not fit one
+    frame is a UserError naming --dtype and --resolution."""
+    labeler = labeler_for(tiny_sd, num_envs=1, batch=8)
+    labeler.noise = sac_sds.SDSLabeler.noise.__get__(labeler)  # the generator's own noise
+    values, limit = labeler.values, [3]
+
+    def small_memory(latents, t, noise, prompt):
+        if len(latents) > limit[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return values(latents, t, noise, prompt)
+
+    labeler.values = small_memory
+    state = labeler.generator.get_state()
+    labeler.probe()
+    assert labeler.pass_frames == 2 and torch.equal(labeler.generator.get_state(), state)
+    assert "--reward-batch-size 2" in capsys.readouterr().err
+    limit[0] = 0
+    with pytest.raises(UserError, match="--dtype bf16.*--resolution"):
+        labeler.probe()
+    assert torch.equal(labeler.generator.get_state(), state)
 
 
 # ----- end to end -----
@@ -354,6 +408,35 @@ def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd
     with pytest.raises(FloatingPointError, match="non-finite rewards from the sds reward"):
         sac_sds.train(args, run_dir, sac_sds.build_reward)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["global_step"] == 100
+
+
+def test_out_of_memory_the_reward_cannot_absorb_saves_a_checkpoint_and_resume_finishes(tiny_sd, in_tmp, monkeypatch,
+                                                                                         capsys):
+    """A CUDA out-of-memory error that halving the passes down to one frame does not absorb (simulated after 150
+    frames): a checkpoint of everything labelled, one UserError line naming the args.json fields and --resume; the
+    resumed run finishes."""
+    terms, frames_seen = SDSReward.terms, []
+
+    def out_of_memory_after_150_frames(self, latents, *a, **kw):
+        frames_seen.append(len(latents))
+        if sum(frames_seen) > 150:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return terms(self, latents, *a, **kw)
+
+    monkeypatch.setattr(SDSReward, "terms", out_of_memory_after_150_frames)
+    args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=300, learning_starts=50,
+                batch_size=16, reward_batch_size=10, checkpoint_every=0, eval_every=0, eval_episodes=0, threads=1,
+                progress=False, run_name="oom")
+    args, run_dir = sac_sds.prepare_run(args, Args)
+    with pytest.raises(UserError, match=r"out of GPU memory at step \d+; checkpoint saved .*reward_batch_size.*"
+                                        r"--resume runs/oom"):
+        sac_sds.train(args, run_dir, sac_sds.build_reward)
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert 150 <= saved["global_step"] < 300 and saved["replay_buffer"]["size"] >= 150
+    monkeypatch.setattr(SDSReward, "terms", terms)
+    args = sac_sds.read_args(run_dir, Args)
+    args.resume = str(run_dir)
+    assert sac_sds.train(args, run_dir, sac_sds.build_reward)["global_step"] == 300
 
 
 # ----- bad input -----
