@@ -392,6 +392,35 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
     assert {"charts/sds_return", "sds/align", "sds/recon", "sds/frames_per_s"} <= set(logged)
 
 
+def test_overlapped_reward_labels_in_its_thread_and_runs_stay_deterministic(tiny_sd, in_tmp, monkeypatch):
+    """--reward-overlap (the default): the labelling runs in the reward's own thread, and two runs of one seed give
+    the same replay buffer and networks (what enters the buffer when depends on the step count, not on timing);
+    every transition is labelled by the end."""
+    import threading
+
+    label, threads = sac_sds.SDSLabeler.label, set()
+
+    def recording(self, queue, flush=False):
+        threads.add((threading.current_thread().name.split("_")[0], flush))
+        return label(self, queue, flush)
+
+    monkeypatch.setattr(sac_sds.SDSLabeler, "label", recording)
+    states = []
+    for run in ("a", "b"):
+        args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=260,
+                    learning_starts=60, batch_size=16, reward_batch_size=12, checkpoint_every=0, eval_every=0,
+                    eval_episodes=0, threads=1, progress=False, run_name=run)
+        args, run_dir = sac_sds.prepare_run(args, Args)
+        assert sac_sds.train(args, run_dir, sac_sds.build_reward)["buffer_size"] == 260
+        states.append(torch.load(run_dir / "checkpoint.pt", weights_only=True))
+    assert ("reward", False) in threads and ("MainThread", True) in threads  # flushes: the final checkpoint's
+    for k in states[0]["replay_buffer"]["data"]:
+        torch.testing.assert_close(states[0]["replay_buffer"]["data"][k], states[1]["replay_buffer"]["data"][k],
+                                   rtol=0, atol=0)
+    for k in states[0]["sac"]:
+        torch.testing.assert_close(states[0]["sac"][k], states[1]["sac"][k], rtol=0, atol=0)
+
+
 def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd, in_tmp, monkeypatch):
     combine, frames_seen = SDSReward.combine, []
 
