@@ -380,6 +380,12 @@ def bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> list[float]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
+def auc_of(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of pairs (an episode of a, one of b) in which a's mean reward per frame is the higher (ties 1/2)."""
+    a, b = np.asarray(a)[:, None], np.asarray(b)[None, :]
+    return float(((a > b) + 0.5 * (a == b)).mean())
+
+
 # ----- the whole evaluation -----
 def evaluate(args: Args) -> dict:
     """Rolls out every behaviour, scores every frame with every (reward, prompt), and writes the tables and plots
@@ -469,17 +475,20 @@ def summarize(args, behaviours, rewards, episodes, steps, env_steps) -> dict:
         sums = np.array([e[f"r{k}_sum"] for e in with_env])
         per_step = np.concatenate(steps[k]) if steps[k] else np.zeros(0)
         env_per_step = np.concatenate(env_steps) if env_steps else np.zeros(0)
-        by_behaviour = {}
+        by_behaviour, means = {}, {}
         for b in behaviours:
             mine = [e for e in episodes if e["behaviour"] == b.name]
             frames = sum(e["steps"] for e in mine)
             by_behaviour[b.name] = sum(e[f"r{k}_mean"] * e["steps"] for e in mine) / frames
+            means[b.name] = np.array([e[f"r{k}_mean"] for e in mine])
+        order = [b.name for b in behaviours]
+        auc = {f"{a} > {b}": auc_of(means[a], means[b]) for i, a in enumerate(order) for b in order[i + 1:]}
         rows.append({
             "reward": r.name, "prompt": r.prompt, "spearman": spearman(sums, returns) if len(sums) > 1 else float("nan"),
             "spearman_ci": bootstrap_ci(sums, returns, args.bootstrap, args.seed),
             "pearson_step": pearson(per_step, env_per_step), "episodes": len(with_env),
             "frames_per_s": r.frames / max(r.seconds, 1e-9), "render_size": r.render_size,
-            "mean_reward": by_behaviour})
+            "mean_reward": by_behaviour, "auc": auc})
     env_means = {}
     for b in behaviours:
         mine = [e["env_return"] for e in episodes if e["behaviour"] == b.name and e["env_return"] is not None]
@@ -531,6 +540,13 @@ def write_outputs(args: Args, summary: dict, rewards: list[Reward], episodes: li
     for b in behaviours:
         lines.append(f"| {b} | {fmt(summary['env_return'][b], '.1f')} | "
                      + " | ".join(fmt(r["mean_reward"][b], '+.3f') for r in rows) + " |")
+    if any(b.startswith("clips:") for b in behaviours):  # no env return: how the rewards order the behaviours
+        pairs = list(rows[0]["auc"])
+        lines += ["", "AUC: the fraction of episode pairs in which the first behaviour's mean reward per frame is the "
+                  "higher (0.5: not told apart)", "",
+                  "| behaviours | " + " | ".join(f"{r['reward']}, {r['prompt']}" for r in rows) + " |",
+                  "|---|" + "---|" * len(rows)]
+        lines += [f"| {pair} | " + " | ".join(fmt(r["auc"][pair]) for r in rows) + " |" for pair in pairs]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot_scatter(summary, episodes, out / "scatter.png")
     plot_correlations(summary, out / "correlations.png")
