@@ -370,6 +370,7 @@ def test_atomic_checkpoint_survives_a_failed_save(in_tmp, monkeypatch):
     (["--env-id", "CartPole-v1"], "Discrete action space", None),
     (["--resume", "runs/missing"], "--resume runs/missing", None),
     (["--num-envs", "0"], "--num-envs must be at least 1", None),
+    (["--save-policy-every", "-5"], "--save-policy-every must be 0 (no snapshots) or a number of steps", None),
     (["--env-id", "Pendulum-v1", "--compile"], "--compile needs a C++ compiler", {"PATH": "/nonexistent", "CXX": ""}),
 ])
 def test_bad_input_gives_one_line_error(in_tmp, argv, message, env):
