@@ -552,6 +552,11 @@ def write_outputs(args: Args, summary: dict, rewards: list[Reward], episodes: li
     plot_correlations(summary, out / "correlations.png")
 
 
+def short(reward: str) -> str:
+    """A reward's name for plots: model folders by their last part, flags' names dropped (their values kept)."""
+    return " ".join(Path(w).name or w for w in reward.split() if not w.startswith("--"))
+
+
 def plot_scatter(summary: dict, episodes: list[dict], path: Path) -> None:
     """Episode reward sum against env return: one panel per (reward, prompt), a colour per behaviour."""
     import matplotlib
@@ -570,7 +575,7 @@ def plot_scatter(summary: dict, episodes: list[dict], path: Path) -> None:
         for b, c in zip(names, colors):
             mine = [e for e in with_env if e["behaviour"] == b]
             ax.scatter([e["env_return"] for e in mine], [e[f"r{k}_sum"] for e in mine], s=14, color=c, label=b)
-        ax.set_title(f"{r['reward']}\n\"{r['prompt']}\": Spearman {fmt(r['spearman'], '+.2f')}", fontsize=8)
+        ax.set_title(f"{short(r['reward'])}\n\"{r['prompt']}\": Spearman {fmt(r['spearman'], '+.2f')}", fontsize=8)
         ax.set_xlabel("env return")
         ax.set_ylabel("episode reward sum")
     for ax in list(axes.flat)[len(rows):]:
@@ -599,7 +604,7 @@ def plot_correlations(summary: dict, path: Path) -> None:
     ax.bar(x + 0.2, [np.nan_to_num(r["pearson_step"]) for r in rows], 0.4, label="Pearson, per step")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xticks(x, [f"{r['reward'][:30]}\n{r['prompt'][:30]}" for r in rows], fontsize=6, rotation=30, ha="right")
+    ax.set_xticks(x, [f"{short(r['reward'])}\n{r['prompt'][:40]}" for r in rows], fontsize=6, rotation=30, ha="right")
     ax.set_ylabel(f"correlation with {summary['env_id']}'s reward")
     ax.legend(fontsize=8)
     fig.tight_layout()
