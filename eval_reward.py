@@ -138,7 +138,7 @@ def read_behaviours(args: Args) -> list[Behaviour]:
     """The behaviours of the command line, checked (nothing loaded into a model yet); UserError for bad ones."""
     import customize_motion  # its clip readers: mp4 files and folders of frames
 
-    out = []
+    out, env_source = [], "--env-id"
     for spec in args.behaviours:
         if spec == "random":
             out.append(Behaviour("random", "random"))
@@ -170,10 +170,10 @@ def read_behaviours(args: Args) -> list[Behaviour]:
                     name = f"{folder.name}:{s}" + (f"+noise{noise:g}" if noise else "")
                     out.append(Behaviour(name, "policy", str(steps[s]), s, noise, run_args))
             if args.env_id is None:
-                args.env_id = run_env
+                args.env_id, env_source = run_env, f"the env of {spec!r} before it"
             elif run_env != args.env_id:
-                raise core.UserError(f"behaviour {spec!r}: the run was trained on {run_env}, not --env-id "
-                                     f"{args.env_id}; give runs of one env (or --env-id {run_env})")
+                raise core.UserError(f"behaviour {spec!r}: the run was trained on {run_env}, not {env_source} "
+                                     f"{args.env_id}; give runs of one env (and --env-id {run_env} for them)")
             continue
         if step is not None:
             raise core.UserError(f"behaviour {spec!r}: {path} is not a run folder (no args.json), so it has no steps")
@@ -306,7 +306,13 @@ def build_rewards(args: Args, device: torch.device) -> list[Reward]:
     for kind, specs in (("sds", args.sds_model_id), ("clip", args.clip_model_id)):
         for spec in specs:
             for prompt in args.prompt:
-                labeler = LABELERS[kind](spec, prompt, args, device)
+                try:
+                    labeler = LABELERS[kind](spec, prompt, args, device)
+                except USER_ERRORS as e:  # the script's message names its own flags (--model-id): say which reward
+                    message = str(e)
+                    if not message.startswith(f"--{kind}-model-id"):
+                        message = f"--{kind}-model-id {spec!r}: {message}"
+                    raise core.UserError(message) from None
                 size = args.render_size or core.protocol_render_size(env_args(args)) or labeler.render_size
                 rewards.append(Reward(kind, spec, prompt, labeler, int(size)))
     return rewards
