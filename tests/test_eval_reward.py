@@ -185,6 +185,11 @@ def bad_folders(tmp_path_factory) -> Path:
     (root / "hopper" / "args.json").write_text(json.dumps({"env_id": "Hopper-v4"}))
     (root / "hopper" / "policies" / "step_100.pt").write_bytes(b"not read: the env is checked first")
     (root / "empty_clips" / "clip0").mkdir(parents=True)
+    (root / "evil" / "policies").mkdir(parents=True)
+    (root / "evil" / "args.json").write_text(json.dumps({"env_id": "Pendulum-v1"}))
+    import argparse
+
+    torch.save(argparse.Namespace(code="a pickled object"), root / "evil" / "policies" / "step_100.pt")
     (root / "broken_model").mkdir()
     (root / "broken_model" / "config.json").write_text("{ not json")
     return root
@@ -195,6 +200,7 @@ def bad_folders(tmp_path_factory) -> Path:
                                                   "--save-policy-every"),
     (["hopper"], ["--clip-model-id", CLIP], "trained on Hopper-v4, not --env-id Pendulum-v1"),
     (["empty_clips"], ["--clip-model-id", CLIP], "no clips in the folder"),
+    (["evil"], ["--clip-model-id", CLIP], "holds pickled Python objects"),  # never unpickled (weights_only=True)
     (["random"], ["--clip-model-id", "broken_model"], "broken_model"),
     (["random"], ["--sds-model-id", "missing_model"], "missing_model"),
     (["random"], ["--sds-model-id", f"{SD} --no-such-flag 3"], "flags that sac_sds.py does not take"),
