@@ -169,6 +169,9 @@ class SACArgs:
     """environment steps between scalar logs (losses, alpha, SPS); each costs one host sync"""
     checkpoint_every: int = 50_000
     """environment steps between checkpoints (0: only at the end and on SIGTERM/SIGUSR1)"""
+    save_policy_every: int = 0
+    """environment steps between snapshots of the actor alone, runs/{run_name}/policies/step_{N}.pt (weights only,
+    about 0.3 MB each): a ladder of behaviours for eval_reward.py (0: none)"""
     save_buffer: bool = True
     """keep the replay buffer in checkpoint.pt, so that resuming continues exactly"""
     progress: bool = True
@@ -1235,15 +1238,34 @@ def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
     args = json.loads((run_dir / "args.json").read_text())
     state = read_checkpoint(run_dir / "checkpoint.pt", device)
     actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
-    obs_dim = actor_state["net.0.weight"].shape[1]
-    scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
-    actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
+    return actor_from_state(actor_state, run_dir / "checkpoint.pt", device), args
+
+
+def save_policy(path: Path, actor: Actor) -> None:
+    """A policy snapshot (--save-policy-every): the actor's state dict alone, tensors only, written to a temporary
+    file and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu().clone() for k, v in actor.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Actor:
+    """The actor of a policy snapshot (save_policy), read with weights_only=True; UserError if unreadable."""
+    return actor_from_state(read_checkpoint(Path(path), device), Path(path), device)
+
+
+def actor_from_state(actor_state: dict, path: Path, device: str | torch.device = "cpu") -> Actor:
+    """An Actor shaped by its state dict (observation size, action bounds), in eval mode."""
     try:
+        obs_dim = actor_state["net.0.weight"].shape[1]
+        scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
+        actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
         actor.load_state_dict(actor_state)
-    except RuntimeError:
-        raise UserError(f"the actor in {run_dir / 'checkpoint.pt'} does not fit this SAC core's Actor; it was written "
-                        f"by another version: evaluate it with that version") from None
-    return actor.eval(), args
+    except (KeyError, AttributeError, TypeError, RuntimeError):
+        raise UserError(f"the actor in {path} does not fit this SAC core's Actor; it was written by another version "
+                        f"(or is not an actor): evaluate it with that version") from None
+    return actor.eval()
 # === SAC CORE END: checkpoints ===
 
 
@@ -1377,6 +1399,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
             # log, evaluate, checkpoint
             run.log()
             run.evaluate_when_due()
+            run.save_policy_when_due()
             run.checkpoint_when_due()
         run.checkpoint()
     return run.summary()
@@ -1417,6 +1440,7 @@ class Run:
         every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
         self.next_eval = every(args.eval_every) if args.eval_every else args.total_timesteps
         self.next_ckpt = every(args.checkpoint_every) if args.checkpoint_every else None
+        self.next_policy = every(args.save_policy_every) if args.save_policy_every else None
 
     def record(self, obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames) -> None:
         """A vector step's transitions into the queue, one per env whose step was not its reset step (gymnasium's
@@ -1546,6 +1570,12 @@ class Run:
         if args.capture_video:
             save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
                        self.eval_env.metadata.get("render_fps", 30))
+
+    def save_policy_when_due(self) -> None:
+        """Every --save-policy-every steps: the actor alone, as policies/step_{N}.pt (N the step count)."""
+        if self.next_policy is not None and self.global_step >= self.next_policy:
+            self.next_policy += self.args.save_policy_every
+            save_policy(self.run_dir / "policies" / f"step_{self.global_step}.pt", self.sac.actor)
 
     def checkpoint_when_due(self) -> None:
         """Every --checkpoint-every steps; and after a signal, then Interrupted."""
@@ -1680,8 +1710,10 @@ def write_args(run_dir: Path, args: dict) -> None:
     os.replace(tmp, run_dir / "args.json")
 
 
-ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0}  # and the
-# value runs made before they existed had (the text rewards' --scene now defaults to natural)
+# fields added since runs were first made, and the value runs made before them had (the text rewards' --scene now
+# defaults to natural)
+ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0,
+                "save_policy_every": 0}
 
 
 def read_args(run_dir: Path, args_cls: type) -> SACArgs:
@@ -1769,6 +1801,8 @@ def validate(args: SACArgs) -> None:
         raise UserError(f"--tau must be in (0, 1] and --gamma in [0, 1] (got {args.tau}, {args.gamma})")
     if args.alpha is not None and args.alpha <= 0:
         raise UserError(f"--alpha must be positive (got {args.alpha})")
+    if args.save_policy_every < 0:
+        raise UserError(f"--save-policy-every must be 0 (no snapshots) or a number of steps (got {args.save_policy_every})")
     if not math.isfinite(args.success_bonus):
         raise UserError(f"--success-bonus must be a finite number (got {args.success_bonus})")
     if args.compile and cxx_compiler() is None:

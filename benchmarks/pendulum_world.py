@@ -108,11 +108,14 @@ BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 
 @dataclass
 class Args:
-    what: Literal["ranking", "motion-ranking", "caption-use", "rl", "demo-clips", "custom-ranking"] = "ranking"
+    what: Literal["ranking", "motion-ranking", "caption-use", "rl", "demo-clips", "custom-ranking", "reward-clips",
+                  "random-models"] = "ranking"
     """ranking: how the reward models rank held-out frames; motion-ranking: whether the motion world's rewards tell
     clockwise from counterclockwise on held-out clips; caption-use: how much the motion world's noise predictions
     depend on the caption; rl: train and evaluate SAC; demo-clips: write demonstration and regularisation clips for
-    customize_motion.py; custom-ranking: whether a customised model's token tells its motion from others"""
+    customize_motion.py; custom-ranking: whether a customised model's token tells its motion from others; reward-clips: clip folders of
+    spinning, frozen and resting poles for eval_reward.py; random-models: the Pendulum world's models with random
+    weights (the same architectures), for eval_reward.py's known answers"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
@@ -455,6 +458,70 @@ def demo_clips(args: Args) -> dict:
     return {"demos": args.demo_clips, "regularization": len(regular), "table": table}
 
 
+def reward_clips(args: Args) -> dict:
+    """eval_reward.py's motion-world behaviours, as clip folders of png frames at the models' 32 px ({out}/spinning,
+    {out}/frozen, {out}/resting): --clips // 2 held-out spinning clips (half clockwise) of --clip-steps consecutive env
+    steps, the same clips frozen at their first frame, and as many clips of a pole at rest."""
+    import imageio.v2 as imageio
+
+    from train_motion_models import save_clips
+
+    out, n = Path(args.out), max(1, args.clips // 2)
+    save_clips(out / "spinning", (["cw", "ccw"] * n)[:n], args.clip_steps, 1, 32, np.random.default_rng(12345))
+    save_clips(out / "resting", ["rest"] * n, args.clip_steps, 1, 32, np.random.default_rng(54321))
+    for clip in sorted((out / "spinning").iterdir()):
+        first = imageio.imread(clip / "000.png")
+        (out / "frozen" / clip.name).mkdir(parents=True, exist_ok=True)
+        for f in range(args.clip_steps):
+            imageio.imwrite(out / "frozen" / clip.name / f"{f:03d}.png", first)
+    return {"clips": n, "table": f"{n} clips each of {args.clip_steps} frames in {out}/spinning, frozen, resting"}
+
+
+def random_weights(model_id: str, out: Path, seed: int = 0) -> Path:
+    """A copy of a model folder (a diffusers pipeline, a diffusers model such as a MotionAdapter, or a transformers
+    CLIP checkpoint) whose every network is re-initialised from its config with random weights (seeded); tokenizers,
+    schedulers, image processors and tadpole_config.json are copied as they are."""
+    import importlib
+    import shutil
+
+    src, out = Path(model_id), Path(out)
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    torch.manual_seed(seed)
+
+    def renew(folder: Path, library: str, name: str) -> None:
+        cls = getattr(importlib.import_module(library), name)
+        if library == "diffusers" and hasattr(cls, "load_config") and not name.endswith("Scheduler"):
+            model = cls.from_config(cls.load_config(src / folder))
+        elif library == "transformers" and hasattr(cls, "config_class") and hasattr(cls, "save_pretrained"):
+            model = cls(cls.config_class.from_pretrained(src / folder))
+        else:
+            return  # a tokenizer, scheduler or processor: kept
+        for weights in (out / folder).glob("*.safetensors"):
+            weights.unlink()
+        model.save_pretrained(out / folder)
+
+    index = src / "model_index.json"
+    if index.is_file():  # a pipeline: each component
+        for folder, spec in json.loads(index.read_text()).items():
+            if not folder.startswith("_") and isinstance(spec, list) and spec[0] in ("diffusers", "transformers"):
+                renew(Path(folder), *spec)
+    else:
+        config = json.loads((src / "config.json").read_text())
+        if "_class_name" in config:  # a diffusers model
+            renew(Path("."), "diffusers", config["_class_name"])
+        else:  # a transformers model
+            renew(Path("."), "transformers", config["architectures"][0])
+    return out
+
+
+def random_models(args: Args) -> dict:
+    """{out}/random-{name}: the Pendulum world's models (pendulum-sd, pendulum-sd3, pendulum-clip, pendulum-motion and
+    its adapter) with random weights, for eval_reward.py's "random weights correlate near zero" known answer."""
+    made = [str(random_weights(str(ROOT / "demo" / name), Path(args.out) / f"random-{name}"))
+            for name in ("pendulum-sd", "pendulum-sd3", "pendulum-clip", "pendulum-motion", "pendulum-motion-adapter")]
+    return {"folders": made, "table": "\n".join(made)}
+
+
 def custom_ranking(args: Args) -> dict:
     """Held-out clips (8 frames, every 2nd env step) of the taught motion against the other kinds: the AUC (the
     fraction of (taught, other) pairs whose score is ordered so) of each reward's mean over the clip's frames, for the
@@ -684,7 +751,8 @@ def plot_angles(per_seed: dict[str, list[dict]], path: Path, args: Args, key: st
 def main(args: Args) -> None:
     start = time.time()
     what = {"ranking": ranking, "motion-ranking": motion_ranking, "caption-use": caption_use, "rl": rl,
-            "demo-clips": demo_clips, "custom-ranking": custom_ranking}
+            "demo-clips": demo_clips, "custom-ranking": custom_ranking, "reward-clips": reward_clips,
+            "random-models": random_models}
     results = what[args.what](args)
     print(results["table"])
     print(f"\n({(time.time() - start) / 60:.1f} min)")

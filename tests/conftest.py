@@ -293,3 +293,27 @@ def tiny_families(tmp_path_factory) -> dict[str, Path]:
     return {"sd": save_tiny_stable_diffusion(root / "sd"), "sdxl": save_tiny_sdxl(root / "sdxl"),
             "sd3": save_tiny_sd3(root / "sd3"), "zeroscope": save_tiny_zeroscope(root / "zeroscope"),
             "wan": save_tiny_wan(root / "wan")}
+
+
+# ----- a trained Pendulum run with policy snapshots: a ladder of behaviours from random to trained -----
+LADDER_GROUP = "pendulum_ladder"  # the tests that use it share one xdist worker, so that it is trained once
+
+
+@pytest.fixture(scope="session")
+def pendulum_ladder(tmp_path_factory) -> tuple[Path, dict]:
+    """runs/ladder: sac_env_reward.py on Pendulum-v1, 6000 steps (1000 random), its actor saved every 1000 steps
+    (policies/step_1000.pt ... step_6000.pt); (run folder, summary). Trained in this process (about 40 s)."""
+    import sac_env_reward as sac
+
+    root = tmp_path_factory.mktemp("ladder")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        args = sac.Args(env_id="Pendulum-v1", total_timesteps=6_000, learning_starts=1000, batch_size=256,
+                        eval_every=0, eval_episodes=5, progress=False, log_every=1000, buffer_size=100_000,
+                        run_name="ladder", threads=1, save_policy_every=1000)
+        args, run_dir = sac.prepare_run(args, sac.Args)
+        summary = sac.train(args, run_dir, sac.build_reward)
+    finally:
+        os.chdir(cwd)
+    return root / "runs" / "ladder", summary

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import sac_env_reward as sac
-from conftest import ROOT, run_script, scalars
+from conftest import LADDER_GROUP, ROOT, run_script, scalars
 
 QUICK = ["--learning-starts", "200", "--batch-size", "64", "--eval-every", "0", "--eval-episodes", "1",
          "--no-progress", "--log-every", "100"]
@@ -406,6 +406,7 @@ def test_atomic_checkpoint_survives_a_failed_save(in_tmp, monkeypatch):
     (["--env-id", "CartPole-v1"], "Discrete action space", None),
     (["--resume", "runs/missing"], "--resume runs/missing", None),
     (["--num-envs", "0"], "--num-envs must be at least 1", None),
+    (["--save-policy-every", "-5"], "--save-policy-every must be 0 (no snapshots) or a number of steps", None),
     (["--env-id", "Pendulum-v1", "--compile"], "--compile needs a C++ compiler", {"PATH": "/nonexistent", "CXX": ""}),
 ])
 def test_bad_input_gives_one_line_error(in_tmp, argv, message, env):
@@ -417,11 +418,13 @@ def test_bad_input_gives_one_line_error(in_tmp, argv, message, env):
 
 
 @pytest.mark.heavy
-def test_pendulum_learns(in_tmp):
+@pytest.mark.xdist_group(LADDER_GROUP)
+def test_pendulum_learns(pendulum_ladder):
     """The standard recipe solves Pendulum: final deterministic eval return above -400 within 6k steps (random
-    actions: about -1100; the margin over seeds: docs/speed.md#learning)."""
-    summary, _ = train_in_process(quick_args(run_name="learn", total_timesteps=6_000, learning_starts=1000,
-                                             batch_size=256, eval_episodes=5, buffer_size=100_000))
+    actions: about -1100; the margin over seeds: docs/speed.md#learning). The run is the shared fixture that also
+    keeps policy snapshots (eval_reward.py's ladder): snapshots do not change training."""
+    run_dir, summary = pendulum_ladder
+    assert summary["global_step"] == 6_000
     assert np.mean(summary["eval_returns"]) > -400, summary["eval_returns"]
 
 
