@@ -80,7 +80,7 @@ ESTIMATES = {
     "sac": {"cleanrl": 25, "eager": 12, "compile": 70, "cudagraphs": 10, "compile+cudagraphs": 70},
     "reward": {"sd21": 20, "sdxl": 15, "sd3": 15, "zeroscope": 10, "wan": 20, "animatediff": 15},
     "compile": {"sd21": 75, "sdxl": 110, "sd3": 110, "zeroscope": 90, "wan": 120, "animatediff": 100},
-    "memory": {"sd21": 45, "sdxl": 60, "sd3": 90, "zeroscope": 45, "wan": 100, "animatediff": 50},
+    "memory": {"sd21": 35, "sdxl": 60, "sd3": 90, "zeroscope": 45, "wan": 100, "animatediff": 50},
     "main": 80, "video": 20, "clip_script": 20, "eval": 15, "clip": 12,
 }
 # Dense bf16 tensor-core peak (no sparsity) from the vendors' datasheets, TFLOP/s; the first name found in
@@ -190,19 +190,23 @@ class Check:
         for item in a.budget:
             name, _, seconds = item.partition("=")
             self.budgets[name] = float(seconds)
-        self.section, self.t_section = None, 0.0
+        self.section, self.t_section, self.carry = None, 0.0, 0.0
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.peak_tflops, self.peak_source = self.find_peak()
         self.folders: dict[str, tuple[Path, list[str]]] = {}
 
     # --- budgets ---
     def start(self, section: str) -> None:
+        """A section starts; what the sections before it left unused of their budgets is added to its own."""
+        if self.section in self.budgets:
+            self.carry = max(0.0, self.left())
         self.section, self.t_section = section, time.perf_counter()
-        print(f"\n== {section} (budget {self.budgets[section]:.0f} s) ==", flush=True)
+        print(f"\n== {section} (budget {self.budgets[section]:.0f} s + {self.carry:.0f} s left by the sections "
+              "before) ==", flush=True)
 
     def left(self) -> float:
-        """Seconds left to the current section: its budget, within the whole run's."""
-        section = self.budgets[self.section] - (time.perf_counter() - self.t_section)
+        """Seconds left to the current section: its budget and what earlier ones left, within the whole run's."""
+        section = self.budgets[self.section] + self.carry - (time.perf_counter() - self.t_section)
         return min(section, self.a.total_budget - (time.perf_counter() - self.t_start))
 
     def fits(self, what: str, estimate: float) -> bool:
@@ -344,7 +348,7 @@ def section_sac(c: Check) -> None:
         finally:
             fresh()
         base = sps if key == "cleanrl" else base
-        c.add(what, f"{sps:.1f} steps/s", f"{sps / base:.2f}x CleanRL's" if base else "",
+        c.add(what, f"{sps:.1f} steps/s", (f"{sps / base:.2f}x CleanRL's; " if base else "") + f"on {c.device.type}",
               steps_per_s=sps, ratio=sps / base if base else None, learning_starts=starts, steps=steps)
 
 
@@ -413,9 +417,20 @@ def build_reward_model(c: Check, name: str):
     import bench_reward
 
     resolution = 32 if c.cpu else bench_reward.ARCHITECTURES[name][1]
-    with torch.device(c.device):
-        parts = tiny_parts(name) if c.cpu else bench_reward.ARCHITECTURES[name][0]()
-    return bench_reward.build_family(name, resolution, c.device, c.dtype, parts=parts)
+    build = (lambda: tiny_parts(name)) if c.cpu else bench_reward.ARCHITECTURES[name][0]
+    return bench_reward.build_family(name, resolution, c.device, c.dtype, parts=on_device(c, build))
+
+
+def on_device(c: Check, build):
+    """build() with the device as torch's default (random initialisation of billions of weights takes seconds on a
+    GPU, minutes on a CPU); on the CPU if that fails."""
+    try:
+        with torch.device(c.device):
+            return build()
+    except Exception as e:
+        print(f"  building on {c.device} failed ({type(e).__name__}: {str(e)[:200]}); building on the CPU", flush=True)
+        fresh()
+        return build()
 
 
 def count_flops(model, frame_size: int) -> dict:
@@ -605,7 +620,8 @@ def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
     tiny = c.cpu
     torch.manual_seed(0)
     tokenizer = write_char_tokenizer(folder.parent / f"{folder.name}_tokenizer", max_length=77)
-    with torch.device(c.device):
+
+    def build():
         if tiny:  # (AnimateDiff: the plain UNet; its motion adapter goes in its own folder)
             _, denoiser, vae, scheduler, _ = tiny_parts("sd21" if name == "animatediff" else name)
         elif name == "animatediff":
@@ -642,6 +658,9 @@ def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
                                          transformer=denoiser, vae=vae, scheduler=scheduler)
         else:
             raise ValueError(name)
+        return pipe, flags
+
+    pipe, flags = on_device(c, build)
     if not tiny:
         pipe.to(c.dtype)
     pipe.save_pretrained(folder)
@@ -760,7 +779,8 @@ def memory_run(c: Check, name: str, cap_gib: float | None) -> None:
     total, starts = (40, 20) if c.cpu else (400, 200)
     cap = f" under a {cap_gib:g} GiB cap" if cap_gib else ""
     what = f"the main command at {name}'s defaults{cap}: peak memory"
-    if not c.fits(what, ESTIMATES["memory"][name]):
+    reuse = name == "sd21" and not cap_gib and getattr(c, "main_peak", None)  # the main section's run
+    if not c.fits(what, 0 if reuse else ESTIMATES["memory"][name]):
         return
     try:
         if c.cpu and not cap_gib and name in ("sdxl", "sd3", "zeroscope"):  # a child costs seconds of imports
@@ -773,7 +793,7 @@ def memory_run(c: Check, name: str, cap_gib: float | None) -> None:
                                   "run the script)", family=name)
             return
         args = main_command(c, name, total, starts, f"{name}{'_cap' if cap_gib else ''}")
-        if name == "sd21" and not cap_gib and getattr(c, "main_peak", None):
+        if reuse:
             r = {"peak": c.main_peak, "error": None, "wall_s": 0.0, "egl_noise_at_exit": False, "tail": ""}
             steps = "from the main section's run"
         else:
