@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py --out gpu_check.json          # on one GPU: about 8 minutes
     python benchmarks/gpu_check.py --sections memory cap --budget memory=900 cap=600   # the whole memory table
     python benchmarks/gpu_check.py --cpu --out /tmp/gpu_check.json                     # tiny configs (the test suite)
+    python benchmarks/gpu_check.py --count-flops     # each family's arithmetic per frame, on the meta device: no GPU
 
 Sections, in this order (--sections picks some):
 
@@ -182,7 +183,7 @@ class Check:
 
     def __init__(self, a: argparse.Namespace):
         self.a, self.cpu = a, a.cpu
-        self.device = torch.device("cpu" if a.cpu else "cuda")
+        self.device = torch.device("meta" if a.count_flops else "cpu" if a.cpu else "cuda")
         self.dtype = torch.float32 if a.cpu else torch.bfloat16
         self.rows: list[dict] = []
         self.t_start = time.perf_counter()
@@ -234,8 +235,8 @@ class Check:
     def find_peak(self) -> tuple[float | None, str]:
         if self.a.peak_tflops:
             return self.a.peak_tflops, "--peak-tflops"
-        if self.cpu:
-            return None, "none for a CPU"
+        if self.device.type != "cuda":
+            return None, f"none for {self.device.type}"
         name = torch.cuda.get_device_name(self.device)
         for key, tflops in BF16_PEAK_TFLOPS:
             if key in name:
@@ -251,12 +252,15 @@ class Check:
 
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         return {
-            "device": (torch.cuda.get_device_name(self.device) if not self.cpu
-                       else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"),
+            "device": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else
+                       "meta (shapes only: arithmetic counted, nothing run)" if self.device.type == "meta" else
+                       f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": sys.version.split()[0],
-            "commit": commit.stdout.strip() or "unknown", "mode": "--cpu (tiny configs)" if self.cpu else "GPU",
+            "commit": commit.stdout.strip() or "unknown",
+            "mode": ("--count-flops, " if self.a.count_flops else "") + ("--cpu (tiny configs)" if self.cpu else
+                                                                          "real configs"),
             "bf16_peak_tflops": self.peak_tflops, "peak_source": self.peak_source,
             "command": " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]]),
         }
@@ -416,7 +420,7 @@ def build_reward_model(c: Check, name: str):
     """sac_sds.SDSReward on the family's real architecture (tiny under --cpu), built on the device, random weights."""
     import bench_reward
 
-    resolution = 32 if c.cpu else bench_reward.ARCHITECTURES[name][1]
+    resolution = model_resolution(c, name)
     build = (lambda: tiny_parts(name)) if c.cpu else bench_reward.ARCHITECTURES[name][0]
     return bench_reward.build_family(name, resolution, c.device, c.dtype, parts=on_device(c, build))
 
@@ -435,7 +439,10 @@ def on_device(c: Check, build):
 
 def count_flops(model, frame_size: int) -> dict:
     """FLOPs per rendered frame of one reward step (torch.utils.flop_counter, 2 per multiply-add), the VAE encoder
-    and the denoiser apart: one batch element (a frame; a window for video families), divided by its frames."""
+    and the denoiser apart: one batch element (a frame; a window for video families), divided by its frames.
+    Attention runs on its math backend here, so that it is counted on every device (the counter knows CUDA's fused
+    attention kernels, not the CPU's) and the same as by them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     import bench_reward
@@ -454,7 +461,7 @@ def count_flops(model, frame_size: int) -> dict:
 
     vae.encode, denoiser.forward = counted(vae.encode, "vae_encoder"), counted(denoiser.forward, "denoiser")
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             bench_reward.sds_reward_fn(model)(frames, t, noise)
     finally:
         del vae.encode, denoiser.forward  # the classes' own methods again
@@ -525,9 +532,7 @@ def measure_reward(c: Check, model, fns: dict, batches: list[int], frame_size: i
 
 
 def add_reward_row(c: Check, name: str, mode: str, rates: dict, flops: dict) -> None:
-    import bench_reward
-
-    resolution = 32 if c.cpu else bench_reward.ARCHITECTURES[name][1]
+    resolution = model_resolution(c, name)
     batches = sorted(rates)
     fps = [rates[b][0] for b in batches]
     shares = [c.share(f * flops["total"]) for f in fps]
@@ -843,6 +848,33 @@ def table(header: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def section_flops(c: Check) -> None:
+    """--count-flops: each family's arithmetic per rendered frame on the meta device (shapes only: no GPU, no
+    weights, seconds on a CPU), as the reward section counts it on the GPU."""
+    frame_size = 32 if c.cpu else 256
+    for name in FAMILIES:
+        what = f"SDS reward {name}: arithmetic per rendered frame"
+        try:
+            model = build_reward_model(c, name)
+            flops = count_flops(model, frame_size)
+        except Exception as e:
+            c.error(what, e)
+            continue
+        finally:
+            model = None
+        unit, scale = ("TFLOP", 1e12) if flops["total"] > 1e10 else ("MFLOP", 1e6)
+        c.add(f"{what}, {model_resolution(c, name)} px", f"{flops['total'] / scale:.3f} {unit}",
+              f"denoiser {flops['denoiser'] / scale:.3f} + VAE encoder {flops['vae_encoder'] / scale:.3f}",
+              family=name, tflop_per_frame=flops["total"] / 1e12, tflop_denoiser=flops["denoiser"] / 1e12,
+              tflop_vae_encoder=flops["vae_encoder"] / 1e12)
+
+
+def model_resolution(c: Check, name: str) -> int:
+    import bench_reward
+
+    return 32 if c.cpu else bench_reward.ARCHITECTURES[name][1]
+
+
 RUNNERS = {"sac": section_sac, "reward": section_reward, "clip": section_clip, "main": section_main,
            "scripts": section_scripts, "memory": section_memory, "cap": section_cap}
 
@@ -859,6 +891,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the GPU's bf16 peak in TFLOP/s (default: the datasheet table, by the device's name)")
     p.add_argument("--cap-gib", type=float, default=24.0, help="the cap section's memory cap (a 24 GB card)")
+    p.add_argument("--count-flops", action="store_true",
+                   help="only count each family's arithmetic per frame, on the meta device (no GPU needed)")
     p.add_argument("--keep-models", action="store_true",
                    help="keep each family's pipeline folder after the memory section (for the cap section)")
     a = p.parse_args(argv)
@@ -873,7 +907,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       f"e.g. --budget memory=600\n")
     if a.total_budget is None:
         a.total_budget = float("inf") if a.cpu else 470.0
-    if not a.cpu and not torch.cuda.is_available():
+    if not a.cpu and not a.count_flops and not torch.cuda.is_available():
         p.exit(2, "error: torch sees no CUDA device: run on a GPU, or give --cpu for the tiny CPU check\n")
     if a.out and not Path(a.out).resolve().parent.is_dir():
         p.exit(2, f"error: --out {a.out}: its folder does not exist; create it or give another path\n")
@@ -884,7 +918,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ["MUJOCO_GL"] = os.environ["MUJOCO_GL"] or "egl"  # set but empty is unset
-    if a.cpu:  # one thread per process: on a small shared CPU, torch's threads otherwise wait on each other's cores
+    if a.cpu and not a.count_flops:  # one thread per process: on a small shared CPU, torch's threads wait on each other
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
     c = Check(a)
@@ -892,11 +926,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{header['device']}; torch {header['torch']}; diffusers {header['diffusers']}; transformers "
           f"{header['transformers']}; {header['mode']}; bf16 peak {c.peak_tflops} ({c.peak_source})", flush=True)
     try:
-        c.section = "device"
-        c.matmul_rate()
-        for name in a.sections:
-            c.start(name)
-            RUNNERS[name](c)
+        if a.count_flops:
+            c.budgets["flops"] = float("inf")
+            c.start("flops")
+            section_flops(c)
+        else:
+            c.section = "device"
+            c.matmul_rate()
+            for name in a.sections:
+                c.start(name)
+                RUNNERS[name](c)
     finally:
         shutil.rmtree(c.tmp, ignore_errors=True)
     header["wall_s"] = round(time.perf_counter() - c.t_start, 1)

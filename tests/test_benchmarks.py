@@ -73,6 +73,7 @@ def test_gpu_check_cpu_mode_runs_every_section_and_writes_its_table(tmp_path):
 
     import diffusers
     import transformers
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     out = tmp_path / "check.json"
@@ -112,9 +113,14 @@ def test_gpu_check_cpu_mode_runs_every_section_and_writes_its_table(tmp_path):
         assert r["tflop_vae_encoder"] > 0 and r["tflop_denoiser"] > 0 and parts <= r["tflop_per_frame"] * 1.0001
     torch.manual_seed(0)
     unet = gpu_check.tiny_parts("sd21")[1].eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # [unconditional, prompt] at 32 px: 16x16
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # 2 x 16x16
         unet(torch.randn(2, 4, 16, 16), torch.tensor([450, 450]), encoder_hidden_states=torch.randn(2, 77, 32))
     assert abs(eager["sd21"]["tflop_denoiser"] * 1e12 - counter.get_total_flops()) < 1
+    # --count-flops counts on the meta device (shapes only, no GPU): the same arithmetic as the run's
+    meta = {r["family"]: r for r in gpu_check.main(["--cpu", "--count-flops"])["rows"]}
+    for name, r in eager.items():
+        assert meta[name]["tflop_per_frame"] == pytest.approx(r["tflop_per_frame"], rel=1e-9)
+        assert meta[name]["tflop_denoiser"] == pytest.approx(r["tflop_denoiser"], rel=1e-9)
     compiled = [r for r in by["reward"] if r.get("mode") == "compile"]
     assert [r["family"] for r in compiled] == ["sd21"] and compiled[0]["frames_per_s"][0] > 0
 
