@@ -1,6 +1,6 @@
 """One command that measures the project on a GPU: every figure of docs/speed.md#gpu in one run, one table.
 
-    python benchmarks/gpu_check.py --out gpu_check.json          # on one GPU: about 8 minutes
+    python benchmarks/gpu_check.py --out gpu_check.json          # on one GPU: at most about 8 minutes (budgets)
     python benchmarks/gpu_check.py --sections memory cap --budget memory=900 cap=600   # the whole memory table
     python benchmarks/gpu_check.py --cpu --out /tmp/gpu_check.json                     # tiny configs (the test suite)
     python benchmarks/gpu_check.py --count-flops     # each family's arithmetic per frame, on the meta device: no GPU
@@ -32,17 +32,19 @@ with runpy as __main__, applies the cap named by $GPU_CHECK_CAP_GIB and, at exit
 (torch.cuda.max_memory_allocated and max_memory_reserved; on the CPU the peak RSS) as JSON to $GPU_CHECK_PEAK_FILE.
 The scripts themselves are not changed.
 
-Time: each section has a budget in seconds (--budget NAME=SECONDS), the run as a whole --total-budget. An item
-starts only if its estimated time fits what is left of its section (the estimates are rough figures for one H200;
---cpu has none); a child process still running at the end of its section is stopped with SIGTERM (the scripts then
-checkpoint). What is skipped is a row that says so. The peak of each GPU is a table of datasheet figures (dense
-bf16, no sparsity) looked up by torch.cuda.get_device_name(); --peak-tflops sets it. The rate of a large bf16
-matmul measured on the device is printed beside it.
+Time: each section has a budget in seconds (--budget NAME=SECONDS; what a section leaves unused goes to the next),
+the run as a whole --total-budget (470 s). An item starts only if its estimated time fits what is left of its
+section (the estimates are rough figures for one H200; --cpu has none); a child process still running at the end of
+its section is stopped with SIGTERM (the scripts then checkpoint). What is skipped is a row that says so. The peak
+of each GPU is a table of datasheet figures (dense bf16, no sparsity) looked up by torch.cuda.get_device_name();
+--peak-tflops sets it. The rate of a large bf16 matmul measured on the device is printed beside it.
 
---cpu: tiny configs of every model, a few steps, every section, on the CPU, in about a minute and a half on 2 cores;
-torch.compile there uses the aot_eager backend (dynamo and AOT autograd as on CUDA, without inductor's code
-generation, which takes a minute on a small CPU); --cudagraphs is a no-op on the CPU. Its figures mean nothing: it is
-there so that the GPU path cannot rot (tests/test_benchmarks.py runs it).
+--cpu: tiny configs of every model, a few steps, every section, on the CPU (one torch thread), in about two minutes on
+2 busy cores; torch.compile there uses the aot_eager backend (dynamo and AOT autograd as on CUDA, without inductor's
+code generation, which takes a minute on a small CPU) and compiles one family's reward; --cudagraphs is a no-op on
+the CPU, so --compile --cudagraphs is skipped; sdxl's, sd3's and zeroscope's memory folders are loaded in-process
+instead of run; the cap cannot apply. Its figures mean nothing: it is there so that the GPU path cannot rot
+(tests/test_benchmarks.py runs it).
 """
 
 from __future__ import annotations
