@@ -64,8 +64,8 @@ def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: 
         try:
             args = sac.Args(env_id=env_id, seed=seed, total_timesteps=learning_starts + steps,
                             learning_starts=learning_starts, eval_every=0, eval_episodes=0, checkpoint_every=0,
-                            save_buffer=False, progress=False, compile=compile, run_name="bench",
-                            **({"cudagraphs": True} if cudagraphs else {}))
+                            save_buffer=False, progress=False, compile=compile, cudagraphs=cudagraphs,
+                            run_name="bench")
             args, run_dir = sac.prepare_run(args, sac.Args)
             return sac.train(args, run_dir, sac.build_reward)["learning_sps"]
         finally:

@@ -615,10 +615,10 @@ def t5_encoder(tokenizer, tiny: bool, umt5: bool = False):
     return model_cls(config_cls(feed_forward_proj="gated-gelu", **size)).eval()
 
 
-def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
-    """A complete diffusers pipeline folder of the family (real architecture with its real text encoders, random
-    weights; tiny under --cpu), written with save_pretrained and loaded by the scripts through --model-id. Returns
-    the flags the main command needs besides --model-id (AnimateDiff: its motion adapter, saved next to it)."""
+def build_pipeline(c: Check, name: str, files: Path):
+    """The family's complete diffusers pipeline (real architecture with its real text encoders, random weights; tiny
+    under --cpu) on c.device, and AnimateDiff's motion adapter (None for the others). Character-level tokenizers
+    stand in for the real vocabularies (their files go under `files`); the embedding tables keep the real sizes."""
     import diffusers
     from train_pendulum_models import write_char_tokenizer
 
@@ -626,7 +626,7 @@ def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
 
     tiny = c.cpu
     torch.manual_seed(0)
-    tokenizer = write_char_tokenizer(folder.parent / f"{folder.name}_tokenizer", max_length=77)
+    tokenizer = write_char_tokenizer(files / f"{name}_tokenizer", max_length=77)
 
     def build():
         if tiny:  # (AnimateDiff: the plain UNet; its motion adapter goes in its own folder)
@@ -635,11 +635,9 @@ def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
             denoiser, vae, scheduler = bench_reward.sd15_unet(), bench_reward.sd_vae(), bench_reward.sd_schedule()
         else:
             _, denoiser, vae, scheduler, _ = bench_reward.ARCHITECTURES[name][0]()
-        flags = []
-        if name == "animatediff":  # an SD 1.5 pipeline, and the motion adapter apart (--motion-adapter-id)
+        adapter = None  # AnimateDiff: an SD 1.5 pipeline, and the motion adapter apart (--motion-adapter-id)
+        if name == "animatediff":
             adapter = tiny_adapter() if tiny else diffusers.MotionAdapter()
-            adapter.to(c.dtype).save_pretrained(folder.parent / f"{folder.name}_adapter")
-            flags = ["--motion-adapter-id", str(folder.parent / f"{folder.name}_adapter")]
         kind = "tiny" if tiny else None
         if name in ("sd21", "zeroscope", "animatediff"):
             text = clip_text(tokenizer, kind or ("L" if name == "animatediff" else "H"))
@@ -653,27 +651,38 @@ def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
                 text_encoder_2=clip_text(tokenizer, kind or "G", projection=True), tokenizer_2=tokenizer,
                 unet=denoiser, scheduler=scheduler)
         elif name == "sd3":
-            t5_tok = t5_tokenizer(folder.parent / f"{folder.name}_t5_tokenizer")
+            t5_tok = t5_tokenizer(files / f"{name}_t5_tokenizer")
             pipe = diffusers.StableDiffusion3Pipeline(
                 transformer=denoiser, scheduler=scheduler, vae=vae,
                 text_encoder=clip_text(tokenizer, kind or "L", projection=True), tokenizer=tokenizer,
                 text_encoder_2=clip_text(tokenizer, kind or "G", projection=True), tokenizer_2=tokenizer,
                 text_encoder_3=t5_encoder(t5_tok, tiny), tokenizer_3=t5_tok)
         elif name == "wan":
-            t5_tok = t5_tokenizer(folder.parent / f"{folder.name}_t5_tokenizer")
+            t5_tok = t5_tokenizer(files / f"{name}_t5_tokenizer")
             pipe = diffusers.WanPipeline(tokenizer=t5_tok, text_encoder=t5_encoder(t5_tok, tiny, umt5=True),
                                          transformer=denoiser, vae=vae, scheduler=scheduler)
         else:
             raise ValueError(name)
-        return pipe, flags
+        return pipe, adapter
 
-    pipe, flags = on_device(c, build)
-    if not tiny:
-        pipe.to(c.dtype)
+    return on_device(c, build)
+
+
+def save_pipeline(c: Check, name: str, folder: Path) -> list[str]:
+    """The family's pipeline folder (build_pipeline), written with save_pretrained and loaded by the scripts through
+    --model-id, in the run's dtype. Returns the flags the main command needs besides --model-id (AnimateDiff: its
+    motion adapter's folder, written next to it)."""
+    pipe, adapter = build_pipeline(c, name, folder.parent)
+    pipe.to(c.dtype)
     pipe.save_pretrained(folder)
-    del pipe
+    flags = []
+    if adapter is not None:
+        adapter.to(c.dtype).save_pretrained(folder.parent / f"{folder.name}_adapter")
+        flags = ["--motion-adapter-id", str(folder.parent / f"{folder.name}_adapter")]
+    del pipe, adapter
     fresh()
     return flags
+
 
 
 def pipeline_folder(c: Check, name: str) -> tuple[Path, list[str]]:
