@@ -9,7 +9,8 @@
 sds: sac_sds.SDSReward on the real architecture of each model family (docs/method.md#model-families), built from
 its config with random weights, so nothing is downloaded (speed does not depend on the weights): sd21
 (stable-diffusion-2-1-base, docs/method.md#stable-diffusion-21-base-architecture), sdxl (SDXL base 1.0), sd3 (SD3
-medium), zeroscope (zeroscope_v2 / ModelScope 1.7B) and wan (Wan 2.1 T2V 1.3B). One reward = encode rendered uint8
+medium), zeroscope (zeroscope_v2 / ModelScope 1.7B), wan (Wan 2.1 T2V 1.3B) and animatediff (the v1-5-2 motion
+adapter in SD 1.5's UNet). One reward = encode rendered uint8
 frames (resize on the device, VAE encoder) + one denoiser pass on [z_t, z_t] with the [unconditional, prompt]
 conditioning + the two terms, exactly as training computes it. The text encoders are not built or timed: the prompt
 is embedded once per run (random conditioning of the shapes they give stands in). For the video families a batch
@@ -134,23 +135,69 @@ def wan21_1_3b():
         {"text": (512, 4096)}
 
 
+def sd15_unet(**extra):
+    """stable-diffusion-v1-5's UNet (860M): CLIP ViT-L/14 text (77 x 768), 8-channel attention heads."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        attention_head_dim=8, cross_attention_dim=768,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **extra)
+
+
+def animatediff_v152():
+    """AnimateDiff: guoyww/animatediff-motion-adapter-v1-5-2 (MotionAdapter's defaults are its config) inserted into
+    stable-diffusion-v1-5's UNet (UNetMotionModel 1.3B), SD's VAE per frame, CLIP ViT-L/14 text."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    unet = UNetMotionModel.from_unet2d(sd15_unet(), MotionAdapter())
+    return "SDFamily", unet, sd_vae(), sd_schedule(), {"text": (77, 768)}
+
+
 ARCHITECTURES = {"sd21": (sd21_base, 512), "sdxl": (sdxl_base, 1024), "sd3": (sd3_medium, 1024),
-                 "zeroscope": (zeroscope_v2, 256), "wan": (wan21_1_3b, 480)}
+                 "zeroscope": (zeroscope_v2, 256), "wan": (wan21_1_3b, 480), "animatediff": (animatediff_v152, 512)}
 
 
-def build_family(name: str, resolution: int, device: torch.device, dtype: torch.dtype):
+def build_family(name: str, resolution: int, device: torch.device, dtype: torch.dtype, parts=None):
     """sac_sds.SDSReward on a family's real architecture, built from its config with random weights (speed does
     not depend on them), and random [unconditional, prompt] conditioning of the shapes its text encoders give. The
-    text encoders are not built: the prompt is embedded once per run, untimed."""
+    text encoders are not built: the prompt is embedded once per run, untimed. parts: what an ARCHITECTURES
+    function returns, to build another configuration (benchmarks/gpu_check.py --cpu passes tiny ones)."""
     from types import SimpleNamespace
 
     import sac_sds
 
-    family, denoiser, vae, scheduler, shapes = ARCHITECTURES[name][0]()
+    family, denoiser, vae, scheduler, shapes = parts or ARCHITECTURES[name][0]()
     cond = {k: torch.randn(2, *shape) for k, shape in shapes.items()}
+    video = {"video": True} if type(denoiser).__name__ == "UNetMotionModel" else {}  # AnimateDiff
     model = getattr(sac_sds, family)(SimpleNamespace(vae=vae.to(dtype), scheduler=scheduler), denoiser.to(dtype),
-                                     cond, dtype)
+                                     cond, dtype, **video)
     return sac_sds.SDSReward(model, resolution).to(device)
+
+
+def sds_reward_fn(model):
+    """One reward step as training computes it: encode uint8 frames, one denoiser pass, the two terms. Image
+    families take (frames, t, noise) with one t per frame; video families one t per window of model.context_size
+    frames (frames and noise window-major)."""
+    window = model.context_size if model.video else None
+
+    def reward(frames, t, noise):
+        latents = model.encode(frames)
+        if window is None:
+            return model(latents, t, noise)
+        windows = latents.view(len(t), window, *latents.shape[1:])
+        return model.combine(*model.terms(windows, t, noise.view(len(t), window, *noise.shape[1:])))
+
+    return reward
+
+
+def sds_inputs(model, batch: int, frame_size: int, rng: np.random.Generator):
+    """Random uint8 frames, noise levels and noise for `batch` elements (frames, or windows of a video family)."""
+    device = model.device
+    n = batch * (model.context_size if model.video else 1)
+    frames = torch.from_numpy(rng.integers(0, 256, (n, frame_size, frame_size, 3), dtype=np.uint8))
+    return frames, torch.full((batch,), 450, device=device), torch.randn(n, *model.latent_shape, device=device)
 
 
 def sds_steps(args, device: torch.device, dtype: torch.dtype, family: str = "sd21"):
@@ -163,19 +210,10 @@ def sds_steps(args, device: torch.device, dtype: torch.dtype, family: str = "sd2
     window = model.context_size if model.video else None
 
     def make_step(batch: int, fn):
-        n = batch * (window or 1)
-        frames = torch.from_numpy(rng.integers(0, 256, (n, args.frame_size, args.frame_size, 3), dtype=np.uint8))
-        t = torch.full((batch,), 450, device=device)
-        noise = torch.randn(n, *model.latent_shape, device=device)
-        return lambda: fn(frames, t, noise)
+        inputs = sds_inputs(model, batch, args.frame_size, rng)
+        return lambda: fn(*inputs)
 
-    def reward(frames, t, noise):
-        latents = model.encode(frames)
-        if window is None:
-            return model(latents, t, noise)
-        windows = latents.view(len(t), window, *latents.shape[1:])
-        return model.combine(*model.terms(windows, t, noise.view(len(t), window, *noise.shape[1:])))
-
+    reward = sds_reward_fn(model)
     fns = {"eager": reward}
     if "compile" in args.modes:
         fns["compile"] = torch.compile(reward, dynamic=False)
@@ -187,10 +225,11 @@ def sds_steps(args, device: torch.device, dtype: torch.dtype, family: str = "sd2
 
 
 # ----- clip: VLM-RM's CLIP reward on ViT-L/14 -----
-def build_clip_vit_l14(device: torch.device, dtype: torch.dtype):
+def build_clip_vit_l14(device: torch.device, dtype: torch.dtype, tiny: bool = False):
     """sac_clip.CLIPReward with openai/clip-vit-large-patch14's architecture and image processor (CLIPImageProcessor's
     defaults are that checkpoint's), random weights. A character-level tokenizer stands in for CLIP's BPE vocabulary:
-    the prompts are embedded once per run, untimed."""
+    the prompts are embedded once per run, untimed. tiny: 2-layer towers 32 wide (the same 224 px input), for a
+    quick run on a CPU."""
     import json
     import tempfile
 
@@ -204,13 +243,14 @@ def build_clip_vit_l14(device: torch.device, dtype: torch.dtype):
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
         tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2) if tiny else {}
     config = CLIPConfig(
         text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                          max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
+                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]) | small,
         vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           image_size=224, patch_size=14),
-        projection_dim=768,
+                           image_size=224, patch_size=14) | small,
+        projection_dim=16 if tiny else 768,
     )
     with torch.device(device):
         model = CLIPModel(config).to(dtype)
@@ -227,7 +267,7 @@ def clip_steps(args, device: torch.device, dtype: torch.dtype):
     from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 
     dtype = sac_clip.resolve_dtype(args.dtype, device)  # auto: bf16 on CUDA, fp32 on the CPU
-    model = build_clip_vit_l14(device, dtype)
+    model = build_clip_vit_l14(device, dtype, tiny=getattr(args, "tiny", False))
     processor = CLIPImageProcessorPil()  # the reference: PIL, frame by frame
     params = sum(p.numel() for p in model.parameters()) / 1e6
     rng = np.random.default_rng(0)
@@ -261,7 +301,8 @@ def clip_steps(args, device: torch.device, dtype: torch.dtype):
             diff = (fns[mode](frames).cpu() - pil_prep(frames).cpu()).abs()
             agreement.append(f"{mode} differs from pil-prep on {100 * (diff > 1e-5).float().mean():.2f}% of the pixel "
                              f"values, by at most {diff.max() / level:.1f} uint8 levels")
-    desc = (f"clip: ViT-L/14 architecture ({params:.0f}M parameters), random weights, {dtype}; frames "
+    name = "tiny" if getattr(args, "tiny", False) else "ViT-L/14"
+    desc = (f"clip: {name} architecture ({params:.0f}M parameters), random weights, {dtype}; frames "
             f"{args.frame_size} px -> 224 (bicubic resize, center crop); " + "; ".join(agreement))
     return {mode: (lambda b, fn=fn: make_step(b, fn)) for mode, fn in fns.items()}, desc
 
@@ -337,9 +378,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--frame-size", type=int, default=256, help="rendered frame size in pixels (sac_*.py --render-size)")
     p.add_argument("--families", nargs="+", choices=list(ARCHITECTURES), default=["sd21"],
-                   help="sds: the architectures to measure (sd21, sdxl, sd3: frames; zeroscope, wan: windows)")
+                   help="sds: the architectures to measure (sd21, sdxl, sd3: frames; zeroscope, wan, animatediff: "
+                        "windows)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="sds: model input size (default: each family's own: 512, 1024, 1024, 256, 480)")
+                   help="sds: model input size (default: each family's own: 512, 1024, 1024, 256, 480, 512)")
     p.add_argument("--clip-preprocessing-only", action="store_true",
                    help="clip: time the two preprocessings only (fast: affords more batch sizes and repeats)")
     args = p.parse_args()

@@ -54,14 +54,18 @@ def load_revision(rev: str):
     return module
 
 
-def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: bool, sac=sac) -> float:
+def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: bool, sac=sac,
+             cudagraphs: bool = False) -> float:
+    """sac_env_reward.py's train() in a temporary folder (no evaluation, checkpoints or buffer saved): learning-phase
+    steps/s. sac: the module (another revision of the script: load_revision)."""
     with tempfile.TemporaryDirectory() as d:
         cwd = os.getcwd()
         os.chdir(d)
         try:
             args = sac.Args(env_id=env_id, seed=seed, total_timesteps=learning_starts + steps,
                             learning_starts=learning_starts, eval_every=0, eval_episodes=0, checkpoint_every=0,
-                            save_buffer=False, progress=False, compile=compile, run_name="bench")
+                            save_buffer=False, progress=False, compile=compile, cudagraphs=cudagraphs,
+                            run_name="bench")
             args, run_dir = sac.prepare_run(args, sac.Args)
             return sac.train(args, run_dir, sac.build_reward)["learning_sps"]
         finally:

@@ -83,6 +83,8 @@ class Args:
     """folder name under runs/ (default: {env_id}__cleanrl_sac__{seed}__{unix time})"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, as CleanRL's default --cuda), cpu, cuda"""
     progress: bool = True
     """print the episodic return of finished training episodes"""
 
@@ -135,18 +137,19 @@ class Actor(nn.Module):
 class CleanRLSAC:
     """CleanRL's networks, optimizers and update step (one call per environment step after learning_starts)."""
 
-    def __init__(self, args: Args, obs_dim: int, action_space: gym.spaces.Box):
+    def __init__(self, args: Args, obs_dim: int, action_space: gym.spaces.Box, device=torch.device("cpu")):
         self.args, act_dim = args, action_space.shape[0]
-        self.actor = Actor(obs_dim, action_space.low, action_space.high)
-        self.qf1, self.qf2 = SoftQNetwork(obs_dim, act_dim), SoftQNetwork(obs_dim, act_dim)
-        self.qf1_target, self.qf2_target = SoftQNetwork(obs_dim, act_dim), SoftQNetwork(obs_dim, act_dim)
+        self.actor = Actor(obs_dim, action_space.low, action_space.high).to(device)
+        self.qf1, self.qf2 = SoftQNetwork(obs_dim, act_dim).to(device), SoftQNetwork(obs_dim, act_dim).to(device)
+        self.qf1_target = SoftQNetwork(obs_dim, act_dim).to(device)
+        self.qf2_target = SoftQNetwork(obs_dim, act_dim).to(device)
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_optimizer = torch.optim.Adam(list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=args.q_lr)
         self.actor_optimizer = torch.optim.Adam(list(self.actor.parameters()), lr=args.policy_lr)
         if args.autotune:
             self.target_entropy = -float(act_dim)
-            self.log_alpha = torch.zeros(1, requires_grad=True)
+            self.log_alpha = torch.zeros(1, requires_grad=True, device=device)
             self.alpha = self.log_alpha.exp().item()
             self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr)
         else:
@@ -202,9 +205,11 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = True
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else \
+        torch.device(args.device)
     env = gym.make(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    sac = CleanRLSAC(args, obs_dim, env.action_space)
+    sac = CleanRLSAC(args, obs_dim, env.action_space, device)
     n = min(args.buffer_size, args.total_timesteps)
     dims = {"o": obs_dim, "o2": obs_dim, "a": act_dim, "r": 1, "d": 1}
     buf = {k: np.zeros((n, d), np.float32) for k, d in dims.items()}
@@ -217,8 +222,7 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
     summary: dict = {}
 
     def evaluate(step: int) -> None:
-        returns = ours.evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000,
-                                torch.device("cpu"))[0]
+        returns = ours.evaluate(sac.actor, eval_env, args.eval_episodes, args.seed + 10_000, device)[0]
         writer.add_scalar("charts/eval_return", np.mean(returns), step)
         summary["eval_returns"] = returns
 
@@ -230,7 +234,7 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
         if global_step < args.learning_starts:
             action = env.action_space.sample()
         else:
-            action, _, _ = sac.actor.get_action(torch.Tensor(obs).unsqueeze(0))
+            action, _, _ = sac.actor.get_action(torch.Tensor(obs).unsqueeze(0).to(device))
             action = action.detach().cpu().numpy()[0]
         next_obs, reward, terminated, truncated, _ = env.step(action)
         ep_return += float(reward)
@@ -245,7 +249,7 @@ def train(args: Args, run_dir: Optional[Path] = None) -> dict:
             obs, ep_return = env.reset()[0], 0.0
         if global_step > args.learning_starts:
             idx = np.random.randint(0, min(global_step + 1, n), size=args.batch_size)
-            batch = [torch.as_tensor(buf[k][idx]) for k in ("o", "a", "r", "o2", "d")]
+            batch = [torch.as_tensor(buf[k][idx], device=device) for k in ("o", "a", "r", "o2", "d")]
             losses = sac.update(global_step, *batch)
             if t_learn is None:
                 t_learn, step_learn = time.perf_counter(), global_step
