@@ -10,6 +10,8 @@ Sections, in this order (--sections picks some):
     sac      SAC's learning phase on Hopper-v4 in this process: CleanRL's code (benchmarks/cleanrl_sac.py) against
              sac_env_reward.py eager, --compile, --cudagraphs and --compile --cudagraphs (benchmarks/bench_sac.py's
              runners). A variant that fails is a row with its one-line error.
+    learn    Pendulum-v1 trained from one seed by sac_env_reward.py eager, with --cudagraphs (the default on CUDA)
+             and with --compile --cudagraphs: each final evaluation return (the fast paths must learn as eager does).
     reward   the SDS reward of every diffusion family on its real architecture built from its config with random
              weights (benchmarks/bench_reward.py: SD 2.1-base 512 px, SDXL and SD3-medium 1024, ZeroScope 256, Wan 2.1
              1.3B 480, AnimateDiff 512): frames/s eager at several batch sizes and compiled (torch.compile, fixed
@@ -75,12 +77,14 @@ for _p in (ROOT, ROOT / "benchmarks", ROOT / "demo"):
         sys.path.insert(0, str(_p))
 
 PEAK_FILE_ENV, CAP_ENV = "GPU_CHECK_PEAK_FILE", "GPU_CHECK_CAP_GIB"
-SECTIONS = ("sac", "reward", "clip", "main", "scripts", "memory", "cap")
-BUDGETS = {"sac": 95, "reward": 125, "clip": 20, "main": 90, "scripts": 55, "memory": 50, "cap": 45}  # s, one H200
+SECTIONS = ("sac", "learn", "reward", "clip", "main", "scripts", "memory", "cap")
+BUDGETS = {"sac": 95, "learn": 45, "reward": 125, "clip": 20, "main": 90, "scripts": 55, "memory": 50,
+           "cap": 45}  # s, one H200
 FAMILIES = ("sd21", "sdxl", "sd3", "zeroscope", "wan", "animatediff")
 # Rough seconds on one H200, to skip what cannot finish in a section's budget (not measurements to quote)
 ESTIMATES = {
     "sac": {"cleanrl": 25, "eager": 12, "compile": 70, "cudagraphs": 10, "compile+cudagraphs": 70},
+    "learn": {"eager": 35, "cudagraphs": 15, "compile+cudagraphs": 75},
     "reward": {"sd21": 20, "sdxl": 15, "sd3": 15, "zeroscope": 10, "wan": 20, "animatediff": 15},
     "compile": {"sd21": 75, "sdxl": 110, "sd3": 110, "zeroscope": 90, "wan": 120, "animatediff": 100},
     "memory": {"sd21": 35, "sdxl": 60, "sd3": 90, "zeroscope": 45, "wan": 100, "animatediff": 50},
@@ -356,6 +360,41 @@ def section_sac(c: Check) -> None:
         base = sps if key == "cleanrl" else base
         c.add(what, f"{sps:.1f} steps/s", (f"{sps / base:.2f}x CleanRL's; " if base else "") + f"on {c.device.type}",
               steps_per_s=sps, ratio=sps / base if base else None, learning_starts=starts, steps=steps)
+
+
+# ----- section learn: the fast paths learn as eager mode does -----
+def section_learn(c: Check) -> None:
+    """Pendulum-v1 trained by sac_env_reward.py eager, with --cudagraphs (the default on CUDA) and with --compile
+    --cudagraphs, from one seed: the final evaluation return of each. A captured or compiled update draws its random
+    numbers in another order than eager, so the runs are not bit-equal; each should reach what eager reaches (the
+    suite's CPU test asks > -400 at 6000 steps; random actions score about -1200)."""
+    import sac_env_reward as sac
+
+    total, starts = (300, 100) if c.cpu else (6000, 1000)
+    variants = {"eager": {}, "cudagraphs": {"cudagraphs": True}, "compile+cudagraphs": {"compile": True,
+                                                                                       "cudagraphs": True}}
+    for key, flags in variants.items():
+        what = f"SAC Pendulum-v1 learns, {total} steps: {key}"
+        if not c.fits(what, ESTIMATES["learn"][key]):
+            continue
+        cwd = os.getcwd()
+        try:
+            os.chdir(run_dir(c, "learn"))
+            with compile_backend(c.cpu):
+                args = sac.Args(env_id="Pendulum-v1", seed=1, total_timesteps=total, learning_starts=starts,
+                                eval_every=0, eval_episodes=5, checkpoint_every=0, save_buffer=False, progress=False,
+                                run_name=f"learn-{key}", **{"cudagraphs": False, **flags})
+                args, folder = sac.prepare_run(args, sac.Args)
+                summary = sac.train(args, folder, sac.build_reward)
+        except Exception as e:
+            c.error(what, e)
+            continue
+        finally:
+            os.chdir(cwd)
+            fresh()
+        ret = float(np.mean(summary["eval_returns"]))
+        c.add(what, f"eval return {ret:.0f}", f"learning phase {summary.get('learning_sps', 0):.0f} steps/s on "
+              f"{c.device.type}", eval_return=ret, learning_sps=summary.get("learning_sps"))
 
 
 # ----- section reward: each diffusion family's reward, eager and compiled, and its share of the peak -----
@@ -886,7 +925,7 @@ def model_resolution(c: Check, name: str) -> int:
     return 32 if c.cpu else bench_reward.ARCHITECTURES[name][1]
 
 
-RUNNERS = {"sac": section_sac, "reward": section_reward, "clip": section_clip, "main": section_main,
+RUNNERS = {"sac": section_sac, "learn": section_learn, "reward": section_reward, "clip": section_clip, "main": section_main,
            "scripts": section_scripts, "memory": section_memory, "cap": section_cap}
 
 
