@@ -159,10 +159,11 @@ class SACArgs:
     without Python's overhead; no effect on the CPU; --no-cudagraphs turns it off"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
-    reward_overlap: bool = True
+    reward_overlap: Optional[bool] = None
     """a text reward scores its frames in a thread of its own (on CUDA, its own stream) while the envs step and SAC
     updates: the transitions of every reward batch's worth of steps are handed to it, and enter the replay buffer when
-    the next are handed over; deterministic (docs/speed.md#overlap); no effect on the env reward"""
+    the next are handed over; deterministic (docs/speed.md#overlap). Default: True on CUDA, False on the CPU (whose
+    cores both threads share: docs/speed.md#overlap); no effect on the env reward"""
 
     # Evaluation, videos, logging, checkpoints
     eval_every: int = 10_000
@@ -2268,11 +2269,11 @@ class Run:
         self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
         self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
         # --reward-overlap: the text reward's thread, the queue it labels from, its work under way, its CUDA stream
-        self.overlap = (ThreadPoolExecutor(1, thread_name_prefix="reward")
-                        if args.reward_overlap and reward.needs_frames else None)
+        device = getattr(getattr(reward, "model", None), "device", sac.log_alpha.device)
+        overlap = args.reward_overlap if args.reward_overlap is not None else device.type == "cuda"
+        self.overlap = ThreadPoolExecutor(1, thread_name_prefix="reward") if overlap and reward.needs_frames else None
         self.handed, self.labelling = TransitionQueue(n), None
         self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
-        device = getattr(getattr(reward, "model", None), "device", torch.device("cpu"))
         self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
         self.t_log, self.step_log = time.perf_counter(), self.global_step
         self.t_learn, self.step_learn, self.updates = None, 0, 0
@@ -2552,7 +2553,7 @@ def write_args(run_dir: Path, args: dict) -> None:
 # fields added since runs were first made, and the value runs made before them had (the text rewards' --scene now
 # defaults to natural)
 ADDED_FIELDS = {"scene": "stock", "protocol": "stock", "action_repeat": None, "success_bonus": 0.0,
-                "save_policy_every": 0}
+                "save_policy_every": 0, "reward_overlap": False}
 
 
 def read_args(run_dir: Path, args_cls: type) -> SACArgs:

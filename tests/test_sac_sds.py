@@ -393,7 +393,7 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
 
 
 def test_overlapped_reward_labels_in_its_thread_and_runs_stay_deterministic(tiny_sd, in_tmp, monkeypatch):
-    """--reward-overlap (the default): the labelling runs in the reward's own thread, and two runs of one seed give
+    """--reward-overlap (the default on CUDA): the labelling runs in the reward's own thread, and two runs of one seed give
     the same replay buffer and networks (what enters the buffer when depends on the step count, not on timing);
     every transition is labelled by the end."""
     import threading
@@ -409,7 +409,7 @@ def test_overlapped_reward_labels_in_its_thread_and_runs_stay_deterministic(tiny
     for run in ("a", "b"):
         args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=260,
                     learning_starts=60, batch_size=16, reward_batch_size=12, checkpoint_every=0, eval_every=0,
-                    eval_episodes=0, threads=1, progress=False, run_name=run)
+                    eval_episodes=0, threads=1, progress=False, run_name=run, reward_overlap=True)
         args, run_dir = sac_sds.prepare_run(args, Args)
         assert sac_sds.train(args, run_dir, sac_sds.build_reward)["buffer_size"] == 260
         states.append(torch.load(run_dir / "checkpoint.pt", weights_only=True))
