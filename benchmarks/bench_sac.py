@@ -58,6 +58,8 @@ def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: 
              cudagraphs: bool = False) -> float:
     """sac_env_reward.py's train() in a temporary folder (no evaluation, checkpoints or buffer saved): learning-phase
     steps/s. sac: the module (another revision of the script: load_revision)."""
+    if compile:  # compiled graphs of earlier variants forgotten: dynamo's recompile limit (8 per function) counts
+        torch._dynamo.reset()  # every SAC instance's, and past it the update silently runs eagerly
     with tempfile.TemporaryDirectory() as d:
         cwd = os.getcwd()
         os.chdir(d)
