@@ -278,15 +278,15 @@ def test_noise_level_per_episode_and_generator_state(tiny_sd):
 
 def test_out_of_memory_halves_the_pass(tiny_sd, capsys):
     labeler = labeler_for(tiny_sd, num_envs=1, batch=8)
-    terms, sizes = labeler.model.terms, []
+    reward, sizes = labeler.model.reward, []
 
-    def small_memory(latents, t, noise):
+    def small_memory(latents, t, noise, *rest):
         sizes.append(len(latents))
         if len(latents) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return terms(latents, t, noise)
+        return reward(latents, t, noise, *rest)
 
-    labeler.model.terms = small_memory
+    labeler.model.reward = small_memory
     queue = TransitionQueue(1)
     for it in push_episodes(queue, 0, [8], 0, 0):
         queue.push(it)
@@ -339,14 +339,14 @@ def test_end_to_end_video_model(tiny_sd, tiny_motion_adapter, in_tmp):
 
 
 def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd, in_tmp, monkeypatch):
-    combine, frames_seen = SDSReward.combine, []
+    tadpole_reward, frames_seen = sac_sds.tadpole_reward, []
 
-    def poisoned_after_150_frames(self, align, recon):
+    def poisoned_after_150_frames(*args, **kwargs):
+        align, recon, reward = tadpole_reward(*args, **kwargs)
         frames_seen.append(len(align))
-        reward = combine(self, align, recon)
-        return reward if sum(frames_seen) <= 150 else reward * float("nan")
+        return align, recon, reward if sum(frames_seen) <= 150 else reward * float("nan")
 
-    monkeypatch.setattr(SDSReward, "combine", poisoned_after_150_frames)
+    monkeypatch.setattr(sac_sds, "tadpole_reward", poisoned_after_150_frames)
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=300, learning_starts=50,
                 batch_size=16, reward_batch_size=10, checkpoint_every=100, eval_every=0, eval_episodes=0, threads=1,
                 progress=False, run_name="nan")
