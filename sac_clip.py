@@ -195,17 +195,30 @@ class Args(SACArgs):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reward: CLIP similarity between each rendered frame and the goal prompt, regularised by a baseline prompt
-# (VLM-RM, docs/method.md#clip-reward-vlm-rm). In order: the model with the reward's formula (CLIPReward: the
-# projection, then the reward), the labeler that feeds it the frames during training, and last the settings, the
-# prompts and the loading, with their errors.
+# (VLM-RM, docs/method.md#clip-reward-vlm-rm). In order: the formula (vlm_rm_reward, one function), the model with
+# its goals (CLIPReward), the labeler that feeds it the frames during training, and last the settings, the prompts
+# and the loading, with their errors.
 # ---------------------------------------------------------------------------------------------------------------
+def vlm_rm_reward(x: torch.Tensor, goal: torch.Tensor, baseline: torch.Tensor, alpha: float) -> torch.Tensor:
+    """VLM-RM's reward of normalised image embeddings x (N, D), with the goal g and the baseline b (D,):
+
+        reward = 1 - |(x - g) P|^2 / 2,   P = alpha d d^T / |d|^2 + (1 - alpha) I,   d = g - b
+
+    alpha 1 keeps only the component of x - g along d, alpha 0 all of it (the plain CLIP reward)."""
+    d = goal - baseline
+    eye = torch.eye(len(d), device=d.device)
+    direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
+    projection = alpha * direction + (1.0 - alpha) * eye
+    return 1.0 - 0.5 * ((x - goal) @ projection).pow(2).sum(-1)
+
+
 class CLIPReward(nn.Module):
     """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
-    1 - |(x - g) P|^2 / 2 (see the module docstring).
+    vlm_rm_reward of their normalised embeddings (see the module docstring).
 
     Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
     (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
-    is a goal of its own instead (g_k = e_k, with its own projection P_k from d_k = e_k - b), and forward(frames,
+    is a goal of its own instead (g_k = e_k, with its own projection from d_k = e_k - b), and forward(frames,
     prompt) scores each frame on the goal of its index (a --prompt-schedule entry).
 
     Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
@@ -233,34 +246,24 @@ class CLIPReward(nn.Module):
             w = torch.tensor(weights, device=embeddings.device)
             goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
         texts = [[p] for p in prompts] if schedule else [prompts]
-        projections = torch.stack([self.projection_for(g, baseline, alpha, t, baseline_prompts)
-                                   for g, t in zip(goals, texts)])
+        for g, t in zip(goals, texts):
+            if alpha > 0 and (g - baseline).norm() < 1e-6:
+                raise UserError(f"goal prompts {t} and baseline prompts {baseline_prompts} have the same CLIP "
+                                "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
         self.register_buffer("prompt_embeddings", embeddings)
         self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
         self.register_buffer("baseline", baseline)
-        self.register_buffer("projections", projections)  # (1, D, D), or (K, D, D)
-
-    @staticmethod
-    def projection_for(goal: torch.Tensor, baseline: torch.Tensor, alpha: float, prompts, baseline_prompts):
-        """P = alpha d d^T / |d|^2 + (1 - alpha) I with d = goal - baseline; UserError if d = 0 and alpha > 0."""
-        d = goal - baseline
-        eye = torch.eye(len(d), device=d.device)
-        if alpha > 0 and d.norm() < 1e-6:
-            raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
-                            "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
-        direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
-        return alpha * direction + (1.0 - alpha) * eye
 
     def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D); prompt: None (the goal), or per frame
-        the index of its goal (a schedule's entry: g_k and P_k)."""
+        """vlm_rm_reward of normalised image embeddings x (N, D); prompt: None (the goal), or per frame the index of
+        its goal (a schedule's entry g_k)."""
         if prompt is None:
-            return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+            return vlm_rm_reward(x, self.goal, self.baseline, self.alpha)
         prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
         reward = torch.empty(len(x), device=x.device)
         for k in prompt.unique().tolist():  # the frames of each goal together
             m = prompt == k
-            reward[m] = 1.0 - 0.5 * ((x[m] - self.goals[k]) @ self.projections[k]).pow(2).sum(-1)
+            reward[m] = vlm_rm_reward(x[m], self.goals[k], self.baseline, self.alpha)
         return reward
 
     @torch.inference_mode()
@@ -285,11 +288,6 @@ class CLIPReward(nn.Module):
     def goal(self) -> torch.Tensor:
         """The goal g (D,) (a schedule's first entry's)."""
         return self.goals[0]
-
-    @property
-    def projection(self) -> torch.Tensor:
-        """The projection P (D, D) (a schedule's first entry's)."""
-        return self.projections[0]
 
     # ----- the embeddings, and the image processor's preprocessing as batched tensor operations -----
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
