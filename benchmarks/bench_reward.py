@@ -174,7 +174,7 @@ def sds_steps(args, device: torch.device, dtype: torch.dtype, family: str = "sd2
         if window is None:
             return model(latents, t, noise)
         windows = latents.view(len(t), window, *latents.shape[1:])
-        return model.combine(*model.terms(windows, t, noise.view(len(t), window, *noise.shape[1:])))
+        return model.reward(windows, t, noise.view(len(t), window, *noise.shape[1:]))[2]
 
     fns = {"eager": reward}
     if "compile" in args.modes:
