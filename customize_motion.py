@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import signal
 import sys
@@ -47,9 +46,7 @@ import torch.nn.functional as F
 import tyro
 
 import sac_sds
-from sac_sds import SDSReward, UserError
-
-EXIT_INTERRUPTED = 75  # as the SAC scripts: stopped by a signal after saving; --resume finishes
+from sac_sds import EXIT_INTERRUPTED, Interrupted, SDSReward, UserError  # the SAC scripts' signals and errors
 
 
 @dataclass
@@ -140,13 +137,8 @@ def customize(args: Args) -> dict:
     """Trains and writes --out; returns customization.json's content. UserError for bad input, before anything is
     written; Interrupted (after a checkpoint) on SIGTERM/SIGUSR1."""
     out = check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    sac_sds.seed_everything(sac_sds.SACArgs(seed=args.seed, threads=args.threads))  # as the SAC scripts seed
+    device = sac_sds.resolve_device(args.device)
     phrase = args.phrase.replace("{token}", args.token)
     captions = read_captions(args.regularization) if args.regularization else {}
     texts = [phrase, *sorted(set(captions.values()) - {phrase})]  # the conditioning rows 1, 2, ... (0: unconditional)
@@ -402,10 +394,6 @@ def write_folder(out: Path, params: dict[str, nn.Parameter], info: dict, window:
         (out / (name + ".tmp")).write_text(json.dumps(content, indent=2) + "\n")
     for name in (sac_sds.CUSTOMIZATION, "customization.json", sac_sds.TADPOLE_CONFIG):
         os.replace(out / (name + ".tmp"), out / name)
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 arrived; a checkpoint has been saved."""
 
 
 def save_checkpoint(path: Path, params, opt, generator, state: dict, args: Args) -> None:

@@ -48,12 +48,16 @@ import torch
 import tyro
 
 import sac_clip
-import sac_env_reward as core  # the SAC core (make_env, load_actor, evaluate, save_video): the same in all scripts
 import sac_sds
+import sac_sds as core  # the SAC core (make_env, load_actor, evaluate, save_video): the same text in all three scripts
+
+# One error type, core.UserError: sac_sds's, so it is the class of the SAC core, of the SDS reward and of the text
+# rewards' shared loading (check_model_id, load_error); ClipScorer raises sac_clip.py's own class (each script
+# defines one) again as it, where it builds the CLIP reward.
+UserError = core.UserError
 
 SOURCES = {"sac_env_reward": "env", "sac_clip": "clip", "sac_sds": "sds"}  # exp_name -> reward source
 SOURCE_ORDER = ("sds", "clip", "env")
-USER_ERRORS = (core.UserError, sac_clip.UserError, sac_sds.UserError)  # each script defines its own class
 
 
 @dataclass
@@ -184,7 +188,7 @@ def read_run(path: str, default_prompt: Optional[str]) -> Run:
     if args.get("prompt_schedule"):  # scored per its schedule (see Run.entries)
         try:
             entries = sac_sds.parse_prompt_schedule(args["prompt_schedule"])
-        except USER_ERRORS as e:
+        except UserError as e:
             run.error = f"unreadable prompt_schedule in args.json ({e})"
             return run
         run.prompt, run.starts = tuple(t for _, t in entries), tuple(s for s, _ in entries)
@@ -208,14 +212,14 @@ def load_policy(run: Run):
     """(actor on the CPU, rendering env) of a run; raises RuntimeError with a one-line reason."""
     try:
         actor, _ = core.load_actor(run.path, "cpu")
-    except core.UserError as e:  # unreadable, pickled objects (never loaded), another version's networks
+    except UserError as e:  # unreadable, pickled objects (never loaded), another version's networks
         raise RuntimeError(str(e)) from None
     except Exception as e:  # not a SAC checkpoint, ...
         reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise RuntimeError(f"cannot read checkpoint.pt ({type(e).__name__}: {reason}); is it truncated?") from None
     try:
         env = core.make_env(core_args(run.args), render=True)
-    except USER_ERRORS as e:
+    except UserError as e:
         raise RuntimeError(f"cannot build the environment: {e}") from None
     except Exception as e:
         raise RuntimeError(f"cannot build the environment {run.env_id} ({type(e).__name__}: {e})") from None
@@ -236,21 +240,24 @@ class ClipScorer:
     def __init__(self, model_id: str, device: torch.device, dtype: str):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        model_id = sac_clip.check_model_id(model_id, "--clip-model-id")
+        model_id = core.check_model_id(model_id, "--clip-model-id")
         try:
-            self.model = CLIPModel.from_pretrained(model_id, dtype=sac_clip.resolve_dtype(dtype, device)).to(device)
+            self.model = CLIPModel.from_pretrained(model_id, dtype=core.resolve_dtype(dtype, device)).to(device)
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
             self.image_processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as e:
-            raise sac_clip.load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
+            raise core.load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
         self.rewards: dict[tuple[str, ...], sac_clip.CLIPReward] = {}
 
     def __call__(self, frames: np.ndarray, run: Run, batch_size: int) -> np.ndarray:
         prompt, weights, starts = run.text
         if run.text not in self.rewards:
-            self.rewards[run.text] = sac_clip.CLIPReward(  # (an SDS run's weights may all be 0: no goal, the mean)
-                self.model, self.tokenizer, self.image_processor, prompt, alpha=0.0,
-                weights=weights if any(weights) else None, schedule=bool(starts))
+            try:
+                self.rewards[run.text] = sac_clip.CLIPReward(  # (an SDS run's weights may all be 0: no goal, the mean)
+                    self.model, self.tokenizer, self.image_processor, prompt, alpha=0.0,
+                    weights=weights if any(weights) else None, schedule=bool(starts))
+            except sac_clip.UserError as e:  # sac_clip.py's own class: raised again as this script's one
+                raise UserError(str(e)) from None
         reward = self.rewards[run.text]
         entries = run.entries(len(frames))
         out = []
@@ -266,15 +273,16 @@ class ClipScorer:
 
 
 class SdsScorer:
-    """TADPoLe's per-frame reward and its align and recon terms from sac_sds.SDSReward (a video model: the episode in
-    sliding windows, each frame's terms the mean over its windows), on the run's
-    prompt, its composition (prompts and weights), or its schedule (each frame on its step's entry). The prompts'
-    embeddings are made when the model loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
+    """TADPoLe's per-frame reward and its align and recon terms, as training computes them (sac_sds.SDSLabeler.episode:
+    the episode's noise level, each frame's noise, passes of --batch-size frames; a video model's episode in sliding
+    windows, each frame's terms the mean over its windows), on the run's prompt, its composition (prompts and
+    weights), or its schedule (each frame on its step's entry). The prompts' embeddings are made when the model
+    loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
 
     def __init__(self, args: EvalArgs, device: torch.device):
         resolve_sds_noise_levels(args)
-        self.args, self.device, self.prompt, self.model = args, device, None, None
-        self.generator = torch.Generator()
+        self.args, self.device, self.prompt, self.labeler = args, device, None, None
+        self.generator = torch.Generator()  # the labeler's, kept over reloads
         self.reset()
 
     def reset(self) -> None:
@@ -286,11 +294,16 @@ class SdsScorer:
         prompts, weights, _ = text
         key = (prompts, weights)
         if key != self.prompt:
-            self.model = None  # free the previous copy first
-            self.model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
-                                                           device=self.device, weights=list(weights) or None,
-                                                           motion_adapter_id=self.args.sds_motion_adapter_id,
-                                                           customization=self.args.sds_customization)
+            self.labeler = None  # free the previous copy first
+            model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
+                                                      device=self.device, weights=list(weights) or None,
+                                                      motion_adapter_id=self.args.sds_motion_adapter_id,
+                                                      customization=self.args.sds_customization)
+            settings = argparse.Namespace(reward_batch_size=self.args.batch_size, seed=self.args.seed, num_envs=1,
+                                          noise_level_base=self.args.sds_noise_level_base,
+                                          noise_level_range=self.args.sds_noise_level_range, reward_compile=False)
+            self.labeler = sac_sds.SDSLabeler(model, settings)
+            self.labeler.generator = self.generator
             self.prompt = key
 
     def frame_stride(self, run: Run) -> int:
@@ -303,25 +316,10 @@ class SdsScorer:
 
     def __call__(self, frames: np.ndarray, run: Run) -> dict[str, np.ndarray]:
         self.load(run.text)
-        if self.model.video:
-            self.model.frame_stride = self.frame_stride(run)
-        entries = run.entries(len(frames))
-        low = self.args.sds_noise_level_base
-        t = int(torch.randint(low, low + self.args.sds_noise_level_range, (1,), generator=self.generator))
-        chunks = [self.model.encode(frames[i:i + self.args.batch_size]) for i in range(0, len(frames),
-                                                                                        self.args.batch_size)]
-        noise = torch.cat([torch.randn((len(z), *self.model.latent_shape), generator=self.generator) for z in chunks])
-        latents, noise = torch.cat(chunks), noise.to(self.device)
-        prompt = None if entries is None else torch.as_tensor(entries, device=self.device)
-        steps = torch.full((len(latents),), t, device=self.device)
-        # a video model: the episode in sliding windows (each window one pass); an image model: --batch-size frames
-        spans = [(0, len(latents))] if self.model.video else [(i, i + self.args.batch_size) for i in
-                                                              range(0, len(latents), self.args.batch_size)]
-        parts = [self.model.frame_terms(latents[i:j], steps[i:j], noise[i:j],
-                                        prompt=None if prompt is None else prompt[i:j]) for i, j in spans]
-        align, recon, score = (torch.cat([part[k] for part in parts]).cpu() for k in range(3))
-        return {"sds_score": score.numpy(), "sds_align": align.numpy(),
-                "sds_recon": recon.numpy()}
+        if self.labeler.model.video:
+            self.labeler.model.frame_stride = self.frame_stride(run)
+        align, recon, score = (x.cpu().numpy() for x in self.labeler.episode(frames, run.entries(len(frames))))
+        return {"sds_score": score, "sds_align": align, "sds_recon": recon}
 
 
 def resolve_sds_noise_levels(args: EvalArgs) -> None:
@@ -338,11 +336,11 @@ def check_scoring_settings(args: EvalArgs) -> None:
     """Raises UserError for bad settings (and fills in the SDS noise levels not given)."""
     resolve_sds_noise_levels(args)
     if args.episodes < 1 or args.batch_size < 1 or args.contact_frames < 1:
-        raise core.UserError("--episodes, --batch-size and --contact-frames must be at least 1")
+        raise UserError("--episodes, --batch-size and --contact-frames must be at least 1")
     if (args.sds_noise_level_base or 0) < 0 or (args.sds_noise_level_range or 1) < 1:
-        raise core.UserError("--sds-noise-level-base must be >= 0 and --sds-noise-level-range >= 1")
+        raise UserError("--sds-noise-level-base must be >= 0 and --sds-noise-level-range >= 1")
     if args.prompt is not None and not args.prompt.strip():
-        raise core.UserError("--prompt is empty; give text, or leave it out")
+        raise UserError("--prompt is empty; give text, or leave it out")
 
 
 # ----- one run -----
@@ -612,7 +610,7 @@ def run_evaluation(args: EvalArgs) -> list[Run]:
             continue
         try:
             evaluate_run(run, actor, env, args, clip, sds, out, bar)
-        except USER_ERRORS:
+        except UserError:
             raise  # a scoring model that cannot load fails every run: stop with its message
         except Exception as e:  # rendering or stepping failed: this run only
             skip(run, f"evaluation failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
@@ -643,7 +641,7 @@ def main() -> None:
         sys.exit(2)
     try:
         runs = run_evaluation(args)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     done = [r for r in runs if r.error is None]

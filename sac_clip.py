@@ -209,17 +209,30 @@ class Args(SACArgs):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reward: CLIP similarity between each rendered frame and the goal prompt, regularised by a baseline prompt
-# (VLM-RM, docs/method.md#clip-reward-vlm-rm). In order: the model with the reward's formula (CLIPReward: the
-# projection, then the reward), the labeler that feeds it the frames during training, and last the settings, the
-# prompts and the loading, with their errors.
+# (VLM-RM, docs/method.md#clip-reward-vlm-rm). In order: the formula (vlm_rm_reward, one function), the model with
+# its goals (CLIPReward), the labeler that feeds it the frames during training, and last the settings, the prompts
+# and the loading, with their errors.
 # ---------------------------------------------------------------------------------------------------------------
+def vlm_rm_reward(x: torch.Tensor, goal: torch.Tensor, baseline: torch.Tensor, alpha: float) -> torch.Tensor:
+    """VLM-RM's reward of normalised image embeddings x (N, D), with the goal g and the baseline b (D,):
+
+        reward = 1 - |(x - g) P|^2 / 2,   P = alpha d d^T / |d|^2 + (1 - alpha) I,   d = g - b
+
+    alpha 1 keeps only the component of x - g along d, alpha 0 all of it (the plain CLIP reward)."""
+    d = goal - baseline
+    eye = torch.eye(len(d), device=d.device)
+    direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
+    projection = alpha * direction + (1.0 - alpha) * eye
+    return 1.0 - 0.5 * ((x - goal) @ projection).pow(2).sum(-1)
+
+
 class CLIPReward(nn.Module):
     """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
-    1 - |(x - g) P|^2 / 2 (see the module docstring).
+    vlm_rm_reward of their normalised embeddings (see the module docstring).
 
     Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
     (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
-    is a goal of its own instead (g_k = e_k, with its own projection P_k from d_k = e_k - b), and forward(frames,
+    is a goal of its own instead (g_k = e_k, with its own projection from d_k = e_k - b), and forward(frames,
     prompt) scores each frame on the goal of its index (a --prompt-schedule entry).
 
     Frames are preprocessed as the checkpoint's own image processor does (resize the shortest side with its
@@ -247,34 +260,24 @@ class CLIPReward(nn.Module):
             w = torch.tensor(weights, device=embeddings.device)
             goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
         texts = [[p] for p in prompts] if schedule else [prompts]
-        projections = torch.stack([self.projection_for(g, baseline, alpha, t, baseline_prompts)
-                                   for g, t in zip(goals, texts)])
+        for g, t in zip(goals, texts):
+            if alpha > 0 and (g - baseline).norm() < 1e-6:
+                raise UserError(f"goal prompts {t} and baseline prompts {baseline_prompts} have the same CLIP "
+                                "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
         self.register_buffer("prompt_embeddings", embeddings)
         self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
         self.register_buffer("baseline", baseline)
-        self.register_buffer("projections", projections)  # (1, D, D), or (K, D, D)
-
-    @staticmethod
-    def projection_for(goal: torch.Tensor, baseline: torch.Tensor, alpha: float, prompts, baseline_prompts):
-        """P = alpha d d^T / |d|^2 + (1 - alpha) I with d = goal - baseline; UserError if d = 0 and alpha > 0."""
-        d = goal - baseline
-        eye = torch.eye(len(d), device=d.device)
-        if alpha > 0 and d.norm() < 1e-6:
-            raise UserError(f"goal prompts {prompts} and baseline prompts {baseline_prompts} have the same CLIP "
-                            "embedding, so goal - baseline has no direction: change one, or use --clip-alpha 0")
-        direction = torch.outer(d, d) / d.dot(d) if alpha > 0 else torch.zeros_like(eye)
-        return alpha * direction + (1.0 - alpha) * eye
 
     def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """1 - |(x - g) P|^2 / 2 for normalised image embeddings x (N, D); prompt: None (the goal), or per frame
-        the index of its goal (a schedule's entry: g_k and P_k)."""
+        """vlm_rm_reward of normalised image embeddings x (N, D); prompt: None (the goal), or per frame the index of
+        its goal (a schedule's entry g_k)."""
         if prompt is None:
-            return 1.0 - 0.5 * ((x - self.goal) @ self.projection).pow(2).sum(-1)
+            return vlm_rm_reward(x, self.goal, self.baseline, self.alpha)
         prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
         reward = torch.empty(len(x), device=x.device)
         for k in prompt.unique().tolist():  # the frames of each goal together
             m = prompt == k
-            reward[m] = 1.0 - 0.5 * ((x[m] - self.goals[k]) @ self.projections[k]).pow(2).sum(-1)
+            reward[m] = vlm_rm_reward(x[m], self.goals[k], self.baseline, self.alpha)
         return reward
 
     @torch.inference_mode()
@@ -299,11 +302,6 @@ class CLIPReward(nn.Module):
     def goal(self) -> torch.Tensor:
         """The goal g (D,) (a schedule's first entry's)."""
         return self.goals[0]
-
-    @property
-    def projection(self) -> torch.Tensor:
-        """The projection P (D, D) (a schedule's first entry's)."""
-        return self.projections[0]
 
     # ----- the embeddings, and the image processor's preprocessing as batched tensor operations -----
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -673,11 +671,12 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
-class TimeFeature(gym.ObservationWrapper):
+class TimeFeature(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
 
     def __init__(self, env: gym.Env, max_steps: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, max_steps=max_steps)  # env.spec can remake the env
+        gym.ObservationWrapper.__init__(self, env)
         self.max_steps, self.t = max_steps, 0
         low, high = env.observation_space.low, env.observation_space.high
         self.observation_space = gym.spaces.Box(
@@ -696,12 +695,13 @@ class TimeFeature(gym.ObservationWrapper):
         return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
     add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
 
     def __init__(self, env: gym.Env, n: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, n=n)
+        gym.Wrapper.__init__(self, env)
         self.n = n
 
     def step(self, action):
@@ -714,14 +714,15 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class Frames(gym.Wrapper):
+class Frames(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
     made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
     own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
     corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
 
     def __init__(self, env: gym.Env, upside_down: bool = False):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, upside_down=upside_down)
+        gym.Wrapper.__init__(self, env)
         self.upside_down = upside_down
 
     def render(self):
@@ -852,11 +853,7 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
         env = gym.wrappers.FlattenObservation(env)
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: o.astype(np.float32),
-        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
-    )
+    env = gym.wrappers.DtypeObservation(env, np.float32)
     if args.time_feature:
         env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
     return env
@@ -1997,7 +1994,7 @@ def tadpole_start(env: gym.Env, key: str) -> None:
     task.initialize_episode = start
 
 
-class MetaWorld(gym.Wrapper):
+class MetaWorld(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
     own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
     the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
@@ -2005,7 +2002,8 @@ class MetaWorld(gym.Wrapper):
     zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
 
     def __init__(self, env: gym.Env, tadpole: bool):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, tadpole=tadpole)
+        gym.Wrapper.__init__(self, env)
         self.tadpole, inner = tadpole, env.unwrapped
         env.reset()  # MT1 sets its first task
         if tadpole:

@@ -203,11 +203,12 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
-class TimeFeature(gym.ObservationWrapper):
+class TimeFeature(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
 
     def __init__(self, env: gym.Env, max_steps: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, max_steps=max_steps)  # env.spec can remake the env
+        gym.ObservationWrapper.__init__(self, env)
         self.max_steps, self.t = max_steps, 0
         low, high = env.observation_space.low, env.observation_space.high
         self.observation_space = gym.spaces.Box(
@@ -226,12 +227,13 @@ class TimeFeature(gym.ObservationWrapper):
         return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
     add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
 
     def __init__(self, env: gym.Env, n: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, n=n)
+        gym.Wrapper.__init__(self, env)
         self.n = n
 
     def step(self, action):
@@ -244,14 +246,15 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class Frames(gym.Wrapper):
+class Frames(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
     made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
     own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
     corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
 
     def __init__(self, env: gym.Env, upside_down: bool = False):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, upside_down=upside_down)
+        gym.Wrapper.__init__(self, env)
         self.upside_down = upside_down
 
     def render(self):
@@ -382,11 +385,7 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
         env = gym.wrappers.FlattenObservation(env)
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: o.astype(np.float32),
-        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
-    )
+    env = gym.wrappers.DtypeObservation(env, np.float32)
     if args.time_feature:
         env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
     return env
@@ -1527,7 +1526,7 @@ def tadpole_start(env: gym.Env, key: str) -> None:
     task.initialize_episode = start
 
 
-class MetaWorld(gym.Wrapper):
+class MetaWorld(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
     own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
     the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
@@ -1535,7 +1534,8 @@ class MetaWorld(gym.Wrapper):
     zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
 
     def __init__(self, env: gym.Env, tadpole: bool):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, tadpole=tadpole)
+        gym.Wrapper.__init__(self, env)
         self.tadpole, inner = tadpole, env.unwrapped
         env.reset()  # MT1 sets its first task
         if tadpole:

@@ -19,7 +19,7 @@ adapter the UNet is AnimateDiff's text-to-video UNet and frames are scored in sl
 --model-id may be any of several diffusers families (SD 1.x/2.x, SDXL, SD3/3.5, ModelScope/ZeroScope, Wan 2.1; an
 SD model made a video model by --cross-frame-attention), told apart by the folder's model_index.json: each Family
 is a short adapter (conditioning from the pipeline's encode_prompt, the denoiser call, its parameterisation turned
-into an epsilon prediction) around the one TADPoLe computation in SDSReward.terms (docs/method.md#model-families).
+into an epsilon prediction) around the one TADPoLe computation, tadpole_reward (docs/method.md#model-families).
 Several --prompt flags compose (composable diffusion): the prompt's prediction becomes eps_u + sum_i w_i (eps_i -
 eps_u), all prompts in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within
 each episode: the frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
@@ -253,29 +253,58 @@ class Args(SACArgs):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reward: TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model
-# (docs/method.md#tadpole-reward). In order: the formula (SDSReward.terms), the video reward's one windowing rule,
-# the model families (each turns its model's output into an epsilon prediction), the labeler that scores the frames
+# (docs/method.md#tadpole-reward). In order: the formula (tadpole_reward, one function), the model with its prompts
+# and settings (SDSReward: a whole episode's frames, a video in windows), the video reward's one windowing rule, the
+# model families (each turns its model's output into an epsilon prediction), the labeler that scores the frames
 # during training, and last the loading of models and settings, with its errors.
 # ---------------------------------------------------------------------------------------------------------------
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-class SDSReward(nn.Module):
-    """TADPoLe's reward for rendered frames from a frozen diffusion model of any family (Family: SD 1.x/2.x,
-    AnimateDiff, cross-frame video, SDXL, SD3, ZeroScope, Wan). Per frame, with the frame's latent z noised to level t:
+@torch.no_grad()
+def tadpole_reward(family: "Family", latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompts: torch.Tensor,
+                   weights: Optional[torch.Tensor] = None, align_scale: float = 2000.0, recon_scale: float = 200.0,
+                   each: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TADPoLe's reward (its get_reward, src/utils.py): align, recon and the reward, float32, per frame,
 
         reward = symlog(align_scale * mean((eps_c - eps_u)^2))
                + symlog(recon_scale * (mean((eps_u - eps)^2) - mean((eps_c - eps)^2)))
 
-    eps the noise added, eps_u and eps_c the model's predictions of it without and with the prompt (one denoiser
-    pass). Several prompts p_1..p_P with weights w_i (composable diffusion, Liu et al., ECCV 2022): the pass is on
-    [z_t] * (1 + P), and eps_c is the composition eps_u + sum_i w_i (eps_i - eps_u) in both terms (one prompt of
-    weight 1 is exactly the single-prompt reward); or a frame is scored on one prompt alone (`prompt`: the index of a
-    --prompt-schedule entry). Video mode: the consecutive frames of one episode in sliding windows of context_size
-    frames every stride frames (windows()); a frame's reward is the mean of its per-frame rewards over the windows
-    that contain it (TADPoLe's StridedOverlappingEpisode). With a frame_stride k, the frames of each residue mod k
-    (r, r + k, r + 2k, ...) are windowed on their own, so that every frame still gets its reward."""
+    with eps the noise added to the frame's latent z at level t, eps_u and eps_c the model's predictions of it without
+    and with the prompt. family: the model's noise schedule and denoiser (Family). latents: (B, C, h, w) from
+    SDSReward.encode, or windows (B, frames, C, h, w) (a value per frame of each); t (B,); noise eps, as latents.
+    prompts (P, B): each sample's conditioning rows (row 0 is the unconditional): ONE denoiser pass on [z_t] * (1 + P)
+    gives eps_u and eps_1..eps_P. eps_c is eps_1, or with weights w (P,) the composition eps_u + sum_i w_i (eps_i -
+    eps_u) (composable diffusion, Liu et al., ECCV 2022). each: also every prompt alone (eps_i for eps_c), as a
+    leading dimension 1 + P, the composition first."""
+    latents, noise, frames = family.latent_frames(latents, noise)  # (Wan: a window's latent frames)
+    z_t = family.noised(latents, noise, t)  # the latents noised to level t
+    copies = 1 + len(prompts)
+    rows = torch.cat([torch.zeros_like(prompts[0]), prompts.flatten()])  # unconditional, then each prompt
+    eps_u, *eps_p = family.epsilon(torch.cat([z_t] * copies), torch.cat([t] * copies), rows).chunk(copies)
+    eps_p = torch.stack(eps_p)
+    eps_c = eps_p[0] if weights is None else eps_u + (weights.view(-1, *[1] * eps_u.dim()) * (eps_p - eps_u)).sum(0)
+    if each:
+        eps_c = torch.cat([eps_c[None], eps_p])
+    dims = (-3, -2, -1)  # means over channels and space, per frame
+    align = (eps_c - eps_u).pow(2).mean(dims)  # how much the prompt changes the prediction
+    recon = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims)  # how much it improves it
+    reward = symlog(align_scale * align) + symlog(recon_scale * recon)
+    if frames is not None:  # per latent frame -> per rendered frame
+        align, recon, reward = align[..., frames], recon[..., frames], reward[..., frames]
+    return align, recon, reward
+
+
+class SDSReward(nn.Module):
+    """tadpole_reward for rendered frames, from a frozen diffusion model of any family (Family: SD 1.x/2.x,
+    AnimateDiff, cross-frame video, SDXL, SD3, ZeroScope, Wan), its prompts, weights and settings. Several prompts
+    compose with their weights (one prompt of weight 1 is exactly the single-prompt reward); or a frame is scored on
+    one prompt alone (`prompt`: the index of a --prompt-schedule entry). Video mode: the consecutive frames of one
+    episode in sliding windows of context_size frames every stride frames (windows()); a frame's reward is the mean
+    of its per-frame rewards over the windows that contain it (TADPoLe's StridedOverlappingEpisode). With a
+    frame_stride k, the frames of each residue mod k (r, r + k, r + 2k, ...) are windowed on their own, so that every
+    frame still gets its reward."""
 
     def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
                  context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None,
@@ -287,35 +316,31 @@ class SDSReward(nn.Module):
         if len(weights) != n:
             raise UserError(f"{len(weights)} weights for {n} prompts: give one weight per prompt")
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        self.plain = weights == [1.0]  # one prompt of weight 1: eps_comp is eps_c itself, no arithmetic
+        self.plain = weights == [1.0]  # one prompt of weight 1: eps_c is its prediction itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
         self.frame_stride = frame_stride
 
-    @torch.no_grad()
+    def reward(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
+               per_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tadpole_reward on this model's prompts: on the composition of all of them (prompt None), or per frame or
+        window on the one prompt of index prompt (a schedule's entry); per_prompt: also each prompt alone."""
+        b = len(latents)
+        if prompt is None:  # every sample under every prompt
+            prompts = torch.arange(1, 1 + self.num_prompts, device=self.device)[:, None].expand(-1, b)
+        else:  # every sample under its own prompt
+            prompts = 1 + torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)[None]
+        weights = None if prompt is not None or self.plain else self.weights
+        return tadpole_reward(self.family, latents, t, noise, prompts, weights, self.align_scale, self.recon_scale,
+                              each=per_prompt)
+
     def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
               per_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """align and recon, float32: latents (N, C, h, w) from encode give one value per frame (N,); video windows
-        (W, frames, C, h, w) one value per frame of each window (W, frames). t: one level per frame or window; noise:
-        the noise eps, shaped as latents. prompt: per frame or window, the index of the one prompt to score it on;
-        None: the composition of all prompts. per_prompt: also every prompt alone (eps_i in place of eps_comp, from
-        the same pass): a leading dimension 1 + P, the composition's terms first."""
-        latents, noise, frames = self.family.latent_frames(latents, noise)  # (Wan: a window's latent frames)
-        dims = tuple(range(latents.dim() - 3, latents.dim()))  # means over channels and space, per frame
-        z_t = self.family.noised(latents, noise, t)  # the latents noised to level t
-        eps_u, eps_c = self.predictions(z_t, t, prompt)  # unconditional, and under each prompt: one pass
-        eps = eps_c[0] if prompt is not None else self.compose(eps_u, eps_c)
-        align = (eps - eps_u).pow(2).mean(dims)  # how much the prompt changes the prediction
-        recon = (eps_u - noise).pow(2).mean(dims) - (eps - noise).pow(2).mean(dims)  # how much it improves it
-        if per_prompt:
-            align_each = (eps_c - eps_u).pow(2).mean(tuple(d + 1 for d in dims))
-            recon_each = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(tuple(d + 1 for d in dims))
-            align, recon = torch.cat([align[None], align_each]), torch.cat([recon[None], recon_each])
-        if frames is not None:  # per latent frame -> per rendered frame
-            align, recon = align[..., frames], recon[..., frames]
-        return align, recon
+        """align and recon alone (reward's first two)."""
+        return self.reward(latents, t, noise, prompt, per_prompt)[:2]
 
     def combine(self, align: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """The reward of terms at hand (tadpole_reward's last line, on this model's scales)."""
         return symlog(self.align_scale * align) + symlog(self.recon_scale * recon)
 
     @torch.no_grad()
@@ -331,20 +356,17 @@ class SDSReward(nn.Module):
         if prompt is not None:
             prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(n)
         if noise is None:
-            noise = torch.randn((n, *self.latent_shape), generator=generator,
-                                device=generator.device if generator is not None else "cpu")
+            noise = self.noise(n, generator)
         latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         if not self.video:
-            align, recon = self.terms(latents, t, noise, prompt)
-            return align, recon, self.combine(align, recon)
+            return self.reward(latents, t, noise, prompt)
         sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
         for residue in range(min(self.frame_stride, n)):  # every k-th frame, from each residue
             frames = torch.arange(residue, n, self.frame_stride, device=self.device)
             for a, b in windows(len(frames), self.context_size, self.stride):
                 w = frames[a:b]
                 window_prompt = None if prompt is None else prompt[w[-1:]]
-                wa, wr = self.terms(latents[None, w], t[w[:1]], noise[None, w], window_prompt)
-                sums[:, w] += torch.stack([wa[0], wr[0], self.combine(wa[0], wr[0])])
+                sums[:, w] += torch.stack(self.reward(latents[None, w], t[w[:1]], noise[None, w], window_prompt))[:, 0]
                 count[w] += 1
         return tuple(sums / count)  # the means over each frame's windows
 
@@ -353,36 +375,17 @@ class SDSReward(nn.Module):
         """One float32 reward per frame (frame_terms' third)."""
         return self.frame_terms(latents, t, noise, generator, prompt)[2]
 
-    def predictions(self, z_t: torch.Tensor, t: torch.Tensor,
-                    prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_u (B, ...) and eps_c (P, B, ...), float32: the unconditional and the prompt-conditioned epsilon
-        predictions for noisy latents z_t, (B, C, h, w) or windows (B, frames, C, h, w), from ONE denoiser pass on
-        [z_t] * (1 + P) with the conditioning rows [uncond, prompt 1, ..., prompt P]. prompt: per sample, the index
-        of the one prompt to condition on (P = 1); None: all prompts."""
-        b = len(z_t)
-        if prompt is None:  # [0]*B + [1]*B + ... + [P]*B: every sample under every prompt
-            rows = torch.arange(1 + self.num_prompts, device=self.device).repeat_interleave(b)
-        else:  # [0]*B + [1 + prompt[0], ..., 1 + prompt[B-1]]: every sample under its own prompt
-            prompt = torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)
-            rows = torch.cat([torch.zeros(b, dtype=torch.long, device=self.device), prompt + 1])
-        copies = len(rows) // b
-        out = self.family.epsilon(torch.cat([z_t] * copies), torch.cat([t] * copies), rows)
-        out = out.reshape(copies, *z_t.shape)
-        return out[0], out[1:]
-
-    def compose(self, eps_u: torch.Tensor, eps_c: torch.Tensor) -> torch.Tensor:
-        """eps_comp = eps_u + sum_i w_i (eps_i - eps_u) for eps_c (P, B, ...); eps_c[0] itself for one prompt of
-        weight 1 (bit for bit the single-prompt reward)."""
-        if self.plain:
-            return eps_c[0]
-        w = self.weights.view(-1, *[1] * eps_u.dim())
-        return eps_u + (w * (eps_c - eps_u)).sum(0)
+    def noise(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Fresh N(0, I) noise for n frames (n, *latent_shape), drawn on the generator's device (the CPU by default,
+        so that a seed gives the same noise on every device), on the model's."""
+        device = generator.device if generator is not None else "cpu"
+        return torch.randn((n, *self.latent_shape), generator=generator, device=device).to(self.device)
 
     @torch.no_grad()
     def encode(self, frames) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> the family's latents, float32: to_pixels at the model's resolution, the
         VAE's latent mean (deterministic) as the pipeline scales it (for Wan, whose VAE encodes whole windows, the
-        resized frames themselves; terms encodes each window)."""
+        resized frames themselves; tadpole_reward encodes each window)."""
         return self.family.encode(self.to_pixels(frames, self.resolution, self.device))
 
     @staticmethod
@@ -867,11 +870,11 @@ class Segment:
 
 
 class SDSLabeler:
-    """Gives queued transitions their TADPoLe rewards, --reward-batch-size frames at a time, from all envs and
-    consecutive steps. The noise level t is drawn once per episode and the noise once per frame, from a generator
-    of its own (saved in checkpoints). Video mode: frames wait until every window that contains them is scored.
-    With a --prompt-schedule (starts: the entries' first steps), each frame is scored on the entry in force at its
-    step (schedule_entry), a video window on its last frame's; frames of different entries share the UNet passes."""
+    """Gives queued transitions their TADPoLe rewards (SDSReward.reward), --reward-batch-size frames at a time, from
+    all envs and consecutive steps, oldest first. The noise level t is drawn once per episode and the noise once per
+    frame, from a generator of its own (saved in checkpoints). With a --prompt-schedule (starts: the entries' first
+    steps), each frame is scored on the entry in force at its step (schedule_entry); frames of different entries share
+    the passes. A composition also gives each prompt's own terms, for the logs. A video model: VideoLabeler."""
 
     name = "sds"  # the learned return is logged as charts/sds_return
     needs_frames = True  # the training envs render rgb_array frames at --render-size (default: render_size)
@@ -886,23 +889,15 @@ class SDSLabeler:
         self.generator = torch.Generator().manual_seed(args.seed)
         self.episode_t: dict[int, int] = {}
         self.starts = list(starts) if starts is not None else None
-        # a composition (several prompts, or weights): also each prompt's own terms, for the logs
-        self.per_prompt = self.starts is None and not model.plain
-        self.rows = 1 + model.num_prompts if self.per_prompt else 1  # the composition's terms, then each prompt's
+        self.per_prompt = self.starts is None and not model.plain  # a composition: rows 1..P, each prompt's terms
+        self.rows = 1 + model.num_prompts if self.per_prompt else 1
         self.prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(model.num_prompts)]
-        # video mode, per env: its segments (oldest first), those of the video under way (one per residue of the
-        # frame stride), that video's frame count, and how many of the env's queued transitions are in segments
-        self.segments: list[list[Segment]] = [[] for _ in range(args.num_envs)]
-        self.open: list[list[Segment]] = [[] for _ in range(args.num_envs)]
-        self.video_frames, self.seen = [0] * args.num_envs, [0] * args.num_envs
-        self.done: list[dict] = [{} for _ in range(args.num_envs)]  # id(transition) -> its (rows, 3) terms, done
-        self.due: list[tuple[Segment, int, int]] = []  # windows taken but not scored yet
         self.texts_logged = False
         self.stats = self.new_stats()
 
     def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
         start = time.perf_counter()
-        items, values = (self._label_windows if self.model.video else self._label_frames)(queue, flush)
+        items, values = self.take(queue, flush)
         if not items:
             return None
         align, recon, reward = values.permute(2, 1, 0)  # (rows, N) each: the composition's, then each prompt's
@@ -914,127 +909,62 @@ class SDSLabeler:
         self.count(items, align, recon, reward, time.perf_counter() - start)
         return batch
 
-    def _label_frames(self, queue, flush):
-        """Image mode: the oldest pending frames, a whole number of batches (everything when flushing)."""
+    def take(self, queue: "TransitionQueue", flush: bool) -> tuple[list, Optional[torch.Tensor]]:
+        """The oldest pending frames, a whole number of batches (everything when flushing), and their terms
+        (N, rows, 3): align, recon, reward."""
         n = len(queue) if flush else len(queue) // self.batch_size * self.batch_size
-        if n == 0:
-            return [], None
         items, depth = [], 0  # oldest first: the envs step together, so take the queues' fronts in turn
         while len(items) < n:
             items += [q[depth] for q in queue.items if depth < len(q)][: n - len(items)]
             depth += 1
+        if not items:
+            return [], None
         for it in items:
             queue.items[it["env"]].popleft()  # items are the fronts of their queues, in order
         t = torch.tensor([self.noise_level(it["episode"]) for it in items], device=self.model.device)
-        prompt = self.entries(items) if self.starts is not None else None
-        noise = self.noise(n)
-        latents = self.encode(np.stack([it["frame"] for it in items]))
+        prompt = self.entries(items)
+        noise, latents = self.noise(n), self.encode(np.stack([it["frame"] for it in items]))
         pad = self.padding(n)  # under --reward-compile: the last frame repeated up to whole passes
         latents, t, noise, prompt = (None if x is None else x[pad] for x in (latents, t, noise, prompt))
-        values = self.in_passes(len(pad), 1, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b],
-                                                                      None if prompt is None else prompt[a:b]))
-        return items, torch.cat(values)[:n]  # (N, rows, 3)
+        return items, torch.cat(self.in_passes(len(pad), 1, lambda a, b: self.layout(self.model.reward(
+            latents[a:b], t[a:b], noise[a:b], None if prompt is None else prompt[a:b], self.per_prompt))))[:n]
 
-    def _label_windows(self, queue, flush):
-        """Video mode: score the windows whose frames have all arrived (once they hold a batch's worth of frames,
-        or all when flushing), then hand out the frames that no window still to come contains. With a frame stride
-        k, an episode's video is k segments, frame j of it in segment j mod k (SDSReward.frame_terms, streamed)."""
-        size, stride, k = self.model.context_size, self.model.stride, self.model.frame_stride
-        for e, env_queue in enumerate(queue.items):
-            video = self.open[e]
-            for it in itertools.islice(env_queue, self.seen[e], None):  # transitions pushed since the last call
-                if not video or video[0].closed or video[0].episode != it["episode"]:
-                    video[:] = [Segment(it["episode"], self.noise_level(it["episode"])) for _ in range(k)]
-                    self.segments[e] += video
-                    self.video_frames[e] = 0
-                video[self.video_frames[e] % k].items.append(it)
-                self.video_frames[e] += 1
-                for seg in video:
-                    seg.closed = bool(it["done"])
-            self.seen[e] = len(env_queue)
-            if flush:  # a flush cuts the episode's video; its next frames start a new one
-                for seg in video:
-                    seg.closed = True
-        for segments in self.segments:
-            for seg in segments:
-                self.due += seg.take_windows(size, stride)
-        if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
-            return [], None
-        self.score(self.due)
-        self.due = []
-        items = []
-        for e, (env_queue, segments, done) in enumerate(zip(queue.items, self.segments, self.done)):
-            for seg in segments:
-                n = seg.finished(size, stride)
-                means = (seg.sums[:n] / seg.count[:n, None, None]) if n else None  # over each frame's windows
-                done.update({id(it): row for it, row in zip(seg.drop(n), means if n else [])})
-            segments[:] = [seg for seg in segments if seg.items or not seg.closed]
-            while env_queue and id(env_queue[0]) in done:  # the queue's finished front, in order
-                items.append(env_queue.popleft())
-                self.seen[e] -= 1
-        if not items:
-            return [], None
-        return items, torch.stack([self.done[it["env"]].pop(id(it)) for it in items])
+    def episode(self, frames: np.ndarray, prompt=None) -> tuple[torch.Tensor, ...]:
+        """align, recon and reward of one whole episode's frames (N, H, W, 3) as training scores them (the image
+        model's frames, in passes; a video in its windows, SDSReward.frame_terms): a noise level of its own, then
+        each frame's noise. prompt: None (the composition), or each frame's schedule entry. For eval_videos.py."""
+        t = self.noise_level()
+        latents = self.encode(frames)
+        noise = self.noise(len(latents))
+        prompt = None if prompt is None else torch.as_tensor(prompt, device=self.model.device)
+        if self.model.video:
+            return self.model.frame_terms(latents, t, noise, prompt=prompt)
+        parts = self.in_passes(len(latents), 1, lambda a, b: self.model.frame_terms(
+            latents[a:b], t, noise[a:b], prompt=None if prompt is None else prompt[a:b]))
+        return tuple(torch.cat(part) for part in zip(*parts))
 
-    def score(self, due: list[tuple[Segment, int, int]]) -> None:
-        """The due windows' per-frame terms, added to their segments' sums; windows of one length go through the
-        UNet together. Latents and noise are made once per frame, for all its windows."""
-        for seg in {id(seg): seg for seg, _, _ in due}.values():
-            have = 0 if seg.latents is None else len(seg.latents)
-            need = max(b for s, _, b in due if s is seg) - seg.offset
-            if need > have:
-                latents = self.encode(np.stack([it["frame"] for it in seg.items[have:need]]))
-                noise = self.noise(need - have)
-                seg.latents = latents if seg.latents is None else torch.cat([seg.latents, latents])
-                seg.noise = noise if seg.noise is None else torch.cat([seg.noise, noise])
-            grow = len(seg.items) - (0 if seg.sums is None else len(seg.sums))
-            if grow:
-                zeros = torch.zeros(grow, self.rows, 3, device=self.model.device)
-                seg.sums = zeros if seg.sums is None else torch.cat([seg.sums, zeros])
-                seg.count = torch.cat([seg.count if seg.count is not None else zeros[:0, 0, 0],
-                                       torch.zeros(grow, device=self.model.device)])
-        for length in sorted({b - a for _, a, b in due}):
-            group = [w for w in due if w[2] - w[1] == length]
-            real = len(group)
-            group = [group[i] for i in self.padding(real, length).tolist()]  # (--reward-compile: whole passes)
+    def layout(self, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """SDSReward.reward's align, recon, reward as (..., rows, 3)."""
+        values = torch.stack(terms, -1)
+        return values.movedim(0, -2) if self.per_prompt else values.unsqueeze(-2)
 
-            def score(i, j):
-                chunk = [(seg, a - seg.offset, b - seg.offset) for seg, a, b in group[i:j]]
-                latents = torch.stack([seg.latents[a:b] for seg, a, b in chunk])
-                noise = torch.stack([seg.noise[a:b] for seg, a, b in chunk])
-                t = torch.tensor([seg.t for seg, _, _ in chunk], device=self.model.device)
-                last = [seg.items[b - 1] for seg, _, b in chunk]  # a window is scored on its last frame's entry
-                values = self.values(latents, t, noise, self.entries(last) if self.starts is not None else None)
-                for (seg, a, b), v in zip(chunk[: max(0, real - i)], values):  # v: (frames, rows, 3); padding dropped
-                    seg.sums[a:b] += v
-                    seg.count[a:b] += 1
-
-            self.in_passes(len(group), length, score)
-
-    def values(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-               prompt: Optional[torch.Tensor]) -> torch.Tensor:
-        """model.terms and the reward for this run, as (..., rows, 3): align, recon, reward; on each frame's
-        (window's) schedule entry, or on the composition, with each prompt's own terms in rows 1..P."""
-        if self.starts is not None:
-            align, recon = self.model.terms(latents, t, noise, prompt=prompt)
-        elif self.per_prompt:
-            align, recon = self.model.terms(latents, t, noise, per_prompt=True)
-        else:
-            align, recon = self.model.terms(latents, t, noise)
-        values = torch.stack([align, recon, self.model.combine(align, recon)], -1)
-        return (values if self.per_prompt else values[None]).movedim(0, -2)
-
-    def noise_level(self, episode: int) -> int:
-        if episode not in self.episode_t:
+    def noise_level(self, episode: Optional[int] = None) -> int:
+        """t of a training episode, drawn at its first frame (None: a new draw, for an episode scored whole)."""
+        if episode is None or episode not in self.episode_t:
             low, high = self.noise_levels
-            self.episode_t[episode] = int(torch.randint(low, high, (1,), generator=self.generator))
+            t = int(torch.randint(low, high, (1,), generator=self.generator))
+            if episode is None:
+                return t
+            self.episode_t[episode] = t
         return self.episode_t[episode]
 
     def noise(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.model.latent_shape), generator=self.generator).to(self.model.device)
+        return self.model.noise(n, self.generator)
 
-    def entries(self, items) -> torch.Tensor:
-        """The schedule entry of each transition (by its episode_step)."""
+    def entries(self, items) -> Optional[torch.Tensor]:
+        """The schedule entry of each transition (by its episode_step); None without a schedule."""
+        if self.starts is None:
+            return None
         return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -1061,7 +991,8 @@ class SDSLabeler:
             if self.model.video:
                 latents, noise = latents.view(n, size, *latents.shape[1:]), noise.view(n, size, *noise.shape[1:])
             t = torch.full((n,), self.noise_levels[0], device=self.model.device)
-            self.in_passes(n, size, lambda a, b: self.values(latents[a:b], t[a:b], noise[a:b], None))
+            self.in_passes(n, size, lambda a, b: self.model.reward(latents[a:b], t[a:b], noise[a:b], None,
+                                                                   self.per_prompt))
         except torch.OutOfMemoryError:
             raise UserError("the reward model does not fit in the GPU's memory even one frame per pass: use --dtype "
                             "bf16 (or fp16), a smaller --resolution, fewer prompts, or a GPU with more memory") from None
@@ -1152,6 +1083,97 @@ class SDSLabeler:
     def load_state_dict(self, state: dict) -> None:
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
+
+
+class VideoLabeler(SDSLabeler):
+    """SDSLabeler for a video model: a frame's reward is the mean over the windows that contain it (SDSReward), so
+    frames wait until every window that contains them is scored. Each env's episode is a video, cut by a flush; with
+    a frame stride k, k segments, frame j in segment j mod k. Windows are scored once they hold a batch's worth of
+    frames (or all, when flushing); a window is scored on its last frame's schedule entry."""
+
+    def __init__(self, model: SDSReward, args: Args, starts: Optional[Sequence[int]] = None,
+                 prompts: Optional[Sequence[str]] = None):
+        super().__init__(model, args, starts, prompts)
+        # per env: its segments (oldest first), those of the video under way (one per residue of the frame stride),
+        # that video's frame count, how many of the env's queued transitions are in segments, and the finished terms
+        self.segments: list[list[Segment]] = [[] for _ in range(args.num_envs)]
+        self.open: list[list[Segment]] = [[] for _ in range(args.num_envs)]
+        self.video_frames, self.seen = [0] * args.num_envs, [0] * args.num_envs
+        self.done: list[dict] = [{} for _ in range(args.num_envs)]  # id(transition) -> its (rows, 3) terms
+        self.due: list[tuple[Segment, int, int]] = []  # windows taken but not scored yet
+
+    def take(self, queue: "TransitionQueue", flush: bool) -> tuple[list, Optional[torch.Tensor]]:
+        """Scores the windows whose frames have all arrived, then hands out the frames that no window still to come
+        contains, with their terms (N, rows, 3)."""
+        size, stride, k = self.model.context_size, self.model.stride, self.model.frame_stride
+        for e, env_queue in enumerate(queue.items):
+            video = self.open[e]
+            for it in itertools.islice(env_queue, self.seen[e], None):  # transitions pushed since the last call
+                if not video or video[0].closed or video[0].episode != it["episode"]:
+                    video[:] = [Segment(it["episode"], self.noise_level(it["episode"])) for _ in range(k)]
+                    self.segments[e] += video
+                    self.video_frames[e] = 0
+                video[self.video_frames[e] % k].items.append(it)
+                self.video_frames[e] += 1
+                for seg in video:
+                    seg.closed = bool(it["done"])
+            self.seen[e] = len(env_queue)
+            if flush:  # a flush cuts the episode's video; its next frames start a new one
+                for seg in video:
+                    seg.closed = True
+        self.due += [w for segments in self.segments for seg in segments for w in seg.take_windows(size, stride)]
+        if not self.due or (not flush and sum(b - a for _, a, b in self.due) < self.batch_size):
+            return [], None
+        self.score(self.due)
+        self.due = []
+        items = []
+        for e, (env_queue, segments, done) in enumerate(zip(queue.items, self.segments, self.done)):
+            for seg in segments:
+                n = seg.finished(size, stride)
+                means = (seg.sums[:n] / seg.count[:n, None, None]) if n else None  # over each frame's windows
+                done.update({id(it): row for it, row in zip(seg.drop(n), means if n else [])})
+            segments[:] = [seg for seg in segments if seg.items or not seg.closed]
+            while env_queue and id(env_queue[0]) in done:  # the queue's finished front, in order
+                items.append(env_queue.popleft())
+                self.seen[e] -= 1
+        if not items:
+            return [], None
+        return items, torch.stack([self.done[it["env"]].pop(id(it)) for it in items])
+
+    def score(self, due: list[tuple[Segment, int, int]]) -> None:
+        """The due windows' per-frame terms, added to their segments' sums; windows of one length go through the
+        denoiser together. Latents and noise are made once per frame, for all its windows."""
+        for seg in {id(seg): seg for seg, _, _ in due}.values():
+            have = 0 if seg.latents is None else len(seg.latents)
+            need = max(b for s, _, b in due if s is seg) - seg.offset
+            if need > have:
+                latents = self.encode(np.stack([it["frame"] for it in seg.items[have:need]]))
+                noise = self.noise(need - have)
+                seg.latents = latents if seg.latents is None else torch.cat([seg.latents, latents])
+                seg.noise = noise if seg.noise is None else torch.cat([seg.noise, noise])
+            grow = len(seg.items) - (0 if seg.sums is None else len(seg.sums))
+            if grow:
+                zeros = torch.zeros(grow, self.rows, 3, device=self.model.device)
+                seg.sums = zeros if seg.sums is None else torch.cat([seg.sums, zeros])
+                seg.count = torch.cat([seg.count if seg.count is not None else zeros[:0, 0, 0],
+                                       torch.zeros(grow, device=self.model.device)])
+        for length in sorted({b - a for _, a, b in due}):
+            group = [w for w in due if w[2] - w[1] == length]
+            real = len(group)
+            group = [group[i] for i in self.padding(real, length).tolist()]  # (--reward-compile: whole passes)
+
+            def score(i, j):
+                chunk = [(seg, a - seg.offset, b - seg.offset) for seg, a, b in group[i:j]]
+                latents = torch.stack([seg.latents[a:b] for seg, a, b in chunk])
+                noise = torch.stack([seg.noise[a:b] for seg, a, b in chunk])
+                t = torch.tensor([seg.t for seg, _, _ in chunk], device=self.model.device)
+                prompt = self.entries([seg.items[b - 1] for seg, _, b in chunk])  # a window: its last frame's entry
+                values = self.layout(self.model.reward(latents, t, noise, prompt, self.per_prompt))
+                for (seg, a, b), v in zip(chunk[: max(0, real - i)], values):  # v: (frames, rows, 3); no padding
+                    seg.sums[a:b] += v
+                    seg.count[a:b] += 1
+
+            self.in_passes(len(group), length, score)
 
 
 # ----- loading: the reward settings of a model, its family, the prompts, the labeler for a run; their errors -----
@@ -1501,7 +1523,7 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
     if starts is not None or not model.plain:  # the per-prompt logs' indices (also saved in args.json)
         kind = "schedule (sds/reward_schedule{k})" if starts is not None else "composition (sds/*_prompt{i})"
         print(f"prompt {kind}:\n" + prompt_table(prompts, weights, starts))
-    labeler = SDSLabeler(model, args, starts, prompts)
+    labeler = (VideoLabeler if model.video else SDSLabeler)(model, args, starts, prompts)
     if device.type == "cuda":
         labeler.probe()
     return labeler
@@ -1512,11 +1534,12 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
-class TimeFeature(gym.ObservationWrapper):
+class TimeFeature(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
 
     def __init__(self, env: gym.Env, max_steps: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, max_steps=max_steps)  # env.spec can remake the env
+        gym.ObservationWrapper.__init__(self, env)
         self.max_steps, self.t = max_steps, 0
         low, high = env.observation_space.low, env.observation_space.high
         self.observation_space = gym.spaces.Box(
@@ -1535,12 +1558,13 @@ class TimeFeature(gym.ObservationWrapper):
         return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
     add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
 
     def __init__(self, env: gym.Env, n: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, n=n)
+        gym.Wrapper.__init__(self, env)
         self.n = n
 
     def step(self, action):
@@ -1553,14 +1577,15 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class Frames(gym.Wrapper):
+class Frames(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
     made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
     own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
     corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
 
     def __init__(self, env: gym.Env, upside_down: bool = False):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, upside_down=upside_down)
+        gym.Wrapper.__init__(self, env)
         self.upside_down = upside_down
 
     def render(self):
@@ -1691,11 +1716,7 @@ def make_env(args: SACArgs, render: bool = False) -> gym.Env:
         env = gym.wrappers.FlattenObservation(env)
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.TransformObservation(
-        env,
-        lambda o: o.astype(np.float32),
-        gym.spaces.Box(env.observation_space.low, env.observation_space.high, dtype=np.float32),
-    )
+    env = gym.wrappers.DtypeObservation(env, np.float32)
     if args.time_feature:
         env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
     return env
@@ -2836,7 +2857,7 @@ def tadpole_start(env: gym.Env, key: str) -> None:
     task.initialize_episode = start
 
 
-class MetaWorld(gym.Wrapper):
+class MetaWorld(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """A Meta-World task (made through its MT1 registration) as the scripts use it. reset(seed=s) reseeds the env's
     own generator (Meta-World's reset ignores its seed), so that seeded episodes start alike; the observation space is
     the task's own (MT1's has zero bounds for the goal). Under TADPoLe's protocol (its src/env.py): new object and goal
@@ -2844,7 +2865,8 @@ class MetaWorld(gym.Wrapper):
     zero-action step after each reset, on the raw env outside the time limit (its observation is the reset's)."""
 
     def __init__(self, env: gym.Env, tadpole: bool):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, tadpole=tadpole)
+        gym.Wrapper.__init__(self, env)
         self.tadpole, inner = tadpole, env.unwrapped
         env.reset()  # MT1 sets its first task
         if tadpole:

@@ -187,7 +187,7 @@ def sds_reward_fn(model):
         if window is None:
             return model(latents, t, noise)
         windows = latents.view(len(t), window, *latents.shape[1:])
-        return model.combine(*model.terms(windows, t, noise.view(len(t), window, *noise.shape[1:])))
+        return model.reward(windows, t, noise.view(len(t), window, *noise.shape[1:]))[2]
 
     return reward
 

@@ -169,6 +169,8 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes_as_an_uninterrupted_run
     ({"motion_adapter_id": None}, "is an image model"),
     ({"regularization": "NOCAPTIONS"}, "captions.json"),
     ({"frames": 0}, "--frames must be at least 1"),
+    pytest.param({"device": "cuda"}, "torch sees no CUDA device",  # the SAC scripts' device check
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")),
 ])
 def test_bad_input_is_refused_and_nothing_written(flags, message, clips, tiny_sd, tiny_motion_adapter, in_tmp):
     (in_tmp / "EMPTY").mkdir()

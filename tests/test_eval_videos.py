@@ -212,6 +212,38 @@ def test_a_scoring_model_that_does_not_load_stops_before_any_rollout(trained_run
     assert not (tmp_path / "e" / "runs").exists()
 
 
+def test_one_error_type_for_every_script_it_calls(tmp_path, tiny_clip, monkeypatch, capsys):
+    """eval_videos.UserError is the class of the SAC core and of sac_sds.py; sac_clip.py's own class (a CLIP
+    reward that cannot be built: here an image processor resampling with a filter it does not take) comes out as it,
+    and main() turns it into one error line, exit status 2."""
+    import eval_videos
+    import sac_clip
+    import sac_sds
+
+    assert eval_videos.UserError is eval_videos.core.UserError is sac_sds.UserError
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"env_id": "Pendulum-v1", "exp_name": "sac_clip",
+                                                            "prompt": PROMPT}))
+    run = eval_videos.read_run(str(tmp_path / "run"), None)
+    clip = eval_videos.ClipScorer(str(tiny_clip), torch.device("cpu"), "fp32")
+    clip.image_processor.resample = 1  # PIL's LANCZOS
+    frames = np.zeros((2, 24, 24, 3), np.uint8)
+    with pytest.raises(eval_videos.UserError, match="resample=1") as e:
+        clip(frames, run, 2)
+    assert not isinstance(e.value, sac_clip.UserError)
+
+    def fails(args):
+        clip(frames, run, 2)
+
+    monkeypatch.setattr(eval_videos, "run_evaluation", fails)
+    monkeypatch.setattr(sys, "argv", ["eval_videos.py", str(tmp_path / "run")])
+    capsys.readouterr()  # (the CLIP model's loading bars)
+    with pytest.raises(SystemExit) as exit_:
+        eval_videos.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: image processor resample=1")
+
+
 def test_importable_without_side_effects(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     import eval_videos

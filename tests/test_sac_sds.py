@@ -308,15 +308,15 @@ def test_noise_level_per_episode_and_generator_state(tiny_sd):
 
 def test_out_of_memory_halves_the_pass(tiny_sd, capsys):
     labeler = labeler_for(tiny_sd, num_envs=1, batch=8)
-    terms, sizes = labeler.model.terms, []
+    reward, sizes = labeler.model.reward, []
 
-    def small_memory(latents, t, noise):
+    def small_memory(latents, t, noise, *rest):
         sizes.append(len(latents))
         if len(latents) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return terms(latents, t, noise)
+        return reward(latents, t, noise, *rest)
 
-    labeler.model.terms = small_memory
+    labeler.model.reward = small_memory
     queue = TransitionQueue(1)
     for it in push_episodes(queue, 0, [8], 0, 0):
         queue.push(it)
@@ -332,14 +332,14 @@ def test_probe_halves_a_pass_too_large_before_training_and_names_the_flags_when_
     frame is a UserError naming --dtype and --resolution."""
     labeler = labeler_for(tiny_sd, num_envs=1, batch=8)
     labeler.noise = sac_sds.SDSLabeler.noise.__get__(labeler)  # the generator's own noise
-    values, limit = labeler.values, [3]
+    reward, limit = labeler.model.reward, [3]
 
-    def small_memory(latents, t, noise, prompt):
+    def small_memory(latents, *a, **kw):
         if len(latents) > limit[0]:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return values(latents, t, noise, prompt)
+        return reward(latents, *a, **kw)
 
-    labeler.values = small_memory
+    labeler.model.reward = small_memory
     state = labeler.generator.get_state()
     labeler.probe()
     assert labeler.pass_frames == 2 and torch.equal(labeler.generator.get_state(), state)
@@ -422,14 +422,14 @@ def test_overlapped_reward_labels_in_its_thread_and_runs_stay_deterministic(tiny
 
 
 def test_non_finite_reward_stops_the_run_with_the_last_checkpoint_intact(tiny_sd, in_tmp, monkeypatch):
-    combine, frames_seen = SDSReward.combine, []
+    tadpole_reward, frames_seen = sac_sds.tadpole_reward, []
 
-    def poisoned_after_150_frames(self, align, recon):
+    def poisoned_after_150_frames(*args, **kwargs):
+        align, recon, reward = tadpole_reward(*args, **kwargs)
         frames_seen.append(len(align))
-        reward = combine(self, align, recon)
-        return reward if sum(frames_seen) <= 150 else reward * float("nan")
+        return align, recon, reward if sum(frames_seen) <= 150 else reward * float("nan")
 
-    monkeypatch.setattr(SDSReward, "combine", poisoned_after_150_frames)
+    monkeypatch.setattr(sac_sds, "tadpole_reward", poisoned_after_150_frames)
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=300, learning_starts=50,
                 batch_size=16, reward_batch_size=10, checkpoint_every=100, eval_every=0, eval_episodes=0, threads=1,
                 progress=False, run_name="nan")
@@ -444,15 +444,15 @@ def test_out_of_memory_the_reward_cannot_absorb_saves_a_checkpoint_and_resume_fi
     """A CUDA out-of-memory error that halving the passes down to one frame does not absorb (simulated after 150
     frames): a checkpoint of everything labelled, one UserError line naming the args.json fields and --resume; the
     resumed run finishes."""
-    terms, frames_seen = SDSReward.terms, []
+    reward, frames_seen = SDSReward.reward, []
 
     def out_of_memory_after_150_frames(self, latents, *a, **kw):
         frames_seen.append(len(latents))
         if sum(frames_seen) > 150:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return terms(self, latents, *a, **kw)
+        return reward(self, latents, *a, **kw)
 
-    monkeypatch.setattr(SDSReward, "terms", out_of_memory_after_150_frames)
+    monkeypatch.setattr(SDSReward, "reward", out_of_memory_after_150_frames)
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=300, learning_starts=50,
                 batch_size=16, reward_batch_size=10, checkpoint_every=0, eval_every=0, eval_episodes=0, threads=1,
                 progress=False, run_name="oom")
@@ -462,7 +462,7 @@ def test_out_of_memory_the_reward_cannot_absorb_saves_a_checkpoint_and_resume_fi
         sac_sds.train(args, run_dir, sac_sds.build_reward)
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert 150 <= saved["global_step"] < 300 and saved["replay_buffer"]["size"] >= 150
-    monkeypatch.setattr(SDSReward, "terms", terms)
+    monkeypatch.setattr(SDSReward, "reward", reward)
     args = sac_sds.read_args(run_dir, Args)
     args.resume = str(run_dir)
     assert sac_sds.train(args, run_dir, sac_sds.build_reward)["global_step"] == 300

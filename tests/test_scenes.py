@@ -212,3 +212,36 @@ def test_runs_made_before_the_scene_existed_resume_with_the_stock_scene_named(in
     path.write_text(json.dumps(saved))
     proc = run_script("sac_env_reward.py", "--resume", "runs/old", cwd=in_tmp, check=False, timeout=120)
     assert proc.returncode == 2 and '"scene": "stock"' in proc.stderr and "made before it" in proc.stderr
+
+
+# ----- gymnasium's conventions: its own checker passes on every env the scripts build -----
+@pytest.mark.parametrize("env_id, fields", [
+    *[(env_id, {"scene": scene}) for env_id in ("Walker2d-v4", "Hopper-v5", "Pendulum-v1")
+      for scene in ("stock", "natural")],
+    ("Hopper-v5", {"scene": "stock", "time_feature": True, "action_repeat": 3}),  # every wrapper of ours
+    ("dm_control/humanoid-stand-v0", {"scene": "stock", "protocol": "tadpole"}),
+    ("dm_control/humanoid-stand-v0", {"scene": "natural", "protocol": "tadpole", "time_feature": True}),
+])
+def test_gymnasium_check_env_passes(env_id, fields):
+    """gymnasium.utils.env_checker.check_env on the env make_env builds, rendering as the text rewards do: spaces,
+    reset and step determinism, the frames, and env.spec, which needs every wrapper to record its constructor's
+    arguments (RecordConstructorArgs) so that the spec can remake the env. Its render check is skipped only because it
+    also opens a window for render_mode "human"; the frames are checked by the passive checker instead. The spec's
+    remake repeats the wrappers, not the scene's edits of the model or TADPoLe's fixed start (the stock protocol's
+    envs observe the same after a seeded reset)."""
+    from gymnasium.utils.env_checker import check_env
+    from gymnasium.utils.passive_env_checker import env_render_passive_checker
+
+    env = sac.make_env(sac.SACArgs(env_id=env_id, render_size=32, **fields), render=True)
+    check_env(env, skip_render_check=True)
+    env_render_passive_checker(env)
+    ours = [w.name for w in env.spec.additional_wrappers if w.entry_point.startswith("sac_env_reward:")]
+    assert ours == [name for name, wanted in [("Frames", "Pendulum" not in env_id),
+                                              ("ActionRepeat", "action_repeat" in fields or "protocol" in fields),
+                                              ("TimeFeature", fields.get("time_feature", False))] if wanted]
+    remade = env.spec.make()
+    assert remade.observation_space == env.observation_space and remade.action_space == env.action_space
+    if "protocol" not in fields:
+        np.testing.assert_array_equal(remade.reset(seed=3)[0], env.reset(seed=3)[0])
+    remade.close()
+    env.close()
