@@ -4,9 +4,10 @@
     python sac_env_reward.py --env-id Pendulum-v1 --total-timesteps 15000 --capture-video
     python sac_env_reward.py --resume runs/Hopper-v4__sac_env_reward__1__1790000000
 
-The file reads top to bottom: arguments, the reward (here: the environment's own), environments, networks,
-replay buffer, the SAC update, checkpoints, evaluation and logging, the training loop (then the run folder and the
-flags' checks), and the scenes the frames show. sac_clip.py and sac_sds.py carry the same SAC core, byte for byte,
+The file reads top to bottom as CleanRL's does: arguments, the reward (here: the environment's own), the networks,
+the replay buffer, the SAC update (its speed wrapped around it), the training loop; then what serves them: the
+environments, checkpoints, evaluation and logging, the run folder and the flags' checks, and the scenes the frames
+show. sac_clip.py and sac_sds.py carry the same SAC core, byte for byte,
 between the "SAC CORE" marker comments (tests check it); they differ only in where the reward comes from.
 """
 
@@ -196,207 +197,6 @@ class EnvReward:
 def build_reward(args: Args, device: torch.device) -> EnvReward:
     """Called by train() before the environments are made; raises UserError for bad reward settings."""
     return EnvReward()
-
-
-# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
-class TimeFeature(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
-
-    def __init__(self, env: gym.Env, max_steps: int):
-        gym.utils.RecordConstructorArgs.__init__(self, max_steps=max_steps)  # env.spec can remake the env
-        gym.ObservationWrapper.__init__(self, env)
-        self.max_steps, self.t = max_steps, 0
-        low, high = env.observation_space.low, env.observation_space.high
-        self.observation_space = gym.spaces.Box(
-            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
-        )
-
-    def reset(self, **kwargs):
-        self.t = 0
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.t += 1
-        return super().step(action)
-
-    def observation(self, obs):
-        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
-
-
-class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
-    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
-
-    def __init__(self, env: gym.Env, n: int):
-        gym.utils.RecordConstructorArgs.__init__(self, n=n)
-        gym.Wrapper.__init__(self, env)
-        self.n = n
-
-    def step(self, action):
-        total = 0.0
-        for _ in range(self.n):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
-            if terminated or truncated:
-                break
-        return obs, total, terminated, truncated, info
-
-
-class Frames(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
-    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
-    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
-    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
-
-    def __init__(self, env: gym.Env, upside_down: bool = False):
-        gym.utils.RecordConstructorArgs.__init__(self, upside_down=upside_down)
-        gym.Wrapper.__init__(self, env)
-        self.upside_down = upside_down
-
-    def render(self):
-        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
-        if viewer is not None:
-            viewer.make_context_current()
-        frame = self.env.render()
-        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
-
-    def close(self):
-        """MuJoCo's rendering context (textures, buffers) freed while its OpenGL context lives, then the env closed:
-        gymnasium frees the OpenGL context and leaves the rendering context to the garbage collector, which frees it
-        at exit after EGL has shut down (NVIDIA's EGL then reports errors)."""
-        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
-        if viewer is not None and getattr(viewer.opengl_context, "_context", True):
-            viewer.make_context_current()
-            viewer.con.free()
-        super().close()
-
-
-DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
-TADPOLE_ACTION_REPEAT = 2  # --protocol tadpole's --action-repeat
-
-
-def env_key(env_id: str) -> str:
-    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
-    'metaworld' (metaworld/door-close-v3)."""
-    if env_id.startswith("metaworld/"):
-        return "metaworld"
-    if env_id.startswith("dm_control/"):
-        return env_id.split("-")[0]
-    return re.sub(r"-v\d+$", "", env_id)
-
-
-def action_repeat(args: SACArgs) -> int:
-    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
-
-
-def protocol_render_size(args: SACArgs) -> Optional[int]:
-    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
-    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
-
-
-def check_protocol(args: SACArgs) -> None:
-    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
-        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
-                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
-                        "metaworld/<task>-v3, or --protocol stock")
-
-
-def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
-    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
-    if env_id.startswith("dm_control/"):
-        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
-    spec = gym.spec(env_id)
-    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
-        return {}  # classic control (Pendulum-v1) renders at its own size
-    kwargs = {"width": size, "height": size}
-    if camera is not None and camera.lstrip("-").isdigit():
-        kwargs["camera_id"] = int(camera)
-    elif camera is not None:
-        kwargs["camera_name"] = camera
-    return kwargs
-
-
-def episode_limit(env: gym.Env) -> int:
-    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
-    if env.spec is not None and env.spec.max_episode_steps:
-        return int(env.spec.max_episode_steps)
-    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
-    limit = getattr(inner, "_step_limit", None)
-    return int(limit) if limit and np.isfinite(limit) else 1000
-
-
-def make_env(args: SACArgs, render: bool = False) -> gym.Env:
-    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
-    spaces SAC cannot use, and for a protocol the env does not have."""
-    check_protocol(args)
-    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
-    kwargs = {}
-    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
-        try:
-            import metaworld  # noqa: F401  (registers Meta-World/...)
-        except ImportError:
-            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
-                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
-        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
-        if args.protocol == "tadpole":
-            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
-    elif key.startswith("dm_control/"):
-        import shimmy
-
-        gym.register_envs(shimmy)
-        if args.protocol == "tadpole":
-            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
-    if args.max_episode_steps:
-        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
-    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
-    try:
-        if render:
-            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
-            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
-        env = gym.make(env_id, **kwargs)
-    except (gym.error.Error, ValueError) as e:
-        raise UserError(
-            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
-            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
-            "metaworld/door-close-v3"
-        ) from None
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
-    if not isinstance(env.action_space, gym.spaces.Box):
-        raise UserError(
-            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
-            "one: pick e.g. Pendulum-v1 or Hopper-v4"
-        )
-    if key == "metaworld":
-        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
-    elif args.protocol == "tadpole":
-        tadpole_start(env, key)
-    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
-        env = Frames(env, upside_down=set_scene(env, args, size))
-    if repeat > 1:
-        env = ActionRepeat(env, repeat)
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        env = gym.wrappers.FlattenObservation(env)
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
-    env = gym.wrappers.DtypeObservation(env, np.float32)
-    if args.time_feature:
-        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
-    return env
-
-
-def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
-    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
-    the true final observation (and frame); the following step resets that env and is not a transition."""
-    make_env(args)  # fail early, in this process, with a clear message
-    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
-# === SAC CORE END: environments ===
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -690,195 +490,6 @@ class Adam(torch.optim.Adam):
             for p in group["params"]:
                 p.grad = None
 # === SAC CORE END: update ===
-
-
-# === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
-                    extra: dict) -> None:
-    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters, all as tensors
-    and plain Python values (numbers, strings, lists, dicts), which torch.load(weights_only=True) reads back.
-    Written to a temporary file, then renamed: a job killed while saving leaves the previous checkpoint intact."""
-    version, python_state, gauss = random.getstate()
-    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "global_step": int(global_step),
-        "iteration": int(iteration),
-        "sac": sac.state_dict(),
-        "q_optimizer": sac.q_optimizer.state_dict(),
-        "actor_optimizer": sac.actor_optimizer.state_dict(),
-        "replay_buffer": rb.state_dict() if sac.args.save_buffer else None,
-        "reward": reward.state_dict(),
-        "rng": {
-            "python": {"version": version, "state": list(python_state), "gauss": gauss},
-            "numpy": {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "action_space": envs.action_space.np_random.bit_generator.state,  # a dict of ints and strings
-        },
-        "extra": extra,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """checkpoint.pt, loaded with weights_only=True: tensors and plain containers only, so that a run folder someone
-    shared cannot run code when it is resumed or evaluated. UserError for a file that cannot be read, or that holds
-    other Python objects (checkpoints written before this format pickled numpy arrays: re-make those runs)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" such as {found[1]}" if found else ""
-        raise UserError(f"checkpoint {path} holds pickled Python objects{what}, which are not loaded because "
-                        "unpickling them can run code: it was written by an older version of these scripts (or by "
-                        "something else); re-make the run with this version") from None
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); is the run folder "
-                        "complete?") from None
-
-
-def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
-    state = read_checkpoint(path)
-    try:
-        sac.load_state_dict(state["sac"])
-        sac.q_optimizer.load_state_dict(state["q_optimizer"])
-        sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"checkpoint {path} does not fit this SAC core's networks or optimizer state "
-                        f"({type(e).__name__}); it was written by another version: resume it with that version") from None
-    if state["replay_buffer"] is not None:
-        rb.load_state_dict(state["replay_buffer"])
-    reward.load_state_dict(state["reward"])
-    rng = state["rng"]
-    random.setstate((rng["python"]["version"], tuple(rng["python"]["state"]), rng["python"]["gauss"]))
-    n = rng["numpy"]
-    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    envs.action_space.np_random.bit_generator.state = rng["action_space"]
-    return state
-
-
-def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
-    """The trained actor of a run folder and its saved args (for evaluation scripts); UserError if unreadable."""
-    run_dir = Path(run_dir)
-    args = json.loads((run_dir / "args.json").read_text())
-    state = read_checkpoint(run_dir / "checkpoint.pt", device)
-    actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
-    return actor_from_state(actor_state, run_dir / "checkpoint.pt", device), args
-
-
-def save_policy(path: Path, actor: Actor) -> None:
-    """A policy snapshot (--save-policy-every): the actor's state dict alone, tensors only, written to a temporary
-    file and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu().clone() for k, v in actor.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-
-
-def load_policy(path: str | Path, device: str = "cpu") -> Actor:
-    """The actor of a policy snapshot (save_policy), read with weights_only=True; UserError if unreadable."""
-    return actor_from_state(read_checkpoint(Path(path), device), Path(path), device)
-
-
-def actor_from_state(actor_state: dict, path: Path, device: str | torch.device = "cpu") -> Actor:
-    """An Actor shaped by its state dict (observation size, action bounds), in eval mode."""
-    try:
-        obs_dim = actor_state["net.0.weight"].shape[1]
-        scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
-        actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
-        actor.load_state_dict(actor_state)
-    except (KeyError, AttributeError, TypeError, RuntimeError):
-        raise UserError(f"the actor in {path} does not fit this SAC core's Actor; it was written by another version "
-                        f"(or is not an actor): evaluate it with that version") from None
-    return actor.eval()
-# === SAC CORE END: checkpoints ===
-
-
-# === SAC CORE BEGIN: evaluation and logging (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch.device,
-             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray], list[float]]:
-    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...: their returns and lengths, the frames of
-    the first if record, and, for an env that reports info["success"] (Meta-World), each episode's success at its
-    final step (TADPoLe's metric; empty otherwise)."""
-    returns, lengths, frames, successes = [], [], [], []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        done, ret, length = False, 0.0, 0
-        if record and ep == 0:
-            frames.append(env.render())
-        while not done:
-            action = actor.act(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
-            obs, r, terminated, truncated, info = env.step(action)
-            ret, length, done = ret + float(r), length + 1, terminated or truncated
-            if record and ep == 0:
-                frames.append(env.render())
-        returns.append(ret)
-        lengths.append(length)
-        if "success" in info:
-            successes.append(float(info["success"]))
-    return returns, lengths, frames, successes
-
-
-def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    with imageio.get_writer(tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error") as w:
-        for f in frames:
-            w.append_data(np.asarray(f))
-    os.replace(tmp, path)
-
-
-class Logger:
-    """TensorBoard (and optionally W&B) scalars plus the progress bar."""
-
-    def __init__(self, args: SACArgs, run_dir: Path, start_step: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        if args.track:
-            import wandb
-
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=dataclasses.asdict(args), name=run_dir.name, id=run_dir.name, resume="allow",
-                       dir=str(run_dir), save_code=True)
-        # purge_step drops events written after the checkpoint by an interrupted job, so curves do not repeat
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
-        if start_step == 0:
-            table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
-            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        self.bar = None
-        if args.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=args.total_timesteps, initial=start_step, unit="step", dynamic_ncols=True,
-                            mininterval=0.5 if sys.stderr.isatty() else 30)
-        self.postfix: dict = {}
-
-    def scalar(self, tag: str, value, step: int) -> None:
-        self.writer.add_scalar(tag, float(value), step)
-
-    def progress(self, n: int, **postfix) -> None:
-        if self.bar is not None:
-            self.postfix.update({k: v for k, v in postfix.items() if v is not None})
-            self.bar.set_postfix(self.postfix, refresh=False)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.writer.close()
-        if "wandb" in sys.modules:
-            sys.modules["wandb"].finish()
-# === SAC CORE END: evaluation and logging ===
 
 
 # === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -1180,9 +791,400 @@ def main(args_cls: type, build_reward) -> None:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+# === SAC CORE END: training loop ===
 
 
-# ----- the run folder, the flags and their errors -----
+# === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class TimeFeature(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Appends t / max_episode_steps (0 at reset, 1 at the time limit) to a flat observation."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        gym.utils.RecordConstructorArgs.__init__(self, max_steps=max_steps)  # env.spec can remake the env
+        gym.ObservationWrapper.__init__(self, env)
+        self.max_steps, self.t = max_steps, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(
+            np.append(low, 0.0).astype(np.float32), np.append(high, 1.0).astype(np.float32), dtype=np.float32
+        )
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        return super().step(action)
+
+    def observation(self, obs):
+        return np.append(obs, min(self.t / self.max_steps, 1.0)).astype(np.float32)
+
+
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Each action is applied for n env steps (the frame skip of TADPoLe's and DrQ's dm_control runs): their rewards
+    add up, the episode's end stops the repeats, and the observation, info and frame are those after the last one."""
+
+    def __init__(self, env: gym.Env, n: int):
+        gym.utils.RecordConstructorArgs.__init__(self, n=n)
+        gym.Wrapper.__init__(self, env)
+        self.n = n
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.n):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class Frames(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """env.render() as a text reward is shown it. gymnasium's MuJoCo renderer draws in whichever OpenGL context was
+    made last, so with several envs in one process (eval_videos.py) one env's frame can show another's textures: its
+    own context is made current first. A camera mounted upside down (its image-up axis pointing down, as Meta-World's
+    corner cameras are) gives frames turned by 180 degrees: they are turned back, upright."""
+
+    def __init__(self, env: gym.Env, upside_down: bool = False):
+        gym.utils.RecordConstructorArgs.__init__(self, upside_down=upside_down)
+        gym.Wrapper.__init__(self, env)
+        self.upside_down = upside_down
+
+    def render(self):
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None:
+            viewer.make_context_current()
+        frame = self.env.render()
+        return np.ascontiguousarray(frame[::-1, ::-1]) if self.upside_down and frame is not None else frame
+
+    def close(self):
+        """MuJoCo's rendering context (textures, buffers) freed while its OpenGL context lives, then the env closed:
+        gymnasium frees the OpenGL context and leaves the rendering context to the garbage collector, which frees it
+        at exit after EGL has shut down (NVIDIA's EGL then reports errors)."""
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None and getattr(viewer.opengl_context, "_context", True):
+            viewer.make_context_current()
+            viewer.con.free()
+        super().close()
+
+
+DEFAULT_RENDER_SIZE = 256  # pixels, where neither --render-size nor a reward model sets the size
+TADPOLE_ACTION_REPEAT = 2  # --protocol tadpole's --action-repeat
+
+
+def env_key(env_id: str) -> str:
+    """What the presets know an env by: 'Walker2d' (Walker2d-v4), 'dm_control/humanoid' (dm_control/humanoid-walk-v0),
+    'metaworld' (metaworld/door-close-v3)."""
+    if env_id.startswith("metaworld/"):
+        return "metaworld"
+    if env_id.startswith("dm_control/"):
+        return env_id.split("-")[0]
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+def action_repeat(args: SACArgs) -> int:
+    return args.action_repeat or (TADPOLE_ACTION_REPEAT if args.protocol == "tadpole" else 1)
+
+
+def protocol_render_size(args: SACArgs) -> Optional[int]:
+    """The frame size the protocol sets (TADPoLe's render sizes), None for the stock protocol."""
+    return TADPOLE[env_key(args.env_id)]["render_size"] if args.protocol == "tadpole" else None
+
+
+def check_protocol(args: SACArgs) -> None:
+    if args.protocol == "tadpole" and env_key(args.env_id) not in TADPOLE:
+        raise UserError(f"--protocol tadpole is TADPoLe's set-up of dm_control humanoid and dog and of Meta-World; "
+                        f"'{args.env_id}' is none of them: use dm_control/humanoid-*-v0, dm_control/dog-*-v0 or "
+                        "metaworld/<task>-v3, or --protocol stock")
+
+
+def _camera_kwargs(env_id: str, size: int, camera: Optional[str]) -> dict:
+    """Rendering keyword arguments for gym.make, in the form each family of envs takes them."""
+    if env_id.startswith("dm_control/"):
+        return {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+    spec = gym.spec(env_id)
+    if "mujoco" not in str(spec.entry_point) and not env_id.startswith("Meta-World/"):
+        return {}  # classic control (Pendulum-v1) renders at its own size
+    kwargs = {"width": size, "height": size}
+    if camera is not None and camera.lstrip("-").isdigit():
+        kwargs["camera_id"] = int(camera)
+    elif camera is not None:
+        kwargs["camera_name"] = camera
+    return kwargs
+
+
+def episode_limit(env: gym.Env) -> int:
+    """The env's time limit in env steps (dm_control keeps its own, inside the task)."""
+    if env.spec is not None and env.spec.max_episode_steps:
+        return int(env.spec.max_episode_steps)
+    inner = getattr(env.unwrapped, "_env", None)  # shimmy's dm_control wrapper
+    limit = getattr(inner, "_step_limit", None)
+    return int(limit) if limit and np.isfinite(limit) else 1000
+
+
+def make_env(args: SACArgs, render: bool = False) -> gym.Env:
+    """One environment with flat float32 observations, its scene and protocol applied; raises UserError for ids or
+    spaces SAC cannot use, and for a protocol the env does not have."""
+    check_protocol(args)
+    key, env_id, repeat = env_key(args.env_id), args.env_id, action_repeat(args)
+    kwargs = {}
+    if key == "metaworld":  # its own gymnasium registration: one task, the tasks' object and goal positions drawn
+        try:
+            import metaworld  # noqa: F401  (registers Meta-World/...)
+        except ImportError:
+            raise UserError(f"'{args.env_id}' needs Meta-World, which is not installed beside dm_control 1.0.50: make a "
+                            "second virtual environment with pip install -r requirements-metaworld.txt (README)") from None
+        env_id, kwargs = "Meta-World/MT1", {"env_name": args.env_id.split("/", 1)[1], "seed": args.seed}
+        if args.protocol == "tadpole":
+            kwargs["max_episode_steps"] = TADPOLE[key]["episode_steps"] * repeat
+    elif key.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+        if args.protocol == "tadpole":
+            kwargs["task_kwargs"] = {"time_limit": TADPOLE[key]["time_limit"]}
+    if args.max_episode_steps:
+        kwargs["max_episode_steps"] = args.max_episode_steps * repeat
+    size = args.render_size or protocol_render_size(args) or DEFAULT_RENDER_SIZE
+    try:
+        if render:
+            # pygame (classic control) draws off screen; without this, SDL looks for a display and prints a false
+            # "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            kwargs.update(render_mode="rgb_array", **_camera_kwargs(env_id, size, args.camera))
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ValueError) as e:
+        raise UserError(
+            f"unknown environment id '{args.env_id}' ({str(e).splitlines()[0][:200]}); use a registered continuous-"
+            "control id such as Hopper-v4, Walker2d-v5, Pendulum-v1, dm_control/humanoid-stand-v0 or "
+            "metaworld/door-close-v3"
+        ) from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"environment '{args.env_id}' needs a missing package ({e}); pip install -r requirements.txt") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise UserError(
+            f"'{args.env_id}' has a {type(env.action_space).__name__} action space; SAC needs a continuous (Box) "
+            "one: pick e.g. Pendulum-v1 or Hopper-v4"
+        )
+    if key == "metaworld":
+        env = MetaWorld(env, tadpole=args.protocol == "tadpole")
+    elif args.protocol == "tadpole":
+        tadpole_start(env, key)
+    if render and (key.startswith("dm_control/") or hasattr(env.unwrapped, "mujoco_renderer")):  # MuJoCo's
+        env = Frames(env, upside_down=set_scene(env, args, size))
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise UserError(f"'{args.env_id}' has observation space {env.observation_space}; SAC here needs flat vectors")
+    env = gym.wrappers.DtypeObservation(env, np.float32)
+    if args.time_feature:
+        env = TimeFeature(env, args.max_episode_steps or math.ceil(episode_limit(env) / repeat))
+    return env
+
+
+def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """args.num_envs envs under gymnasium's default NEXT_STEP autoreset: the step that ends an episode returns
+    the true final observation (and frame); the following step resets that env and is not a transition."""
+    make_env(args)  # fail early, in this process, with a clear message
+    return gym.vector.SyncVectorEnv([lambda: make_env(args, render) for _ in range(args.num_envs)])
+# === SAC CORE END: environments ===
+
+
+# === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
+                    extra: dict) -> None:
+    """Everything needed to continue: networks, optimizers, log_alpha, buffer, RNG states, counters, all as tensors
+    and plain Python values (numbers, strings, lists, dicts), which torch.load(weights_only=True) reads back.
+    Written to a temporary file, then renamed: a job killed while saving leaves the previous checkpoint intact."""
+    version, python_state, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "global_step": int(global_step),
+        "iteration": int(iteration),
+        "sac": sac.state_dict(),
+        "q_optimizer": sac.q_optimizer.state_dict(),
+        "actor_optimizer": sac.actor_optimizer.state_dict(),
+        "replay_buffer": rb.state_dict() if sac.args.save_buffer else None,
+        "reward": reward.state_dict(),
+        "rng": {
+            "python": {"version": version, "state": list(python_state), "gauss": gauss},
+            "numpy": {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "action_space": envs.action_space.np_random.bit_generator.state,  # a dict of ints and strings
+        },
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """checkpoint.pt, loaded with weights_only=True: tensors and plain containers only, so that a run folder someone
+    shared cannot run code when it is resumed or evaluated. UserError for a file that cannot be read, or that holds
+    other Python objects (checkpoints written before this format pickled numpy arrays: re-make those runs)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" such as {found[1]}" if found else ""
+        raise UserError(f"checkpoint {path} holds pickled Python objects{what}, which are not loaded because "
+                        "unpickling them can run code: it was written by an older version of these scripts (or by "
+                        "something else); re-make the run with this version") from None
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); is the run folder "
+                        "complete?") from None
+
+
+def load_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward) -> dict:
+    state = read_checkpoint(path)
+    try:
+        sac.load_state_dict(state["sac"])
+        sac.q_optimizer.load_state_dict(state["q_optimizer"])
+        sac.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not fit this SAC core's networks or optimizer state "
+                        f"({type(e).__name__}); it was written by another version: resume it with that version") from None
+    if state["replay_buffer"] is not None:
+        rb.load_state_dict(state["replay_buffer"])
+    reward.load_state_dict(state["reward"])
+    rng = state["rng"]
+    random.setstate((rng["python"]["version"], tuple(rng["python"]["state"]), rng["python"]["gauss"]))
+    n = rng["numpy"]
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    envs.action_space.np_random.bit_generator.state = rng["action_space"]
+    return state
+
+
+def load_actor(run_dir: str | Path, device: str = "cpu") -> tuple[Actor, dict]:
+    """The trained actor of a run folder and its saved args (for evaluation scripts); UserError if unreadable."""
+    run_dir = Path(run_dir)
+    args = json.loads((run_dir / "args.json").read_text())
+    state = read_checkpoint(run_dir / "checkpoint.pt", device)
+    actor_state = {k[len("actor."):]: v for k, v in state["sac"].items() if k.startswith("actor.")}
+    return actor_from_state(actor_state, run_dir / "checkpoint.pt", device), args
+
+
+def save_policy(path: Path, actor: Actor) -> None:
+    """A policy snapshot (--save-policy-every): the actor's state dict alone, tensors only, written to a temporary
+    file and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu().clone() for k, v in actor.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Actor:
+    """The actor of a policy snapshot (save_policy), read with weights_only=True; UserError if unreadable."""
+    return actor_from_state(read_checkpoint(Path(path), device), Path(path), device)
+
+
+def actor_from_state(actor_state: dict, path: Path, device: str | torch.device = "cpu") -> Actor:
+    """An Actor shaped by its state dict (observation size, action bounds), in eval mode."""
+    try:
+        obs_dim = actor_state["net.0.weight"].shape[1]
+        scale, bias = actor_state["action_scale"].cpu().numpy(), actor_state["action_bias"].cpu().numpy()
+        actor = Actor(obs_dim, bias - scale, bias + scale).to(device)
+        actor.load_state_dict(actor_state)
+    except (KeyError, AttributeError, TypeError, RuntimeError):
+        raise UserError(f"the actor in {path} does not fit this SAC core's Actor; it was written by another version "
+                        f"(or is not an actor): evaluate it with that version") from None
+    return actor.eval()
+# === SAC CORE END: checkpoints ===
+
+
+# === SAC CORE BEGIN: evaluation and logging (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch.device,
+             record: bool = False) -> tuple[list[float], list[int], list[np.ndarray], list[float]]:
+    """Deterministic (mean action) episodes on env seeded seed, seed+1, ...: their returns and lengths, the frames of
+    the first if record, and, for an env that reports info["success"] (Meta-World), each episode's success at its
+    final step (TADPoLe's metric; empty otherwise)."""
+    returns, lengths, frames, successes = [], [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, ret, length = False, 0.0, 0
+        if record and ep == 0:
+            frames.append(env.render())
+        while not done:
+            action = actor.act(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, r, terminated, truncated, info = env.step(action)
+            ret, length, done = ret + float(r), length + 1, terminated or truncated
+            if record and ep == 0:
+                frames.append(env.render())
+        returns.append(ret)
+        lengths.append(length)
+        if "success" in info:
+            successes.append(float(info["success"]))
+    return returns, lengths, frames, successes
+
+
+def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error") as w:
+        for f in frames:
+            w.append_data(np.asarray(f))
+    os.replace(tmp, path)
+
+
+class Logger:
+    """TensorBoard (and optionally W&B) scalars plus the progress bar."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=dataclasses.asdict(args), name=run_dir.name, id=run_dir.name, resume="allow",
+                       dir=str(run_dir), save_code=True)
+        # purge_step drops events written after the checkpoint by an interrupted job, so curves do not repeat
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
+        if start_step == 0:
+            table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        self.bar = None
+        if args.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.total_timesteps, initial=start_step, unit="step", dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 30)
+        self.postfix: dict = {}
+
+    def scalar(self, tag: str, value, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def progress(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.postfix.update({k: v for k, v in postfix.items() if v is not None})
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish()
+# === SAC CORE END: evaluation and logging ===
+
+
+# === SAC CORE BEGIN: run folder (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 def seed_everything(args: SACArgs) -> None:
     """Threads, the seeds of python, numpy and torch, cudnn's determinism."""
     if args.threads:
@@ -1342,8 +1344,7 @@ def validate(args: SACArgs) -> None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
     check_protocol(args)
-# === SAC CORE END: training loop ===
-
+# === SAC CORE END: run folder ===
 
 
 # === SAC CORE BEGIN: scenes (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===

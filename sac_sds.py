@@ -24,8 +24,10 @@ Several --prompt flags compose (composable diffusion): the prompt's prediction b
 eps_u), all prompts in the same UNet pass. --prompt-schedule "0:TEXT_0;START_1:TEXT_1;..." changes the prompt within
 each episode: the frame of the episode's 0-based step s is scored on the last entry with START_k <= s.
 
-The file reads top to bottom: arguments, the reward (here: score distillation, its formula first), environments,
-networks, replay buffer, the SAC update, checkpoints, evaluation and logging, the training loop, the scenes. The SAC
+The file reads top to bottom as CleanRL's does: arguments, the reward's formula and model (tadpole_reward,
+SDSReward), the networks, the replay buffer, the SAC update, the training loop; then what serves them: the rest of
+the reward (windows, model families, labelers, loading), the environments, checkpoints, evaluation and logging, the
+run folder and the flags' checks, the scenes. The SAC
 core between the "SAC CORE" marker comments is byte-identical to sac_env_reward.py's (tests check it); `diff
 sac_env_reward.py sac_sds.py` shows only the reward.
 """
@@ -253,10 +255,9 @@ class Args(SACArgs):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reward: TADPoLe score distillation from a frozen text-to-image (or text-to-video) diffusion model
-# (docs/method.md#tadpole-reward). In order: the formula (tadpole_reward, one function), the model with its prompts
-# and settings (SDSReward: a whole episode's frames, a video in windows), the video reward's one windowing rule, the
-# model families (each turns its model's output into an epsilon prediction), the labeler that scores the frames
-# during training, and last the loading of models and settings, with its errors.
+# (docs/method.md#tadpole-reward): the formula (tadpole_reward, one function), then the model with its prompts and
+# settings (SDSReward: a whole episode's frames, a video in windows). What serves them (the windows, the model
+# families, the labelers that score the frames during training, the loading) follows the training loop.
 # ---------------------------------------------------------------------------------------------------------------
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
@@ -534,6 +535,606 @@ class SDSReward(nn.Module):
         return cls(model, resolution, weights=weights, **options).to(device)
 
 
+# === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, 256-256 ReLU MLP, log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]. The mean
+    and log_std heads are one Linear layer (hidden -> 2 * act_dim, split in two): one matmul instead of two."""
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden: int = 256):
+        super().__init__()
+        act_dim = len(action_low)
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
+                                 nn.ReLU(inplace=True))
+        self.head = nn.Linear(hidden, 2 * act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(self.net(obs)).chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return mean, log_std
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample, its log-probability (B, 1), and the deterministic (mean) action."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        x = mean + log_std.exp() * eps
+        # log N(x; mean, std) - log|d action / d x|, with log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
+        log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob - 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) - self.action_scale.log()
+        return self.squash(x), log_prob.sum(-1, keepdim=True), self.squash(mean)
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh into (-1, 1), then scaled to the action space's bounds."""
+        return torch.tanh(x) * self.action_scale + self.action_bias
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action get_action samples (the same random draw), without its log-probability: for acting."""
+        mean, log_std = self(obs)
+        return self.squash(mean + log_std.exp() * torch.randn_like(mean))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for evaluation."""
+        return self.get_action(obs)[2]
+
+
+class EnsembleCritic(nn.Module):
+    """n Q-networks (256-256 ReLU MLPs) evaluated together: one batched matmul per hidden layer for all members,
+    the output layer (hidden -> 1) as a dot product. Each member is initialised like nn.Linear. forward returns
+    Q values shaped (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+
+        def uniform(shape, fan_in):
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+        d = obs_dim + act_dim
+        self.w1, self.b1 = uniform((n, d, hidden), d), uniform((n, 1, hidden), d)
+        self.w2, self.b2 = uniform((n, hidden, hidden), hidden), uniform((n, 1, hidden), hidden)
+        self.w3, self.b3 = uniform((n, 1, hidden), hidden), uniform((n, 1), hidden)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """detach=True: gradients flow to the inputs only (the actor's loss), not to the critic's weights."""
+        params = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)
+        w1, b1, w2, b2, w3, b3 = (p.detach() for p in params) if detach else params
+        x = torch.cat([obs, action], -1).expand(len(w1), -1, -1)
+        h = torch.relu_(torch.baddbmm(b1, x, w1))  # in place: baddbmm's backward does not need its output
+        h = torch.relu_(torch.baddbmm(b2, h, w2))
+        return (h * w3).sum(-1) + b3  # a (hidden x 1) matmul is slow on the CPU; this is the same sum
+# === SAC CORE END: networks ===
+
+
+# === SAC CORE BEGIN: replay buffer (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class ReplayBuffer:
+    """Preallocated ring buffer of transitions on the training device, one row per transition with the fields side
+    by side (obs, next_obs, action, reward, terminated): adding is one copy, sampling one gather."""
+
+    FIELDS = ("obs", "next_obs", "action", "reward", "terminated")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
+        dims = {"obs": obs_dim, "next_obs": obs_dim, "action": act_dim, "reward": 1, "terminated": 1}
+        self.columns, width = {}, 0
+        for k in self.FIELDS:
+            self.columns[k], width = slice(width, width + dims[k]), width + dims[k]
+        self.storage = torch.empty(capacity, width, dtype=torch.float32, device=device)
+        self.data = {k: self.storage[:, c] for k, c in self.columns.items()}  # views: one field of every row
+
+    def add(self, batch: dict) -> None:
+        """batch: numpy arrays with a leading dimension n (rewards and terminated flags shaped (n,))."""
+        n = len(batch["obs"])
+        rows = np.concatenate([np.asarray(batch[k], dtype=np.float32).reshape(n, -1) for k in self.FIELDS], 1)
+        rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        if self.pos + n <= self.capacity:  # a slice is cheaper than an index tensor, and the usual case
+            self.storage[self.pos : self.pos + n] = rows
+        else:
+            self.storage[torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity] = rows
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        rows = torch.index_select(self.storage, 0, idx)
+        return {k: rows[:, c] for k, c in self.columns.items()}
+
+    def state_dict(self) -> dict:
+        n = self.size  # only the filled part is saved, field by field; the ring order is kept by pos
+        return {"pos": self.pos, "size": n,
+                "data": {k: v[:n].cpu().clone(memory_format=torch.contiguous_format) for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for k, v in state["data"].items():
+            self.data[k][: self.size] = v.to(self.device)
+
+
+class TransitionQueue:
+    """Transitions waiting for their reward, in order, per env. The reward source takes them out when it has
+    computed their rewards (the env reward at once; a text reward in batches of frames); only then do they enter
+    the replay buffer. Every item is a dict with obs, next_obs, action, env_reward, terminated, done, env,
+    episode (a run-wide episode counter), episode_step (1 for the first step) and, if rendered, frame."""
+
+    def __init__(self, num_envs: int):
+        self.items: list[deque] = [deque() for _ in range(num_envs)]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.items)
+
+    def push(self, item: dict) -> None:
+        self.items[item["env"]].append(item)
+
+    @staticmethod
+    def collate(items: list[dict]) -> Optional[dict]:
+        """A list of items as one dict of stacked numpy arrays (None if empty)."""
+        if not items:
+            return None
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+    def pop_all(self) -> Optional[dict]:
+        items = [it for q in self.items for it in q]
+        for q in self.items:
+            q.clear()
+        return self.collate(items)
+# === SAC CORE END: replay buffer ===
+
+
+# === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+class SAC(nn.Module):
+    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update: CleanRL's
+    sac_continuous_action (docs/method.md#sac), with the same losses.
+
+    Differences, all for speed, none changing the algorithm: both critics in one batched ensemble; the actor's loss
+    does not backpropagate into the critics' weights; the temperature's loss uses the actor step's own sample (as
+    Stable-Baselines3) instead of a fresh one, so actor and temperature share one backward pass and one Adam with two
+    parameter groups; no host sync outside logging. Speed wraps the update, as in LeanRL: torch.compile (--compile),
+    then CUDA graphs (--cudagraphs, tensordict's CudaGraphModule)."""
+
+    def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
+        super().__init__()
+        self.args = args
+        act_dim = action_space.shape[0]
+        self.actor = Actor(obs_dim, action_space.low, action_space.high)
+        self.critic = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        alpha = args.alpha if args.alpha is not None else 1.0 if args.autotune else 0.2
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
+        self.target_entropy = -float(act_dim)
+        self.to(device)
+        self.q_optimizer = Adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
+        groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
+        if args.autotune:  # CleanRL's temperature learning rate is q_lr
+            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
+        self.actor_optimizer = Adam(groups)
+        self.updates = fast_updates(self, args, device)  # step() for each kind of update, wrapped for speed
+
+    def critic_loss(self, obs, action, reward, next_obs, terminated):
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.get_action(next_obs)
+            next_q = self.critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob.squeeze(-1)
+            # bootstrap through time-limit truncation, not through termination
+            target = reward.squeeze(-1) + (1.0 - terminated.squeeze(-1)) * self.args.gamma * next_q
+        q = self.critic(obs, action)
+        qf_loss = (q - target).pow(2).mean(1).sum()  # = CleanRL's qf1_loss + qf2_loss
+        return qf_loss, q.detach().mean(1)
+
+    def actor_loss(self, obs):
+        log_alpha = self.log_alpha
+        action, log_prob, _ = self.actor.get_action(obs)
+        log_prob = log_prob.squeeze(-1)
+        q = self.critic(obs, action, detach=True).min(0).values
+        actor_loss = (log_alpha.detach().exp() * log_prob - q).mean()
+        alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+        return actor_loss, alpha_loss
+
+    def step(self, data: dict, actor: bool, target: bool) -> dict:
+        """One critic update; with actor, policy_frequency actor (and temperature) updates, delayed as in CleanRL;
+        with target, the Polyak update of the target critics. Returns the losses as tensors (no host sync)."""
+        qf_loss, q = self.critic_loss(**data)
+        self.q_optimizer.zero_grad()
+        qf_loss.backward()
+        self.q_optimizer.step()
+        out = {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
+        for _ in range(self.args.policy_frequency if actor else 0):
+            actor_loss, alpha_loss = self.actor_loss(data["obs"])
+            self.actor_optimizer.zero_grad()
+            (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
+            self.actor_optimizer.step()
+            out.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
+                        "losses/alpha": self.log_alpha.detach().exp()})
+        if target:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()),
+                                     self.args.tau)
+        return out
+
+    def update(self, data: dict, iteration: int) -> dict:
+        """The iteration-th update: step() with the actor every policy_frequency-th and the targets every
+        target_network_frequency-th iteration."""
+        kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
+        return self.updates[kind](data)
+
+
+# ----- speed, wrapped around the update as LeanRL wraps CleanRL's -----
+def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
+    """sac.step for each kind of update (actor or not, targets or not): torch.compile'd with --compile, then
+    captured in a CUDA graph with --cudagraphs on CUDA (tensordict's CudaGraphModule: a warm-up call, the capture,
+    then each call copies the batch into the graph's inputs and replays it)."""
+    step = compile_update(sac.step, device) if args.compile else sac.step
+    updates = {}
+    for kind in ((False, False), (False, True), (True, False), (True, True)):
+        updates[kind] = functools.partial(step, actor=kind[0], target=kind[1])
+        if args.cudagraphs and device.type == "cuda":
+            from tensordict.nn import CudaGraphModule
+
+            updates[kind] = CudaGraphModule(updates[kind], in_keys=[], out_keys=[], device=device)
+    return updates
+
+
+def compile_update(step, device: torch.device):
+    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program per kind.
+    trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three; fallback_random:
+    torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper, on the CPU: the
+    code calling the kernels is C++, not Python (less overhead per call)."""
+    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
+    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, lr per parameter group) whose step() and zero_grad() a compiled
+    update traces into its graph (torch.optim's own break the graph by design, which made a compiled update 1.8x
+    slower: docs/speed.md). step() is torch's functional adam on this optimizer's state, made here as its first step
+    would make it (so that a compiled or captured update finds it): in eager mode the fused kernel, as
+    Adam(fused=True) runs it; compiled, its arithmetic in capturable form on every device (torch runs a non-capturable
+    CUDA Adam outside the graph, where the traced backward's gradients are not yet set)."""
+
+    def __init__(self, groups: list[dict]):
+        super().__init__(groups, fused=True)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                             "exp_avg_sq": torch.zeros_like(p)}
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        compiling = torch.compiler.is_compiling()
+        for group in self.param_groups:
+            params = group["params"]
+            state = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state], fused=not compiling,
+                            capturable=compiling, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
+    step.hooked = True  # torch.optim then leaves out its per-call wrapper (a profiler range, step hooks, none of
+    # which this project uses): 2-3% of an eager Hopper update on a CPU (docs/speed.md)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients set to None, so that the next backward writes fresh ones (opt.zero_grad()'s default)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+# === SAC CORE END: update ===
+
+
+# === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
+
+
+def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    validate(args)
+    given = dataclasses.asdict(args)
+    device = resolve_device(args.device)
+    # compiled kernels (--compile, --reward-compile) cached where a requeued job finds them (torch's default is the
+    # node's /tmp), so that it does not compile them again
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
+    seed_everything(args)
+    reward = build_reward(args, device)
+    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
+        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
+    envs = make_envs(args, render=reward.needs_frames)
+    eval_env = make_env(args, render=args.capture_video)
+    obs_dim = envs.single_observation_space.shape[0]
+    sac = SAC(args, obs_dim, envs.single_action_space, device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
+    envs.action_space.seed(args.seed)
+    if not args.resume:
+        write_args(run_dir, given)
+    run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
+
+    obs, _ = envs.reset(seed=args.seed + run.global_step)
+    with run:  # SIGTERM/SIGUSR1 caught (a checkpoint, then Interrupted); logs and envs closed at the end
+        while run.global_step < args.total_timesteps:
+            # act: uniform random actions until learning starts, then samples of the policy
+            if run.global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
+            # step; a text reward is shown the frame after the step
+            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
+            frames = envs.render() if reward.needs_frames else None
+            # store: transitions wait in the queue until the reward source labels them, then enter the buffer
+            run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
+            run.label()
+            obs = next_obs
+            # update
+            if run.global_step > args.learning_starts and rb.size >= args.batch_size:
+                run.updated(sac.update(rb.sample(args.batch_size), run.iteration))
+            # log, evaluate, checkpoint
+            run.log()
+            run.evaluate_when_due()
+            run.save_policy_when_due()
+            run.checkpoint_when_due()
+        run.checkpoint()
+    return run.summary()
+
+
+class Run:
+    """What a training run keeps besides the networks and the buffer: the step counters, the episodes under way in
+    each env, the queue of transitions waiting for their reward, the logs, the evaluation and checkpoint schedule,
+    and the signals that stop it. On --resume it restores the networks, the buffer and these from checkpoint.pt."""
+
+    def __init__(self, args: SACArgs, run_dir: Path, sac: SAC, rb: ReplayBuffer, envs, eval_env, reward):
+        self.args, self.run_dir, self.sac, self.rb, self.envs, self.eval_env = args, run_dir, sac, rb, envs, eval_env
+        self.reward, self.queue, self.ckpt_path = reward, TransitionQueue(args.num_envs), run_dir / "checkpoint.pt"
+        self.global_step, self.iteration, self.episode_counter = 0, 0, 0
+        if args.resume:
+            state = load_checkpoint(self.ckpt_path, sac, rb, envs, reward)
+            self.global_step, self.iteration = state["global_step"], state["iteration"]
+            self.episode_counter = state["extra"].get("episode_counter", 0)
+            print(f"resumed {run_dir} at step {self.global_step} (buffer {rb.size}); environments restart their "
+                  "episodes")
+        self.logger = Logger(args, run_dir, self.global_step)
+        n = args.num_envs
+        self.ep_return, self.ep_length, self.ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+        self.learned_return = np.zeros(n)
+        self.episode_ids = np.arange(self.episode_counter, self.episode_counter + n)
+        self.episode_counter += n
+        self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
+        self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
+        # --reward-overlap: the text reward's thread, the queue it labels from, its work under way, its CUDA stream
+        device = getattr(getattr(reward, "model", None), "device", sac.log_alpha.device)
+        overlap = args.reward_overlap if args.reward_overlap is not None else device.type == "cuda"
+        self.overlap = ThreadPoolExecutor(1, thread_name_prefix="reward") if overlap and reward.needs_frames else None
+        self.handed, self.labelling = TransitionQueue(n), None
+        self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
+        self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        self.t_learn, self.step_learn, self.updates = None, 0, 0
+        every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
+        self.next_eval = every(args.eval_every) if args.eval_every else args.total_timesteps
+        self.next_ckpt = every(args.checkpoint_every) if args.checkpoint_every else None
+        self.next_policy = every(args.save_policy_every) if args.save_policy_every else None
+
+    def record(self, obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames) -> None:
+        """A vector step's transitions into the queue, one per env whose step was not its reset step (gymnasium's
+        next-step autoreset: the step after an episode's end resets the env, and is neither a transition nor
+        counted); the episodes that end are logged."""
+        success = infos.get("success")  # Meta-World's, per env (None for envs without it)
+        self.global_step += int(len(actions) - self.autoreset.sum())
+        self.iteration += 1
+        for i in range(len(actions)):
+            if self.autoreset[i]:
+                self.ep_return[i], self.ep_length[i], self.ep_success[i] = 0.0, 0, 0.0
+                self.episode_ids[i], self.episode_counter = self.episode_counter, self.episode_counter + 1
+                continue
+            self.ep_return[i] += env_rewards[i]
+            self.ep_length[i] += 1
+            done = bool(terminations[i] or truncations[i])
+            item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
+                    "terminated": bool(terminations[i]), "done": done, "env": i, "episode": self.episode_ids[i],
+                    "episode_step": self.ep_length[i], "success": 0.0 if success is None else float(success[i])}
+            self.ep_success[i] = max(self.ep_success[i], item["success"])
+            if frames is not None:
+                item["frame"] = frames[i]
+            self.queue.push(item)
+            if done:
+                self.last_return = float(self.ep_return[i])
+                self.logger.scalar("charts/episodic_return", self.ep_return[i], self.global_step)
+                self.logger.scalar("charts/episodic_length", self.ep_length[i], self.global_step)
+                if success is not None:  # at the final step (TADPoLe's metric), and at any step
+                    self.logger.scalar("charts/success", item["success"], self.global_step)
+                    self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
+        self.autoreset = np.logical_or(terminations, truncations)
+
+    def label(self, flush: bool = False) -> None:
+        """The reward source labels the queued transitions, which then enter the replay buffer. With --reward-overlap
+        (a text reward), every label_every-th step hands the transitions queued since to the reward's thread and
+        stores what it labelled from the previous hand-over (waiting for it if need be): which transitions enter the
+        buffer at which step depends on the step count alone, not on the thread's timing."""
+        if self.overlap is None or flush:
+            self.collect()
+            self.store(self.labelled(self.handover(), flush))
+        elif self.iteration % self.label_every == 0:
+            self.collect()
+            self.labelling = self.overlap.submit(self.labelled, self.handover())
+
+    def handover(self) -> TransitionQueue:
+        """The queue the reward labels from: the loop's own, or under --reward-overlap the labelling thread's (filled
+        from the loop's while that thread is idle)."""
+        if self.overlap is None:
+            return self.queue
+        for mine, theirs in zip(self.queue.items, self.handed.items):
+            theirs.extend(mine)
+            mine.clear()
+        return self.handed
+
+    def labelled(self, queue: TransitionQueue, flush: bool = False) -> Optional[dict]:
+        """reward.label, on the reward's own CUDA stream under --reward-overlap."""
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            return self.reward.label(queue, flush)
+
+    def collect(self) -> None:
+        """Stores what the labelling thread labelled (its errors are raised here)."""
+        if self.labelling is not None:
+            labelling, self.labelling = self.labelling, None
+            self.store(labelling.result())
+
+    def store(self, batch: Optional[dict]) -> None:
+        """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
+        stops the run (FloatingPointError), the last checkpoint intact. A text reward's return is logged per
+        episode as charts/{name}_return."""
+        if batch is None:
+            return
+        args, name = self.args, self.reward.name
+        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
+            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
+        r = np.asarray(batch["reward"], dtype=np.float64)
+        if not np.isfinite(r).all():
+            raise FloatingPointError(
+                f"{int((~np.isfinite(r)).sum())} non-finite rewards from the {name} reward at step {self.global_step}; "
+                f"the last checkpoint ({self.ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) "
+                "and scales")
+        self.rb.add(batch)
+        if name != "env" or args.success_bonus:
+            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
+                self.learned_return[env_i] += ri
+                if done:
+                    self.logger.scalar(f"charts/{name}_return", self.learned_return[env_i], self.global_step)
+                    self.learned_return[env_i] = 0.0
+
+    def updated(self, losses: dict) -> None:
+        self.losses, self.updates = losses, self.updates + 1
+        if self.updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
+            self.t_learn, self.step_learn = time.perf_counter(), self.global_step
+
+    def log(self) -> None:
+        """The progress bar every step; every --log-every steps the losses, steps/s and the reward's own scalars
+        (the losses' host sync happens only then)."""
+        self.logger.progress(self.args.num_envs)
+        if self.global_step - self.step_log < self.args.log_every:
+            return
+        sps = (self.global_step - self.step_log) / (time.perf_counter() - self.t_log)
+        self.t_log, self.step_log = time.perf_counter(), self.global_step
+        for k, v in self.losses.items():
+            self.logger.scalar(k, v, self.global_step)
+        self.logger.scalar("charts/SPS", sps, self.global_step)
+        self.collect()  # the reward's statistics are read when its thread is idle
+        self.reward.log(self.logger, self.global_step)
+        last = None if self.last_return is None else f"{self.last_return:.1f}"
+        self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
+
+    def evaluate_when_due(self) -> None:
+        """Every --eval-every steps and at the end: --eval-episodes deterministic episodes (the first saved as a
+        video with --capture-video)."""
+        args, step = self.args, self.global_step
+        if not args.eval_episodes or (step < self.next_eval and step < args.total_timesteps):
+            return
+        self.next_eval += args.eval_every or args.total_timesteps
+        returns, lengths, video, successes = evaluate(self.sac.actor, self.eval_env, args.eval_episodes,
+                                                      args.seed + 10_000, self.sac.log_alpha.device,
+                                                      args.capture_video)
+        self.logger.scalar("charts/eval_return", np.mean(returns), step)
+        self.logger.scalar("charts/eval_length", np.mean(lengths), step)
+        self.results["eval_returns"] = returns
+        if successes:
+            self.logger.scalar("charts/eval_success", np.mean(successes), step)
+            self.results["eval_success"] = float(np.mean(successes))
+        self.logger.progress(0, eval=f"{np.mean(returns):.1f}")
+        if args.capture_video:
+            save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
+                       self.eval_env.metadata.get("render_fps", 30))
+
+    def save_policy_when_due(self) -> None:
+        """Every --save-policy-every steps: the actor alone, as policies/step_{N}.pt (N the step count)."""
+        if self.next_policy is not None and self.global_step >= self.next_policy:
+            self.next_policy += self.args.save_policy_every
+            save_policy(self.run_dir / "policies" / f"step_{self.global_step}.pt", self.sac.actor)
+
+    def checkpoint_when_due(self) -> None:
+        """Every --checkpoint-every steps; and after a signal, then Interrupted."""
+        if self.next_ckpt is not None and self.global_step >= self.next_ckpt:
+            self.next_ckpt += self.args.checkpoint_every
+            self.checkpoint()
+        if self.stop is not None:
+            self.checkpoint()
+            raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
+                              f"continue with --resume {self.run_dir}")
+
+    def checkpoint(self, label: bool = True) -> None:
+        if label:
+            self.label(flush=True)  # pending transitions get their rewards first
+        save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
+                        {"episode_counter": self.episode_counter})
+
+    def summary(self) -> dict:
+        """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
+        summary = dict(self.results)
+        if self.t_learn is not None and self.global_step > self.step_learn:
+            summary["learning_sps"] = (self.global_step - self.step_learn) / (time.perf_counter() - self.t_learn)
+        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size)
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary
+
+    def __enter__(self) -> "Run":
+        def on_signal(signum, frame):
+            self.stop = signum
+
+        self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Restores the signal handlers and closes everything; a CUDA out-of-memory error that the reward could not
+        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line."""
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+        if self.overlap is not None:
+            self.overlap.shutdown(cancel_futures=True)
+        self.logger.close()
+        self.envs.close()
+        self.eval_env.close()
+        if isinstance(exc, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            self.checkpoint(label=False)
+            raise UserError(f"out of GPU memory at step {self.global_step}; checkpoint saved (without the "
+                            f"{len(self.queue) + len(self.handed)} transitions awaiting their reward): free the GPU, or "
+                            f"lower what the run needs in {self.run_dir / 'args.json'} (reward_batch_size, resolution, "
+                            f"dtype, batch_size), then continue with --resume {self.run_dir}") from None
+
+
+def main(args_cls: type, build_reward) -> None:
+    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
+    args = tyro.cli(args_cls)
+    try:
+        args, run_dir = prepare_run(args, args_cls)
+        summary = train(args, run_dir, build_reward)
+        if summary.get("eval_returns"):
+            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+# === SAC CORE END: training loop ===
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reward, continued: what serves the formula and the training loop. The video reward's one windowing
+# rule, the model families (each turns its model's output into an epsilon prediction), the labelers that score
+# the frames during training, and the loading of models and settings, with its errors.
+# ---------------------------------------------------------------------------------------------------------------
 def windows(n: int, size: int, stride: int, closed: bool = True) -> list[tuple[int, int]]:
     """The video reward's windows [start, stop) over n consecutive frames: a full one of size frames every stride
     frames, and, once no frame can follow (closed), one aligned with the end for the frames no full window reached
@@ -1730,299 +2331,6 @@ def make_envs(args: SACArgs, render: bool = False) -> gym.vector.SyncVectorEnv:
 # === SAC CORE END: environments ===
 
 
-# === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy, 256-256 ReLU MLP, log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]. The mean
-    and log_std heads are one Linear layer (hidden -> 2 * act_dim, split in two): one matmul instead of two."""
-
-    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden: int = 256):
-        super().__init__()
-        act_dim = len(action_low)
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
-                                 nn.ReLU(inplace=True))
-        self.head = nn.Linear(hidden, 2 * act_dim)
-        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2.0)
-        self.register_buffer("action_bias", (high + low) / 2.0)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.head(self.net(obs)).chunk(2, dim=-1)
-        log_std = torch.tanh(log_std)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
-        return mean, log_std
-
-    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A reparameterised sample, its log-probability (B, 1), and the deterministic (mean) action."""
-        mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
-        x = mean + log_std.exp() * eps
-        # log N(x; mean, std) - log|d action / d x|, with log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
-        log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-        log_prob = log_prob - 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) - self.action_scale.log()
-        return self.squash(x), log_prob.sum(-1, keepdim=True), self.squash(mean)
-
-    def squash(self, x: torch.Tensor) -> torch.Tensor:
-        """tanh into (-1, 1), then scaled to the action space's bounds."""
-        return torch.tanh(x) * self.action_scale + self.action_bias
-
-    @torch.no_grad()
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        """The action get_action samples (the same random draw), without its log-probability: for acting."""
-        mean, log_std = self(obs)
-        return self.squash(mean + log_std.exp() * torch.randn_like(mean))
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic action for evaluation."""
-        return self.get_action(obs)[2]
-
-
-class EnsembleCritic(nn.Module):
-    """n Q-networks (256-256 ReLU MLPs) evaluated together: one batched matmul per hidden layer for all members,
-    the output layer (hidden -> 1) as a dot product. Each member is initialised like nn.Linear. forward returns
-    Q values shaped (n, B)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
-        super().__init__()
-
-        def uniform(shape, fan_in):
-            bound = 1.0 / math.sqrt(fan_in)
-            return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
-
-        d = obs_dim + act_dim
-        self.w1, self.b1 = uniform((n, d, hidden), d), uniform((n, 1, hidden), d)
-        self.w2, self.b2 = uniform((n, hidden, hidden), hidden), uniform((n, 1, hidden), hidden)
-        self.w3, self.b3 = uniform((n, 1, hidden), hidden), uniform((n, 1), hidden)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach: bool = False) -> torch.Tensor:
-        """detach=True: gradients flow to the inputs only (the actor's loss), not to the critic's weights."""
-        params = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)
-        w1, b1, w2, b2, w3, b3 = (p.detach() for p in params) if detach else params
-        x = torch.cat([obs, action], -1).expand(len(w1), -1, -1)
-        h = torch.relu_(torch.baddbmm(b1, x, w1))  # in place: baddbmm's backward does not need its output
-        h = torch.relu_(torch.baddbmm(b2, h, w2))
-        return (h * w3).sum(-1) + b3  # a (hidden x 1) matmul is slow on the CPU; this is the same sum
-# === SAC CORE END: networks ===
-
-
-# === SAC CORE BEGIN: replay buffer (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class ReplayBuffer:
-    """Preallocated ring buffer of transitions on the training device, one row per transition with the fields side
-    by side (obs, next_obs, action, reward, terminated): adding is one copy, sampling one gather."""
-
-    FIELDS = ("obs", "next_obs", "action", "reward", "terminated")
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
-        self.capacity, self.device, self.pos, self.size = capacity, device, 0, 0
-        dims = {"obs": obs_dim, "next_obs": obs_dim, "action": act_dim, "reward": 1, "terminated": 1}
-        self.columns, width = {}, 0
-        for k in self.FIELDS:
-            self.columns[k], width = slice(width, width + dims[k]), width + dims[k]
-        self.storage = torch.empty(capacity, width, dtype=torch.float32, device=device)
-        self.data = {k: self.storage[:, c] for k, c in self.columns.items()}  # views: one field of every row
-
-    def add(self, batch: dict) -> None:
-        """batch: numpy arrays with a leading dimension n (rewards and terminated flags shaped (n,))."""
-        n = len(batch["obs"])
-        rows = np.concatenate([np.asarray(batch[k], dtype=np.float32).reshape(n, -1) for k in self.FIELDS], 1)
-        rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
-        if self.pos + n <= self.capacity:  # a slice is cheaper than an index tensor, and the usual case
-            self.storage[self.pos : self.pos + n] = rows
-        else:
-            self.storage[torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity] = rows
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, batch_size: int) -> dict:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        rows = torch.index_select(self.storage, 0, idx)
-        return {k: rows[:, c] for k, c in self.columns.items()}
-
-    def state_dict(self) -> dict:
-        n = self.size  # only the filled part is saved, field by field; the ring order is kept by pos
-        return {"pos": self.pos, "size": n,
-                "data": {k: v[:n].cpu().clone(memory_format=torch.contiguous_format) for k, v in self.data.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pos, self.size = state["pos"], state["size"]
-        for k, v in state["data"].items():
-            self.data[k][: self.size] = v.to(self.device)
-
-
-class TransitionQueue:
-    """Transitions waiting for their reward, in order, per env. The reward source takes them out when it has
-    computed their rewards (the env reward at once; a text reward in batches of frames); only then do they enter
-    the replay buffer. Every item is a dict with obs, next_obs, action, env_reward, terminated, done, env,
-    episode (a run-wide episode counter), episode_step (1 for the first step) and, if rendered, frame."""
-
-    def __init__(self, num_envs: int):
-        self.items: list[deque] = [deque() for _ in range(num_envs)]
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self.items)
-
-    def push(self, item: dict) -> None:
-        self.items[item["env"]].append(item)
-
-    @staticmethod
-    def collate(items: list[dict]) -> Optional[dict]:
-        """A list of items as one dict of stacked numpy arrays (None if empty)."""
-        if not items:
-            return None
-        return {k: np.stack([it[k] for it in items]) for k in items[0]}
-
-    def pop_all(self) -> Optional[dict]:
-        items = [it for q in self.items for it in q]
-        for q in self.items:
-            q.clear()
-        return self.collate(items)
-# === SAC CORE END: replay buffer ===
-
-
-# === SAC CORE BEGIN: update (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-class SAC(nn.Module):
-    """Actor, twin critics with target copies, entropy temperature, their optimizers and the update: CleanRL's
-    sac_continuous_action (docs/method.md#sac), with the same losses.
-
-    Differences, all for speed, none changing the algorithm: both critics in one batched ensemble; the actor's loss
-    does not backpropagate into the critics' weights; the temperature's loss uses the actor step's own sample (as
-    Stable-Baselines3) instead of a fresh one, so actor and temperature share one backward pass and one Adam with two
-    parameter groups; no host sync outside logging. Speed wraps the update, as in LeanRL: torch.compile (--compile),
-    then CUDA graphs (--cudagraphs, tensordict's CudaGraphModule)."""
-
-    def __init__(self, args: SACArgs, obs_dim: int, action_space: gym.spaces.Box, device: torch.device):
-        super().__init__()
-        self.args = args
-        act_dim = action_space.shape[0]
-        self.actor = Actor(obs_dim, action_space.low, action_space.high)
-        self.critic = EnsembleCritic(obs_dim, act_dim)
-        self.critic_target = EnsembleCritic(obs_dim, act_dim)
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
-        alpha = args.alpha if args.alpha is not None else 1.0 if args.autotune else 0.2
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)), requires_grad=args.autotune)
-        self.target_entropy = -float(act_dim)
-        self.to(device)
-        self.q_optimizer = Adam([{"params": self.critic.parameters(), "lr": args.q_lr}])
-        groups = [{"params": self.actor.parameters(), "lr": args.policy_lr}]
-        if args.autotune:  # CleanRL's temperature learning rate is q_lr
-            groups.append({"params": [self.log_alpha], "lr": args.q_lr})
-        self.actor_optimizer = Adam(groups)
-        self.updates = fast_updates(self, args, device)  # step() for each kind of update, wrapped for speed
-
-    def critic_loss(self, obs, action, reward, next_obs, terminated):
-        alpha = self.log_alpha.detach().exp()
-        with torch.no_grad():
-            next_action, next_log_prob, _ = self.actor.get_action(next_obs)
-            next_q = self.critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob.squeeze(-1)
-            # bootstrap through time-limit truncation, not through termination
-            target = reward.squeeze(-1) + (1.0 - terminated.squeeze(-1)) * self.args.gamma * next_q
-        q = self.critic(obs, action)
-        qf_loss = (q - target).pow(2).mean(1).sum()  # = CleanRL's qf1_loss + qf2_loss
-        return qf_loss, q.detach().mean(1)
-
-    def actor_loss(self, obs):
-        log_alpha = self.log_alpha
-        action, log_prob, _ = self.actor.get_action(obs)
-        log_prob = log_prob.squeeze(-1)
-        q = self.critic(obs, action, detach=True).min(0).values
-        actor_loss = (log_alpha.detach().exp() * log_prob - q).mean()
-        alpha_loss = (-log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
-        return actor_loss, alpha_loss
-
-    def step(self, data: dict, actor: bool, target: bool) -> dict:
-        """One critic update; with actor, policy_frequency actor (and temperature) updates, delayed as in CleanRL;
-        with target, the Polyak update of the target critics. Returns the losses as tensors (no host sync)."""
-        qf_loss, q = self.critic_loss(**data)
-        self.q_optimizer.zero_grad()
-        qf_loss.backward()
-        self.q_optimizer.step()
-        out = {"losses/qf_loss": qf_loss.detach() / 2, "losses/qf1_values": q[0], "losses/qf2_values": q[1]}
-        for _ in range(self.args.policy_frequency if actor else 0):
-            actor_loss, alpha_loss = self.actor_loss(data["obs"])
-            self.actor_optimizer.zero_grad()
-            (actor_loss + alpha_loss if self.args.autotune else actor_loss).backward()
-            self.actor_optimizer.step()
-            out.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha_loss": alpha_loss.detach(),
-                        "losses/alpha": self.log_alpha.detach().exp()})
-        if target:
-            with torch.no_grad():
-                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()),
-                                     self.args.tau)
-        return out
-
-    def update(self, data: dict, iteration: int) -> dict:
-        """The iteration-th update: step() with the actor every policy_frequency-th and the targets every
-        target_network_frequency-th iteration."""
-        kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
-        return self.updates[kind](data)
-
-
-# ----- speed, wrapped around the update as LeanRL wraps CleanRL's -----
-def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
-    """sac.step for each kind of update (actor or not, targets or not): torch.compile'd with --compile, then
-    captured in a CUDA graph with --cudagraphs on CUDA (tensordict's CudaGraphModule: a warm-up call, the capture,
-    then each call copies the batch into the graph's inputs and replays it)."""
-    step = compile_update(sac.step, device) if args.compile else sac.step
-    updates = {}
-    for kind in ((False, False), (False, True), (True, False), (True, True)):
-        updates[kind] = functools.partial(step, actor=kind[0], target=kind[1])
-        if args.cudagraphs and device.type == "cuda":
-            from tensordict.nn import CudaGraphModule
-
-            updates[kind] = CudaGraphModule(updates[kind], in_keys=[], out_keys=[], device=device)
-    return updates
-
-
-def compile_update(step, device: torch.device):
-    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program per kind.
-    trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three; fallback_random:
-    torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper, on the CPU: the
-    code calling the kernels is C++, not Python (less overhead per call)."""
-    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
-    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
-
-
-class Adam(torch.optim.Adam):
-    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, lr per parameter group) whose step() and zero_grad() a compiled
-    update traces into its graph (torch.optim's own break the graph by design, which made a compiled update 1.8x
-    slower: docs/speed.md). step() is torch's functional adam on this optimizer's state, made here as its first step
-    would make it (so that a compiled or captured update finds it): in eager mode the fused kernel, as
-    Adam(fused=True) runs it; compiled, its arithmetic in capturable form on every device (torch runs a non-capturable
-    CUDA Adam outside the graph, where the traced backward's gradients are not yet set)."""
-
-    def __init__(self, groups: list[dict]):
-        super().__init__(groups, fused=True)
-        for p in (p for group in self.param_groups for p in group["params"]):
-            self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                             "exp_avg_sq": torch.zeros_like(p)}
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        compiling = torch.compiler.is_compiling()
-        for group in self.param_groups:
-            params = group["params"]
-            state = [self.state[p] for p in params]
-            beta1, beta2 = group["betas"]
-            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state], fused=not compiling,
-                            capturable=compiling, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-
-    step.hooked = True  # torch.optim then leaves out its per-call wrapper (a profiler range, step hooks, none of
-    # which this project uses): 2-3% of an eager Hopper update on a CPU (docs/speed.md)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients set to None, so that the next backward writes fresh ones (opt.zero_grad()'s default)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
-# === SAC CORE END: update ===
-
-
 # === SAC CORE BEGIN: checkpoints (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 def save_checkpoint(path: Path, sac: SAC, rb: ReplayBuffer, envs, reward, global_step: int, iteration: int,
                     extra: dict) -> None:
@@ -2212,308 +2520,7 @@ class Logger:
 # === SAC CORE END: evaluation and logging ===
 
 
-# === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
-
-
-def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
-    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
-    validate(args)
-    given = dataclasses.asdict(args)
-    device = resolve_device(args.device)
-    # compiled kernels (--compile, --reward-compile) cached where a requeued job finds them (torch's default is the
-    # node's /tmp), so that it does not compile them again
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
-    seed_everything(args)
-    reward = build_reward(args, device)
-    if args.render_size is None:  # the protocol's frame size, else the reward model's (args.json keeps None)
-        args.render_size = protocol_render_size(args) or getattr(reward, "render_size", None)
-    envs = make_envs(args, render=reward.needs_frames)
-    eval_env = make_env(args, render=args.capture_video)
-    obs_dim = envs.single_observation_space.shape[0]
-    sac = SAC(args, obs_dim, envs.single_action_space, device)
-    rb = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
-    envs.action_space.seed(args.seed)
-    if not args.resume:
-        write_args(run_dir, given)
-    run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
-
-    obs, _ = envs.reset(seed=args.seed + run.global_step)
-    with run:  # SIGTERM/SIGUSR1 caught (a checkpoint, then Interrupted); logs and envs closed at the end
-        while run.global_step < args.total_timesteps:
-            # act: uniform random actions until learning starts, then samples of the policy
-            if run.global_step < args.learning_starts:
-                actions = envs.action_space.sample()
-            else:
-                actions = sac.actor.explore(torch.as_tensor(obs, device=device)).cpu().numpy()
-            # step; a text reward is shown the frame after the step
-            next_obs, env_rewards, terminations, truncations, infos = envs.step(actions)
-            frames = envs.render() if reward.needs_frames else None
-            # store: transitions wait in the queue until the reward source labels them, then enter the buffer
-            run.record(obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames)
-            run.label()
-            obs = next_obs
-            # update
-            if run.global_step > args.learning_starts and rb.size >= args.batch_size:
-                run.updated(sac.update(rb.sample(args.batch_size), run.iteration))
-            # log, evaluate, checkpoint
-            run.log()
-            run.evaluate_when_due()
-            run.save_policy_when_due()
-            run.checkpoint_when_due()
-        run.checkpoint()
-    return run.summary()
-
-
-class Run:
-    """What a training run keeps besides the networks and the buffer: the step counters, the episodes under way in
-    each env, the queue of transitions waiting for their reward, the logs, the evaluation and checkpoint schedule,
-    and the signals that stop it. On --resume it restores the networks, the buffer and these from checkpoint.pt."""
-
-    def __init__(self, args: SACArgs, run_dir: Path, sac: SAC, rb: ReplayBuffer, envs, eval_env, reward):
-        self.args, self.run_dir, self.sac, self.rb, self.envs, self.eval_env = args, run_dir, sac, rb, envs, eval_env
-        self.reward, self.queue, self.ckpt_path = reward, TransitionQueue(args.num_envs), run_dir / "checkpoint.pt"
-        self.global_step, self.iteration, self.episode_counter = 0, 0, 0
-        if args.resume:
-            state = load_checkpoint(self.ckpt_path, sac, rb, envs, reward)
-            self.global_step, self.iteration = state["global_step"], state["iteration"]
-            self.episode_counter = state["extra"].get("episode_counter", 0)
-            print(f"resumed {run_dir} at step {self.global_step} (buffer {rb.size}); environments restart their "
-                  "episodes")
-        self.logger = Logger(args, run_dir, self.global_step)
-        n = args.num_envs
-        self.ep_return, self.ep_length, self.ep_success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
-        self.learned_return = np.zeros(n)
-        self.episode_ids = np.arange(self.episode_counter, self.episode_counter + n)
-        self.episode_counter += n
-        self.autoreset = np.zeros(n, dtype=bool)  # the next step of these envs is their reset step, not a transition
-        self.last_return, self.losses, self.stop, self.results = None, {}, None, {}
-        # --reward-overlap: the text reward's thread, the queue it labels from, its work under way, its CUDA stream
-        device = getattr(getattr(reward, "model", None), "device", sac.log_alpha.device)
-        overlap = args.reward_overlap if args.reward_overlap is not None else device.type == "cuda"
-        self.overlap = ThreadPoolExecutor(1, thread_name_prefix="reward") if overlap and reward.needs_frames else None
-        self.handed, self.labelling = TransitionQueue(n), None
-        self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
-        self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
-        self.t_log, self.step_log = time.perf_counter(), self.global_step
-        self.t_learn, self.step_learn, self.updates = None, 0, 0
-        every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
-        self.next_eval = every(args.eval_every) if args.eval_every else args.total_timesteps
-        self.next_ckpt = every(args.checkpoint_every) if args.checkpoint_every else None
-        self.next_policy = every(args.save_policy_every) if args.save_policy_every else None
-
-    def record(self, obs, actions, next_obs, env_rewards, terminations, truncations, infos, frames) -> None:
-        """A vector step's transitions into the queue, one per env whose step was not its reset step (gymnasium's
-        next-step autoreset: the step after an episode's end resets the env, and is neither a transition nor
-        counted); the episodes that end are logged."""
-        success = infos.get("success")  # Meta-World's, per env (None for envs without it)
-        self.global_step += int(len(actions) - self.autoreset.sum())
-        self.iteration += 1
-        for i in range(len(actions)):
-            if self.autoreset[i]:
-                self.ep_return[i], self.ep_length[i], self.ep_success[i] = 0.0, 0, 0.0
-                self.episode_ids[i], self.episode_counter = self.episode_counter, self.episode_counter + 1
-                continue
-            self.ep_return[i] += env_rewards[i]
-            self.ep_length[i] += 1
-            done = bool(terminations[i] or truncations[i])
-            item = {"obs": obs[i], "next_obs": next_obs[i], "action": actions[i], "env_reward": env_rewards[i],
-                    "terminated": bool(terminations[i]), "done": done, "env": i, "episode": self.episode_ids[i],
-                    "episode_step": self.ep_length[i], "success": 0.0 if success is None else float(success[i])}
-            self.ep_success[i] = max(self.ep_success[i], item["success"])
-            if frames is not None:
-                item["frame"] = frames[i]
-            self.queue.push(item)
-            if done:
-                self.last_return = float(self.ep_return[i])
-                self.logger.scalar("charts/episodic_return", self.ep_return[i], self.global_step)
-                self.logger.scalar("charts/episodic_length", self.ep_length[i], self.global_step)
-                if success is not None:  # at the final step (TADPoLe's metric), and at any step
-                    self.logger.scalar("charts/success", item["success"], self.global_step)
-                    self.logger.scalar("charts/success_once", self.ep_success[i], self.global_step)
-        self.autoreset = np.logical_or(terminations, truncations)
-
-    def label(self, flush: bool = False) -> None:
-        """The reward source labels the queued transitions, which then enter the replay buffer. With --reward-overlap
-        (a text reward), every label_every-th step hands the transitions queued since to the reward's thread and
-        stores what it labelled from the previous hand-over (waiting for it if need be): which transitions enter the
-        buffer at which step depends on the step count alone, not on the thread's timing."""
-        if self.overlap is None or flush:
-            self.collect()
-            self.store(self.labelled(self.handover(), flush))
-        elif self.iteration % self.label_every == 0:
-            self.collect()
-            self.labelling = self.overlap.submit(self.labelled, self.handover())
-
-    def handover(self) -> TransitionQueue:
-        """The queue the reward labels from: the loop's own, or under --reward-overlap the labelling thread's (filled
-        from the loop's while that thread is idle)."""
-        if self.overlap is None:
-            return self.queue
-        for mine, theirs in zip(self.queue.items, self.handed.items):
-            theirs.extend(mine)
-            mine.clear()
-        return self.handed
-
-    def labelled(self, queue: TransitionQueue, flush: bool = False) -> Optional[dict]:
-        """reward.label, on the reward's own CUDA stream under --reward-overlap."""
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            return self.reward.label(queue, flush)
-
-    def collect(self) -> None:
-        """Stores what the labelling thread labelled (its errors are raised here)."""
-        if self.labelling is not None:
-            labelling, self.labelling = self.labelling, None
-            self.store(labelling.result())
-
-    def store(self, batch: Optional[dict]) -> None:
-        """Labelled transitions (if any) into the replay buffer, with --success-bonus added; a non-finite reward
-        stops the run (FloatingPointError), the last checkpoint intact. A text reward's return is logged per
-        episode as charts/{name}_return."""
-        if batch is None:
-            return
-        args, name = self.args, self.reward.name
-        if args.success_bonus:  # TADPoLe's Meta-World reward: the text reward plus a bonus for success
-            batch["reward"] = batch["reward"] + args.success_bonus * batch["success"]
-        r = np.asarray(batch["reward"], dtype=np.float64)
-        if not np.isfinite(r).all():
-            raise FloatingPointError(
-                f"{int((~np.isfinite(r)).sum())} non-finite rewards from the {name} reward at step {self.global_step}; "
-                f"the last checkpoint ({self.ckpt_path}) is intact: check the reward model's dtype (try --dtype fp32) "
-                "and scales")
-        self.rb.add(batch)
-        if name != "env" or args.success_bonus:
-            for env_i, ri, done in zip(batch["env"], r, batch["done"]):
-                self.learned_return[env_i] += ri
-                if done:
-                    self.logger.scalar(f"charts/{name}_return", self.learned_return[env_i], self.global_step)
-                    self.learned_return[env_i] = 0.0
-
-    def updated(self, losses: dict) -> None:
-        self.losses, self.updates = losses, self.updates + 1
-        if self.updates == 20:  # learning-phase throughput, timed after warm-up (and compilation)
-            self.t_learn, self.step_learn = time.perf_counter(), self.global_step
-
-    def log(self) -> None:
-        """The progress bar every step; every --log-every steps the losses, steps/s and the reward's own scalars
-        (the losses' host sync happens only then)."""
-        self.logger.progress(self.args.num_envs)
-        if self.global_step - self.step_log < self.args.log_every:
-            return
-        sps = (self.global_step - self.step_log) / (time.perf_counter() - self.t_log)
-        self.t_log, self.step_log = time.perf_counter(), self.global_step
-        for k, v in self.losses.items():
-            self.logger.scalar(k, v, self.global_step)
-        self.logger.scalar("charts/SPS", sps, self.global_step)
-        self.collect()  # the reward's statistics are read when its thread is idle
-        self.reward.log(self.logger, self.global_step)
-        last = None if self.last_return is None else f"{self.last_return:.1f}"
-        self.logger.progress(0, sps=f"{sps:.0f}", ret=last)
-
-    def evaluate_when_due(self) -> None:
-        """Every --eval-every steps and at the end: --eval-episodes deterministic episodes (the first saved as a
-        video with --capture-video)."""
-        args, step = self.args, self.global_step
-        if not args.eval_episodes or (step < self.next_eval and step < args.total_timesteps):
-            return
-        self.next_eval += args.eval_every or args.total_timesteps
-        returns, lengths, video, successes = evaluate(self.sac.actor, self.eval_env, args.eval_episodes,
-                                                      args.seed + 10_000, self.sac.log_alpha.device,
-                                                      args.capture_video)
-        self.logger.scalar("charts/eval_return", np.mean(returns), step)
-        self.logger.scalar("charts/eval_length", np.mean(lengths), step)
-        self.results["eval_returns"] = returns
-        if successes:
-            self.logger.scalar("charts/eval_success", np.mean(successes), step)
-            self.results["eval_success"] = float(np.mean(successes))
-        self.logger.progress(0, eval=f"{np.mean(returns):.1f}")
-        if args.capture_video:
-            save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
-                       self.eval_env.metadata.get("render_fps", 30))
-
-    def save_policy_when_due(self) -> None:
-        """Every --save-policy-every steps: the actor alone, as policies/step_{N}.pt (N the step count)."""
-        if self.next_policy is not None and self.global_step >= self.next_policy:
-            self.next_policy += self.args.save_policy_every
-            save_policy(self.run_dir / "policies" / f"step_{self.global_step}.pt", self.sac.actor)
-
-    def checkpoint_when_due(self) -> None:
-        """Every --checkpoint-every steps; and after a signal, then Interrupted."""
-        if self.next_ckpt is not None and self.global_step >= self.next_ckpt:
-            self.next_ckpt += self.args.checkpoint_every
-            self.checkpoint()
-        if self.stop is not None:
-            self.checkpoint()
-            raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
-                              f"continue with --resume {self.run_dir}")
-
-    def checkpoint(self, label: bool = True) -> None:
-        if label:
-            self.label(flush=True)  # pending transitions get their rewards first
-        save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
-                        {"episode_counter": self.episode_counter})
-
-    def summary(self) -> dict:
-        """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
-        summary = dict(self.results)
-        if self.t_learn is not None and self.global_step > self.step_learn:
-            summary["learning_sps"] = (self.global_step - self.step_learn) / (time.perf_counter() - self.t_learn)
-        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size)
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, self.run_dir / "summary.json")
-        return summary
-
-    def __enter__(self) -> "Run":
-        def on_signal(signum, frame):
-            self.stop = signum
-
-        self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        """Restores the signal handlers and closes everything; a CUDA out-of-memory error that the reward could not
-        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line."""
-        for s, h in self.old_handlers.items():
-            signal.signal(s, h)
-        if self.overlap is not None:
-            self.overlap.shutdown(cancel_futures=True)
-        self.logger.close()
-        self.envs.close()
-        self.eval_env.close()
-        if isinstance(exc, torch.OutOfMemoryError):
-            torch.cuda.empty_cache()
-            self.checkpoint(label=False)
-            raise UserError(f"out of GPU memory at step {self.global_step}; checkpoint saved (without the "
-                            f"{len(self.queue) + len(self.handed)} transitions awaiting their reward): free the GPU, or "
-                            f"lower what the run needs in {self.run_dir / 'args.json'} (reward_batch_size, resolution, "
-                            f"dtype, batch_size), then continue with --resume {self.run_dir}") from None
-
-
-def main(args_cls: type, build_reward) -> None:
-    """Command-line entry: parse, run, and turn user errors and signals into one line and an exit status."""
-    args = tyro.cli(args_cls)
-    try:
-        args, run_dir = prepare_run(args, args_cls)
-        summary = train(args, run_dir, build_reward)
-        if summary.get("eval_returns"):
-            print(f"finished {run_dir}: step {summary['global_step']}, eval return {np.mean(summary['eval_returns']):.1f}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except Interrupted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-
-
-# ----- the run folder, the flags and their errors -----
+# === SAC CORE BEGIN: run folder (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 def seed_everything(args: SACArgs) -> None:
     """Threads, the seeds of python, numpy and torch, cudnn's determinism."""
     if args.threads:
@@ -2673,8 +2680,7 @@ def validate(args: SACArgs) -> None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")
     check_protocol(args)
-# === SAC CORE END: training loop ===
-
+# === SAC CORE END: run folder ===
 
 
 # === SAC CORE BEGIN: scenes (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
