@@ -778,7 +778,8 @@ def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
         if args.cudagraphs and device.type == "cuda":
             from tensordict.nn import CudaGraphModule
 
-            updates[kind] = CudaGraphModule(updates[kind], in_keys=[], out_keys=[], device=device)
+            # a function of a dict of tensors (no in_keys: not tensordict's TensorDict mode, which wants a TensorDict)
+            updates[kind] = CudaGraphModule(updates[kind], device=device)
     return updates
 
 

@@ -183,6 +183,26 @@ def test_compiled_update_is_one_graph_with_capturable_adam(monkeypatch):
     assert calls and all(c == {"fused": True, "capturable": False} for c in calls), calls
 
 
+def test_cuda_graphs_wrap_the_update_as_a_function_of_the_batch_dict():
+    """--cudagraphs on CUDA: each kind of update is a tensordict CudaGraphModule in its function mode, which flattens
+    the batch dict the loop passes (with in_keys=[] it would be in its TensorDict mode, which the batch is not, and
+    fail at the first update on a GPU). Without CUDA the module passes calls through, so the update runs as eager."""
+    import warnings
+
+    from tensordict.nn import CudaGraphModule
+
+    agent = sac.SAC(quick_args(cudagraphs=True), 5, gym.spaces.Box(-2.0, 2.0, (2,), np.float32), torch.device("cpu"))
+    assert not any(isinstance(u, CudaGraphModule) for u in agent.updates.values())  # the CPU: plain steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tensordict's note that this machine has no CUDA device
+        updates = sac.fast_updates(agent, agent.args, torch.device("cuda"))
+    assert all(isinstance(u, CudaGraphModule) and not u._is_tensordict_module for u in updates.values())
+    batch = {"obs": torch.randn(16, 5), "next_obs": torch.randn(16, 5), "action": torch.rand(16, 2),
+             "reward": torch.randn(16, 1), "terminated": torch.zeros(16, 1)}
+    out = updates[(True, True)](batch)
+    assert {"losses/qf_loss", "losses/actor_loss", "losses/alpha"} <= set(out) and torch.isfinite(out["losses/qf_loss"])
+
+
 def test_replay_buffer_ring_wraps_around():
     rb = sac.ReplayBuffer(5, obs_dim=2, act_dim=1, device=torch.device("cpu"))
 
