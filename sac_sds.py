@@ -916,6 +916,8 @@ class Run:
         self.handed, self.labelling = TransitionQueue(n), None
         self.label_every = max(1, getattr(reward, "batch_size", 1) // n)  # steps per reward batch
         self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
+        if self.stream is not None:  # the reward's stream starts after what the default one has queued (its weights)
+            self.stream.wait_stream(torch.cuda.current_stream(device))
         self.t_log, self.step_log = time.perf_counter(), self.global_step
         self.t_learn, self.step_learn, self.updates = None, 0, 0
         every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)

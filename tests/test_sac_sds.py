@@ -236,9 +236,12 @@ def test_frame_stride_default_from_the_env_dt(tiny_sd, tiny_motion_adapter, tmp_
     assert (labeler.model.context_size, labeler.model.stride, labeler.model.frame_stride) == (4, 1, 4)  # 20 / 5
 
 
-@pytest.mark.parametrize("frame_stride", [1, 3])
-def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_stride):
+@pytest.mark.parametrize("frame_stride, whole_passes", [(1, False), (3, False), (1, True)])
+def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_stride, whole_passes):
+    """Streamed per-frame rewards equal the whole-episode computation; also with --reward-compile's padding of short
+    passes to whole ones (here without compiling: the padding's windows must not count)."""
     labeler = labeler_for(tiny_sd, tiny_motion_adapter, batch=8, frame_stride=frame_stride)
+    labeler.whole_passes = whole_passes
     assert labeler.model.frame_stride == frame_stride
     queue = TransitionQueue(2)
     lengths = [[11, 3, 6], [9, 8]]  # 3 < context_size: one short window
