@@ -58,6 +58,12 @@ def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: 
              cudagraphs: bool = False) -> float:
     """sac_env_reward.py's train() in a temporary folder (no evaluation, checkpoints or buffer saved): learning-phase
     steps/s. sac: the module (another revision of the script: load_revision)."""
+    return train_ours(env_id, learning_starts, steps, seed, compile, sac, cudagraphs)["learning_sps"]
+
+
+def train_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: bool, sac=sac,
+               cudagraphs: bool = False, eval_episodes: int = 0) -> dict:
+    """run_ours' run, its summary.json (with eval_episodes: the final evaluation's returns too)."""
     if compile:  # compiled graphs of earlier variants forgotten: dynamo's recompile limit (8 per function) counts
         torch._dynamo.reset()  # every SAC instance's, and past it the update silently runs eagerly
     with tempfile.TemporaryDirectory() as d:
@@ -65,11 +71,11 @@ def run_ours(env_id: str, learning_starts: int, steps: int, seed: int, compile: 
         os.chdir(d)
         try:
             args = sac.Args(env_id=env_id, seed=seed, total_timesteps=learning_starts + steps,
-                            learning_starts=learning_starts, eval_every=0, eval_episodes=0, checkpoint_every=0,
-                            save_buffer=False, progress=False, compile=compile, cudagraphs=cudagraphs,
-                            run_name="bench")
+                            learning_starts=learning_starts, eval_every=0, eval_episodes=eval_episodes,
+                            checkpoint_every=0, save_buffer=False, progress=False, compile=compile,
+                            cudagraphs=cudagraphs, run_name="bench")
             args, run_dir = sac.prepare_run(args, sac.Args)
-            return sac.train(args, run_dir, sac.build_reward)["learning_sps"]
+            return sac.train(args, run_dir, sac.build_reward)
         finally:
             os.chdir(cwd)
 

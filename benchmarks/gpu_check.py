@@ -368,29 +368,22 @@ def section_learn(c: Check) -> None:
     --cudagraphs, from one seed: the final evaluation return of each. A captured or compiled update draws its random
     numbers in another order than eager, so the runs are not bit-equal; each should reach what eager reaches (the
     suite's CPU test asks > -400 at 6000 steps; random actions score about -1200)."""
-    import sac_env_reward as sac
+    import bench_sac
 
     total, starts = (300, 100) if c.cpu else (6000, 1000)
-    variants = {"eager": {}, "cudagraphs": {"cudagraphs": True}, "compile+cudagraphs": {"compile": True,
-                                                                                       "cudagraphs": True}}
-    for key, flags in variants.items():
+    variants = {"eager": (False, False), "cudagraphs": (False, True), "compile+cudagraphs": (True, True)}
+    for key, (compile, cudagraphs) in variants.items():
         what = f"SAC Pendulum-v1 learns, {total} steps: {key}"
         if not c.fits(what, ESTIMATES["learn"][key]):
             continue
-        cwd = os.getcwd()
         try:
-            os.chdir(run_dir(c, "learn"))
             with compile_backend(c.cpu):
-                args = sac.Args(env_id="Pendulum-v1", seed=1, total_timesteps=total, learning_starts=starts,
-                                eval_every=0, eval_episodes=5, checkpoint_every=0, save_buffer=False, progress=False,
-                                run_name=f"learn-{key}", **{"cudagraphs": False, **flags})
-                args, folder = sac.prepare_run(args, sac.Args)
-                summary = sac.train(args, folder, sac.build_reward)
+                summary = bench_sac.train_ours("Pendulum-v1", starts, total - starts, 1, compile,
+                                               cudagraphs=cudagraphs, eval_episodes=5)
         except Exception as e:
             c.error(what, e)
             continue
         finally:
-            os.chdir(cwd)
             fresh()
         ret = float(np.mean(summary["eval_returns"]))
         c.add(what, f"eval return {ret:.0f}", f"learning phase {summary.get('learning_sps', 0):.0f} steps/s on "
