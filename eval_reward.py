@@ -57,10 +57,13 @@ import torch
 import tyro
 
 import sac_clip
-import sac_env_reward as core  # the SAC core (make_env, load_policy, TransitionQueue): the same in all scripts
 import sac_sds
+import sac_sds as core  # the SAC core (make_env, load_policy, TransitionQueue): the same text in all three scripts
 
-USER_ERRORS = (core.UserError, sac_clip.UserError, sac_sds.UserError)  # each script defines its own class
+# One error type, core.UserError: sac_sds's, the class of the SAC core, of the SDS reward and of the text rewards'
+# shared loading alike; sac_clip.py's own class (the same text, another class) is raised again as it where the CLIP
+# reward is built, as eval_videos.py does.
+UserError = core.UserError
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".webm")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -149,21 +152,21 @@ def read_behaviours(args: Args) -> list[Behaviour]:
             path, step = m[1], int(m[2])
         folder = Path(path)
         if not folder.is_dir():
-            raise core.UserError(f"behaviour {spec!r}: no such folder; give random, a run folder (RUN or RUN:STEP) or a "
+            raise UserError(f"behaviour {spec!r}: no such folder; give random, a run folder (RUN or RUN:STEP) or a "
                                  "folder of clips")
         if (folder / "args.json").is_file():  # a run folder
             try:
                 run_args = json.loads((folder / "args.json").read_text())
                 run_env = run_args["env_id"]
             except (ValueError, KeyError, TypeError) as e:
-                raise core.UserError(f"behaviour {spec!r}: unreadable args.json ({type(e).__name__}); is it a run folder "
+                raise UserError(f"behaviour {spec!r}: unreadable args.json ({type(e).__name__}); is it a run folder "
                                      "written by sac_*.py?") from None
             steps = snapshots(folder)
             if not steps:
-                raise core.UserError(f"behaviour {spec!r}: the run has no policy snapshots (policies/step_N.pt); train it "
+                raise UserError(f"behaviour {spec!r}: the run has no policy snapshots (policies/step_N.pt); train it "
                                      "with --save-policy-every N (e.g. 1000) to make a ladder of behaviours")
             if step is not None and step not in steps:
-                raise core.UserError(f"behaviour {spec!r}: no snapshot of step {step}; the run has steps "
+                raise UserError(f"behaviour {spec!r}: no snapshot of step {step}; the run has steps "
                                      f"{', '.join(map(str, steps))}")
             for s in [step] if step is not None else steps:
                 for noise in args.action_noise:
@@ -172,11 +175,11 @@ def read_behaviours(args: Args) -> list[Behaviour]:
             if args.env_id is None:
                 args.env_id, env_source = run_env, f"the env of {spec!r} before it"
             elif run_env != args.env_id:
-                raise core.UserError(f"behaviour {spec!r}: the run was trained on {run_env}, not {env_source} "
+                raise UserError(f"behaviour {spec!r}: the run was trained on {run_env}, not {env_source} "
                                      f"{args.env_id}; give runs of one env (and --env-id {run_env} for them)")
             continue
         if step is not None:
-            raise core.UserError(f"behaviour {spec!r}: {path} is not a run folder (no args.json), so it has no steps")
+            raise UserError(f"behaviour {spec!r}: {path} is not a run folder (no args.json), so it has no steps")
         clips = []
         flag = f"behaviour {spec!r}"
         try:
@@ -188,19 +191,19 @@ def read_behaviours(args: Args) -> list[Behaviour]:
             if not clips and any(p.suffix.lower() in FRAME_SUFFIXES for p in folder.iterdir()):
                 clips.append((folder.name, customize_motion.read_frame_folder(folder, flag)))  # one clip of frames
         except sac_sds.UserError as e:
-            raise core.UserError(str(e)) from None
+            raise UserError(str(e)) from None
         clips = [(n, f) for n, f in clips if len(f)]
         if not clips:
-            raise core.UserError(f"behaviour {spec!r}: no clips in the folder (mp4 files, or folders of png/jpg frames); "
+            raise UserError(f"behaviour {spec!r}: no clips in the folder (mp4 files, or folders of png/jpg frames); "
                                  "put the clips there, or give random or a run folder")
         out.append(Behaviour(f"clips:{folder.name}", "clips", str(folder), clips=clips))
     if not out:
-        raise core.UserError("no behaviours given; e.g. python eval_reward.py random runs/NAME --prompt \"...\" "
+        raise UserError("no behaviours given; e.g. python eval_reward.py random runs/NAME --prompt \"...\" "
                              "--sds-model-id MODEL")
     names = [b.name for b in out]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise core.UserError(f"behaviour {repeated[0]} given twice; give each once")
+        raise UserError(f"behaviour {repeated[0]} given twice; give each once")
     return out
 
 
@@ -238,19 +241,19 @@ def script_args(args_cls: type, spec: str, flag: str, extra: list[str]) -> objec
     try:
         words = shlex.split(spec)
     except ValueError as e:
-        raise core.UserError(f"{flag} {spec!r}: cannot split it into words ({e}); check its quotes") from None
+        raise UserError(f"{flag} {spec!r}: cannot split it into words ({e}); check its quotes") from None
     if not words or words[0].startswith("-"):
-        raise core.UserError(f"{flag} {spec!r}: give the model id first, then the script's flags")
+        raise UserError(f"{flag} {spec!r}: give the model id first, then the script's flags")
     model_flag = "--model-id" if args_cls is sac_sds.Args else "--clip-model-id"
     own = [w for w in words[1:] if w.split("=")[0] in ("--prompt", "--prompt-schedule", "--env-id", model_flag)]
     if own:
-        raise core.UserError(f"{flag} {spec!r}: {own[0]} is set by eval_reward.py ({own[0].replace('-model-id', '')} "
+        raise UserError(f"{flag} {spec!r}: {own[0]} is set by eval_reward.py ({own[0].replace('-model-id', '')} "
                              "comes from its own flags): drop it from the model's flags")
     try:
         return tyro.cli(args_cls, args=[model_flag, words[0], *words[1:], *extra], console_outputs=False)
     except SystemExit:
         script = "sac_sds.py" if args_cls is sac_sds.Args else "sac_clip.py"
-        raise core.UserError(f"{flag} {spec!r}: flags that {script} does not take (or bad values); see python "
+        raise UserError(f"{flag} {spec!r}: flags that {script} does not take (or bad values); see python "
                              f"{script} --help for the model's settings") from None
 
 
@@ -264,7 +267,10 @@ def sds_labeler(spec: str, prompt: str, args: Args, device: torch.device):
 def clip_labeler(spec: str, prompt: str, args: Args, device: torch.device):
     """sac_clip.py's labeler for one prompt, built by its own build_reward."""
     clip_args = script_args(sac_clip.Args, spec, "--clip-model-id", common_flags(args, prompt))
-    return sac_clip.build_reward(clip_args, device)
+    try:
+        return sac_clip.build_reward(clip_args, device)
+    except sac_clip.UserError as e:  # sac_clip.py's own class: raised again as this script's one
+        raise UserError(str(e)) from None
 
 
 def common_flags(args: Args, prompt: str) -> list[str]:
@@ -308,11 +314,11 @@ def build_rewards(args: Args, device: torch.device) -> list[Reward]:
             for prompt in args.prompt:
                 try:
                     labeler = LABELERS[kind](spec, prompt, args, device)
-                except USER_ERRORS as e:  # the script's message names its own flags (--model-id): say which reward
+                except UserError as e:  # the script's message names its own flags (--model-id): say which reward
                     message = str(e)
                     if not message.startswith(f"--{kind}-model-id"):
                         message = f"--{kind}-model-id {spec!r}: {message}"
-                    raise core.UserError(message) from None
+                    raise UserError(message) from None
                 size = args.render_size or core.protocol_render_size(env_args(args)) or labeler.render_size
                 rewards.append(Reward(kind, spec, prompt, labeler, int(size)))
     return rewards
@@ -399,20 +405,20 @@ def evaluate(args: Args) -> dict:
     from tqdm import tqdm
 
     if not args.prompt:
-        raise core.UserError('no --prompt given: say what the rewards score, e.g. --prompt "a pendulum pointing up"')
+        raise UserError('no --prompt given: say what the rewards score, e.g. --prompt "a pendulum pointing up"')
     if not args.sds_model_id and not args.clip_model_id:
-        raise core.UserError("no reward given: add --sds-model-id MODEL and/or --clip-model-id MODEL")
+        raise UserError("no reward given: add --sds-model-id MODEL and/or --clip-model-id MODEL")
     if any(not p.strip() for p in args.prompt):
-        raise core.UserError('an empty --prompt: describe the behaviour, e.g. --prompt "a pendulum pointing up"')
+        raise UserError('an empty --prompt: describe the behaviour, e.g. --prompt "a pendulum pointing up"')
     if args.episodes < 1 or args.bootstrap < 0 or any(n < 0 for n in args.action_noise) or not args.action_noise:
-        raise core.UserError("--episodes must be at least 1, --bootstrap and every --action-noise at least 0")
+        raise UserError("--episodes must be at least 1, --bootstrap and every --action-noise at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     behaviours = read_behaviours(args)
     if args.env_id is None and any(b.kind != "clips" for b in behaviours):
-        raise core.UserError("no --env-id for the random policy: give --env-id (e.g. Pendulum-v1) or a run folder")
+        raise UserError("no --env-id for the random policy: give --env-id (e.g. Pendulum-v1) or a run folder")
     if args.env_id is None:  # clips only: the env only sets the video rewards' frame stride (its dt)
-        raise core.UserError("clip folders need --env-id: the env they were rendered from sets the video reward's "
+        raise UserError("clip folders need --env-id: the env they were rendered from sets the video reward's "
                              "frame stride, as in training (e.g. --env-id Pendulum-v1)")
     core.make_env(env_args(args)).close()  # an env that cannot be built fails here, in one line
     device = core.resolve_device(args.device)
@@ -425,7 +431,7 @@ def evaluate(args: Args) -> dict:
             want, got = actors[b.path].net[0].in_features, env.observation_space.shape[0]
             env.close()
             if want != got:
-                raise core.UserError(f"behaviour {b.name}: the policy takes {want} observations, {args.env_id} with "
+                raise UserError(f"behaviour {b.name}: the policy takes {want} observations, {args.env_id} with "
                                      f"these settings gives {got}; give its run's settings (--max-episode-steps, ...)")
 
     sizes = sorted({r.render_size for r in rewards})
@@ -624,7 +630,7 @@ def main() -> None:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering (set before mujoco is imported)
     try:
         summary = evaluate(args)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for r in summary["rows"]:

@@ -213,7 +213,7 @@ def test_bad_input_in_process(bad_folders, behaviours, rewards, message, monkeyp
     monkeypatch.chdir(bad_folders)
     args = tyro.cli(eval_reward.Args, args=[*behaviours, "--env-id", "Pendulum-v1", *rewards, "--prompt", UP,
                                             "--out", "out", "--no-progress", "--device", "cpu"])
-    with pytest.raises(eval_reward.USER_ERRORS) as e:
+    with pytest.raises(eval_reward.UserError) as e:
         eval_reward.evaluate(args)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not (bad_folders / "out").exists()
