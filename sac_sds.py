@@ -1529,7 +1529,8 @@ class SDSLabeler:
         prompt = self.entries(items)
         noise, latents = self.noise(n), self.encode(np.stack([it["frame"] for it in items]))
         pad = self.padding(n)  # under --reward-compile: the last frame repeated up to whole passes
-        latents, t, noise, prompt = (None if x is None else x[pad] for x in (latents, t, noise, prompt))
+        if len(pad) > n:
+            latents, t, noise, prompt = (None if x is None else x[pad] for x in (latents, t, noise, prompt))
         return items, torch.cat(self.in_passes(len(pad), 1, lambda a, b: self.layout(self.model.reward(
             latents[a:b], t[a:b], noise[a:b], None if prompt is None else prompt[a:b], self.per_prompt))))[:n]
 
@@ -1572,8 +1573,9 @@ class SDSLabeler:
         return torch.tensor([schedule_entry(self.starts, it["episode_step"]) for it in items], device=self.model.device)
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        pad = self.padding(len(frames)).numpy()
-        return torch.cat(self.in_passes(len(pad), 1, lambda a, b: self.model.encode(frames[pad[a:b]])))[: len(frames)]
+        n, pad = len(frames), self.padding(len(frames)).numpy()
+        frames = frames[pad] if len(pad) > n else frames  # (copied only to pad)
+        return torch.cat(self.in_passes(len(frames), 1, lambda a, b: self.model.encode(frames[a:b])))[:n]
 
     def padding(self, n: int, frames_per_unit: int = 1) -> torch.Tensor:
         """Indices 0..n-1, and under --reward-compile the last one repeated up to a whole number of passes: a short
