@@ -72,6 +72,10 @@ from torch.optim.adam import adam as adam_functional
 
 
 # === SAC CORE BEGIN: args (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+# a boolean flag (--x, --no-x) whose default depends on the device: None in args.json, decided when the run starts
+OnCuda = typing.Annotated[tyro.conf.DisallowNone[Optional[bool]], tyro.conf.arg(help_behavior_hint="(default: on CUDA)")]
+
+
 @dataclass
 class SACArgs:
     """Soft Actor-Critic settings shared by every reward source (defaults: CleanRL's sac_continuous_action)."""
@@ -161,11 +165,11 @@ class SACArgs:
     without Python's overhead; no effect on the CPU; --no-cudagraphs turns it off"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
-    reward_overlap: Optional[bool] = None
+    reward_overlap: OnCuda = None
     """a text reward scores its frames in a thread of its own (on CUDA, its own stream) while the envs step and SAC
     updates: the transitions of every reward batch's worth of steps are handed to it, and enter the replay buffer when
-    the next are handed over; deterministic (docs/speed.md#overlap). Default: True on CUDA, False on the CPU (whose
-    cores both threads share: docs/speed.md#overlap); no effect on the env reward"""
+    the next are handed over; deterministic (docs/speed.md#overlap). Off on the CPU, whose cores both threads share
+    (docs/speed.md#overlap); no effect on the env reward"""
 
     # Evaluation, videos, logging, checkpoints
     eval_every: int = 10_000
@@ -224,9 +228,9 @@ class Args(SACArgs):
     """weight of the reconstruction term inside its symlog; 0 drops the term (paper: 200)"""
     reward_batch_size: int = 32
     """frames scored together, from all envs and consecutive steps (transitions wait for their reward until then)"""
-    reward_compile: Optional[bool] = None
-    """torch.compile the diffusion model (denoiser and VAE encoder) at one batch shape, short passes padded (default:
-    True on CUDA, False on the CPU; compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR, default
+    reward_compile: OnCuda = None
+    """torch.compile the diffusion model (denoiser and VAE encoder) at one batch shape, short passes padded, used only
+    if its first pass agrees with the eager model's (compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR, default
     ~/.cache/torchinductor, so a requeued job reuses them)"""
 
     # Video-TADPoLe: a video model (ZeroScope, Wan), or an SD 1.x/2.x model made one
