@@ -46,7 +46,8 @@ import torch.nn.functional as F
 import tyro
 
 import sac_sds
-from sac_sds import EXIT_INTERRUPTED, Interrupted, SDSReward, UserError  # the SAC scripts' signals and errors
+from sac_sds import EXIT_CTRL_C, Interrupted, SDSReward, UserError, on_stop_signals, stopped  # the SAC scripts'
+# signals and errors
 
 
 @dataclass
@@ -135,7 +136,8 @@ def trained_parameters(denoiser: nn.Module, groups: tuple[str, ...]) -> dict[str
 
 def customize(args: Args) -> dict:
     """Trains and writes --out; returns customization.json's content. UserError for bad input, before anything is
-    written; Interrupted (after a checkpoint) on SIGTERM/SIGUSR1."""
+    written; Interrupted (after a checkpoint) on SIGTERM/SIGUSR1 or Ctrl-C (a second Ctrl-C: at once, the last
+    checkpoint kept)."""
     out = check_args(args)
     sac_sds.seed_everything(sac_sds.SACArgs(seed=args.seed, threads=args.threads))  # as the SAC scripts seed
     device = sac_sds.resolve_device(args.device)
@@ -167,9 +169,8 @@ def customize(args: Args) -> dict:
     ckpt = out / "checkpoint.pt"
     if args.resume:
         state = resume(ckpt, params, opt, generator, args)
-    stop = {"signal": None}
-    handlers = {s: signal.signal(s, lambda signum, frame: stop.update(signal=signum))
-                for s in (signal.SIGTERM, signal.SIGUSR1)}
+    stop, saved = {"signal": None}, state["step"] if args.resume else None
+    handlers = on_stop_signals(lambda signum: stop.update(signal=signum))
     bar = None
     if args.progress:
         from tqdm import tqdm
@@ -192,9 +193,13 @@ def customize(args: Args) -> dict:
             if every or stop["signal"] is not None:
                 state["seconds"] = time.perf_counter() - start
                 save_checkpoint(ckpt, params, opt, generator, state, args)
+                saved = state["step"]
             if stop["signal"] is not None:
-                raise Interrupted(f"{signal.Signals(stop['signal']).name} at step {state['step']}: checkpoint saved in "
-                                  f"{ckpt}; continue with the same command and --resume")
+                raise stopped(stop["signal"], f"at step {state['step']}: checkpoint saved in {ckpt}; continue with "
+                                              "the same command and --resume")
+    except KeyboardInterrupt:  # a second Ctrl-C
+        kept = f"the checkpoint of step {saved} in {ckpt} is kept" if saved is not None else "nothing was saved"
+        raise Interrupted(f"Ctrl-C again at step {state['step']}: stopped at once; {kept}", EXIT_CTRL_C) from None
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
@@ -435,7 +440,10 @@ def main() -> None:
         sys.exit(2)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(e.code)
+    except KeyboardInterrupt:
+        print("Ctrl-C before training started: stopped; nothing was written", file=sys.stderr)
+        sys.exit(EXIT_CTRL_C)
 
 
 if __name__ == "__main__":

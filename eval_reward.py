@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -440,8 +441,11 @@ def evaluate(args: Args) -> dict:
     episodes: list[dict] = []
     steps: dict[int, list] = {i: [] for i in range(len(rewards))}  # per reward: per-step rewards of episodes with env
     env_steps: list[np.ndarray] = []
-    counter = 0
+    counter, stop = 0, []  # Ctrl-C: the tables of the episodes scored so far, then exit 130
+    handlers = core.on_stop_signals(stop.append, "writing the tables of the episodes scored so far after this one")
     for b in behaviours:
+        if stop:
+            break
         bar.set_description(b.name[-40:])
         envs = {}
         if b.kind != "clips":
@@ -470,12 +474,23 @@ def evaluate(args: Args) -> dict:
                 episodes.append(row)
                 counter += 1
                 bar.update(1)
+                if stop:
+                    break
         finally:
             for env in envs.values():
                 env.close()
     bar.close()
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    if stop:  # the behaviours scored so far (the last one perhaps in part)
+        behaviours = [b for b in behaviours if any(e["behaviour"] == b.name for e in episodes)]
     summary = summarize(args, behaviours, rewards, episodes, steps, env_steps)
+    if stop:
+        summary["stopped"] = f"by {signal.Signals(stop[0]).name} after {len(episodes)} of {total} episodes"
     write_outputs(args, summary, rewards, episodes)
+    if stop:
+        raise core.stopped(stop[0], f"after {len(episodes)} of {total} episodes: their tables are in {args.out}/; "
+                                    "run the command again for all")
     return summary
 
 
@@ -536,6 +551,7 @@ def write_outputs(args: Args, summary: dict, rewards: list[Reward], episodes: li
             w.writerow([e["behaviour"], e["episode"], e["clip"], e["steps"], e["env_return"],
                         *[e[f"r{k}_{what}"] for k in range(len(rewards)) for what in ("sum", "mean")]])
     lines = [f"# Rewards against {summary['env_id']}'s own reward",
+             *([] if "stopped" not in summary else ["", f"**Incomplete: stopped {summary['stopped']}.**"]),
              "", f"{args.episodes} episodes per policy behaviour (env seeds {args.seed}...), scene {args.scene}, "
              f"protocol {args.protocol}; Spearman of the episodes' reward sums with their env returns (95% bootstrap "
              f"interval over episodes, {args.bootstrap} resamples), Pearson of per-step rewards with the env's.", "",
@@ -633,6 +649,12 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except core.Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.code)
+    except KeyboardInterrupt:  # loading the models, or a second Ctrl-C
+        print("Ctrl-C: stopped at once; nothing was written", file=sys.stderr)
+        sys.exit(core.EXIT_CTRL_C)
     for r in summary["rows"]:
         lo, hi = r["spearman_ci"]
         print(f"{r['reward']} | {r['prompt']}: Spearman {fmt(r['spearman'], '+.2f')} [{fmt(lo, '+.2f')}, "

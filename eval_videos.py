@@ -600,27 +600,16 @@ def run_evaluation(args: EvalArgs) -> list[Run]:
         sds.load(next(r.text for r in todo if r.prompt))
 
     bar = tqdm(total=len(todo) * args.episodes, unit="episode", disable=not args.progress, dynamic_ncols=True)
+    stopped_at = None
     for i, run in enumerate(todo):
         bar.set_description(f"run {i + 1}/{len(todo)} {run.name[-40:]}")
         try:
-            actor, env = load_policy(run)
-        except RuntimeError as e:
-            skip(run, str(e))
-            bar.update(args.episodes)
-            continue
-        try:
-            evaluate_run(run, actor, env, args, clip, sds, out, bar)
-        except UserError:
-            raise  # a scoring model that cannot load fails every run: stop with its message
-        except Exception as e:  # rendering or stepping failed: this run only
-            skip(run, f"evaluation failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
-        finally:
-            env.close()
-        if run.error is None:
-            (out / "runs" / f"{run.name}.json").write_text(json.dumps(
-                {"run": run.path, "env_id": run.env_id, "prompt": run.prompt_text, "reward_source": run.source,
-                 "seed": run.seed, "eval_seeds": [args.seed + i for i in range(args.episodes)], **run.metrics},
-                indent=2))
+            evaluate_one(run, args, clip, sds, out, bar, skip)
+        except KeyboardInterrupt:  # Ctrl-C: this run and those after it are left out; the tables of the rest follow
+            stopped_at = i
+            for rest in todo[i:]:
+                rest.error = "not evaluated: stopped by Ctrl-C"
+            break
     bar.close()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -631,7 +620,34 @@ def run_evaluation(args: EvalArgs) -> list[Run]:
     if any(r.error is None for r in runs):
         plot_learning_curves(runs, out / "learning_curves.png")
         plot_final_metrics(rows, out / "final_metrics.png")
+    if stopped_at is not None:
+        raise core.Interrupted(f"Ctrl-C during run {stopped_at + 1} of {len(todo)}: the {stopped_at} evaluated before it "
+                               f"are in {out}/ (summary.md, summary.csv, runs/); run the command again for the rest",
+                               core.EXIT_CTRL_C)
     return runs
+
+
+def evaluate_one(run: Run, args: EvalArgs, clip, sds, out: Path, bar, skip) -> None:
+    """One run's episodes, scores and files (runs/NAME.json last: written only for a run evaluated whole)."""
+    try:
+        actor, env = load_policy(run)
+    except RuntimeError as e:
+        skip(run, str(e))
+        bar.update(args.episodes)
+        return
+    try:
+        evaluate_run(run, actor, env, args, clip, sds, out, bar)
+    except UserError:
+        raise  # a scoring model that cannot load fails every run: stop with its message
+    except Exception as e:  # rendering or stepping failed: this run only
+        skip(run, f"evaluation failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+    finally:
+        env.close()
+    if run.error is None:
+        (out / "runs" / f"{run.name}.json").write_text(json.dumps(
+            {"run": run.path, "env_id": run.env_id, "prompt": run.prompt_text, "reward_source": run.source,
+             "seed": run.seed, "eval_seeds": [args.seed + i for i in range(args.episodes)], **run.metrics},
+            indent=2))
 
 
 def main() -> None:
@@ -644,6 +660,12 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except core.Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.code)
+    except KeyboardInterrupt:  # before the first run (loading the scoring models) or a second Ctrl-C while writing
+        print(f"Ctrl-C: stopped at once; the runs evaluated whole so far are kept in {args.out}/runs/", file=sys.stderr)
+        sys.exit(core.EXIT_CTRL_C)
     done = [r for r in runs if r.error is None]
     failed = len(runs) - len(done)
     if not done:

@@ -835,14 +835,45 @@ class Adam(torch.optim.Adam):
 
 # === SAC CORE BEGIN: training loop (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
+EXIT_CTRL_C = 130  # 128 + SIGINT, as shells report a Ctrl-C: stopped by Ctrl-C (after saving, unless pressed twice)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) arrived; a checkpoint has been saved."""
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) or Ctrl-C (SIGINT) arrived; a checkpoint has
+    been saved (unless Ctrl-C came twice). code: the exit status, EXIT_INTERRUPTED or EXIT_CTRL_C."""
+
+    def __init__(self, message: str, code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.code = code
+
+
+def on_stop_signals(stop, then: str = "saving a checkpoint after this step") -> dict:
+    """Installs the handler of the stop signals: stop(signum) is called, and the work finishes its step, saves and
+    raises Interrupted; a second Ctrl-C raises KeyboardInterrupt at once. Returns the handlers it replaced (a Ctrl-C
+    that the parent process ignores, as a shell's background job does, stays ignored)."""
+    def handler(signum, frame):
+        if signum == signal.SIGINT:
+            print(f"\nCtrl-C: {then} (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop(signum)
+
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        if old[s] is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    return old
+
+
+def stopped(signum: int, what: str) -> Interrupted:
+    """The Interrupted of a stop signal: its name, what was saved, and the exit status (130 for Ctrl-C)."""
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return Interrupted(f"{name} {what}", EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED)
 
 
 def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
-    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM/SIGUSR1."""
+    """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM, SIGUSR1 or
+    Ctrl-C."""
     validate(args)
     given = dataclasses.asdict(args)
     device = resolve_device(args.device)
@@ -864,7 +895,7 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
 
     obs, _ = envs.reset(seed=args.seed + run.global_step)
-    with run:  # SIGTERM/SIGUSR1 caught (a checkpoint, then Interrupted); logs and envs closed at the end
+    with run:  # SIGTERM/SIGUSR1/Ctrl-C caught (a checkpoint, then Interrupted); logs and envs closed at the end
         while run.global_step < args.total_timesteps:
             # act: uniform random actions until learning starts, then samples of the policy
             if run.global_step < args.learning_starts:
@@ -898,10 +929,11 @@ class Run:
     def __init__(self, args: SACArgs, run_dir: Path, sac: SAC, rb: ReplayBuffer, envs, eval_env, reward):
         self.args, self.run_dir, self.sac, self.rb, self.envs, self.eval_env = args, run_dir, sac, rb, envs, eval_env
         self.reward, self.queue, self.ckpt_path = reward, TransitionQueue(args.num_envs), run_dir / "checkpoint.pt"
-        self.global_step, self.iteration, self.episode_counter = 0, 0, 0
+        self.global_step, self.iteration, self.episode_counter, self.saved_step = 0, 0, 0, None
         if args.resume:
             state = load_checkpoint(self.ckpt_path, sac, rb, envs, reward)
             self.global_step, self.iteration = state["global_step"], state["iteration"]
+            self.saved_step = self.global_step
             self.episode_counter = state["extra"].get("episode_counter", 0)
             print(f"resumed {run_dir} at step {self.global_step} (buffer {rb.size}); environments restart their "
                   "episodes")
@@ -1071,14 +1103,15 @@ class Run:
             self.checkpoint()
         if self.stop is not None:
             self.checkpoint()
-            raise Interrupted(f"{signal.Signals(self.stop).name} at step {self.global_step}: checkpoint saved; "
-                              f"continue with --resume {self.run_dir}")
+            raise stopped(self.stop, f"at step {self.global_step}: checkpoint saved; continue with --resume "
+                                     f"{self.run_dir}")
 
     def checkpoint(self, label: bool = True) -> None:
         if label:
             self.label(flush=True)  # pending transitions get their rewards first
         save_checkpoint(self.ckpt_path, self.sac, self.rb, self.envs, self.reward, self.global_step, self.iteration,
                         {"episode_counter": self.episode_counter})
+        self.saved_step = self.global_step
 
     def summary(self) -> dict:
         """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
@@ -1092,15 +1125,13 @@ class Run:
         return summary
 
     def __enter__(self) -> "Run":
-        def on_signal(signum, frame):
-            self.stop = signum
-
-        self.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        self.old_handlers = on_stop_signals(lambda signum: setattr(self, "stop", signum))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """Restores the signal handlers and closes everything; a CUDA out-of-memory error that the reward could not
-        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line."""
+        absorb (by halving its passes) saves a checkpoint of what was labelled first, and becomes one line; so does a
+        second Ctrl-C, which stops at once (the last checkpoint kept)."""
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
         if self.overlap is not None:
@@ -1108,6 +1139,10 @@ class Run:
         self.logger.close()
         self.envs.close()
         self.eval_env.close()
+        if isinstance(exc, KeyboardInterrupt):
+            kept = (f"the checkpoint of step {self.saved_step} is kept; continue with --resume {self.run_dir}"
+                    if self.saved_step is not None else "no checkpoint had been saved yet")
+            raise Interrupted(f"Ctrl-C again at step {self.global_step}: stopped at once; {kept}", EXIT_CTRL_C) from None
         if isinstance(exc, torch.OutOfMemoryError):
             torch.cuda.empty_cache()
             self.checkpoint(label=False)
@@ -1133,7 +1168,10 @@ def main(args_cls: type, build_reward) -> None:
         sys.exit(3)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(e.code)
+    except KeyboardInterrupt:  # before training started (loading a model, making the envs): nothing to save yet
+        print("Ctrl-C before training started: stopped; nothing new was saved", file=sys.stderr)
+        sys.exit(EXIT_CTRL_C)
 # === SAC CORE END: training loop ===
 
 

@@ -225,3 +225,32 @@ def test_bad_input_exits_2_with_one_line(bad_folders):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and "--save-policy-every" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not (bad_folders / "out").exists()
+
+
+def test_ctrl_c_writes_the_tables_of_the_episodes_scored(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) during the second episode: it is finished and scored, the tables of the two are written and
+    marked incomplete, then Interrupted with exit status 130; the signal handlers are restored."""
+    import os
+    import signal
+
+    real, calls = eval_reward.label_episode, []
+
+    def label_episode(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(eval_reward, "label_episode", label_episode)
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "er"
+    args = eval_reward.Args(behaviours=("random",), env_id="Pendulum-v1", episodes=4, max_episode_steps=10,
+                            clip_model_id=(CLIP,), prompt=(UP,), bootstrap=10, out=str(out), device="cpu",
+                            progress=False, threads=1)
+    with pytest.raises(eval_reward.core.Interrupted) as stop:
+        eval_reward.evaluate(args)
+    assert stop.value.code == 130 and "after 2 of 4 episodes" in str(stop.value)
+    assert len(read_csv(out / "episodes.csv")) == 2 and len(calls) == 2
+    assert "after 2 of 4 episodes" in json.loads((out / "summary.json").read_text())["stopped"]
+    assert "Incomplete" in (out / "summary.md").read_text()
+    assert signal.getsignal(signal.SIGINT) is handler

@@ -294,3 +294,28 @@ def test_composed_and_scheduled_runs_are_scored_on_their_own_prompts(tmp_path, t
     cosines = {p: sac_clip.CLIPReward.from_pretrained(str(tiny_clip), [p])(frames).numpy() for p in (PROMPT, other)}
     expected = [cosines[PROMPT if k == 0 else other][j] for j, k in enumerate(scheduled.entries(6))]
     np.testing.assert_allclose(clip(frames, scheduled, 4), expected, atol=1e-5)
+
+
+def test_ctrl_c_keeps_the_runs_evaluated_before_it(trained_runs, tmp_path, monkeypatch):
+    """Ctrl-C during the second run: the first run's files and the tables (the rest listed as not evaluated) are
+    written, then Interrupted with exit status 130 (main prints its one line)."""
+    import eval_videos
+
+    real, calls = eval_videos.evaluate_run, []
+
+    def evaluate_run(run, *a, **kw):
+        calls.append(run.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # where a Ctrl-C lands: inside a rollout
+        return real(run, *a, **kw)
+
+    monkeypatch.setattr(eval_videos, "evaluate_run", evaluate_run)
+    out = tmp_path / "e"
+    args = eval_videos.EvalArgs(runs=tuple(str(trained_runs / "runs" / n) for n in ("env_s1", "env_s2")),
+                                out=str(out), episodes=1, clip_model_id=None, progress=False, threads=1)
+    with pytest.raises(eval_videos.core.Interrupted) as stop:
+        eval_videos.run_evaluation(args)
+    assert stop.value.code == 130 and "Ctrl-C during run 2 of 2: the 1 evaluated before it" in str(stop.value)
+    assert (out / "runs" / "env_s1.json").is_file() and not (out / "runs" / "env_s2.json").exists()
+    rows = {r["run"]: r for r in read_csv(out / "runs.csv")}
+    assert "stopped by Ctrl-C" in rows["env_s2"]["error"] and not rows["env_s1"]["error"], rows

@@ -382,25 +382,62 @@ def test_checkpoint_of_another_version_gives_one_line_error(in_tmp):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_saves_checkpoint_and_resume_finishes(in_tmp, sig):
+def with_default_sigint():
+    """A child's SIGINT as a terminal leaves it (a process started in the background by a non-interactive shell, as
+    CI's, inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, sac.EXIT_INTERRUPTED, "SIGTERM"),
+                                             (signal.SIGUSR1, sac.EXIT_INTERRUPTED, "SIGUSR1"),
+                                             (signal.SIGINT, sac.EXIT_CTRL_C, "Ctrl-C (SIGINT)")])
+def test_signal_saves_checkpoint_and_resume_finishes(in_tmp, sig, code, name):
+    """SLURM's signals and Ctrl-C: the step finishes, a checkpoint is saved, one line names the --resume command,
+    exit 75 (130 for Ctrl-C, as a shell reports it), no traceback; resuming finishes the run."""
     cmd = [sys.executable, str(ROOT / "sac_env_reward.py"), "--env-id", "Pendulum-v1", "--total-timesteps", "2500",
            "--learning-starts", "2400", "--batch-size", "64", "--eval-every", "0", "--eval-episodes", "1",
            "--checkpoint-every", "1000", "--no-progress", "--run-name", "s"]
-    proc = subprocess.Popen(cmd, cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=with_default_sigint)
     ckpt_path = in_tmp / "runs" / "s" / "checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt_path.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == sac.EXIT_INTERRUPTED, err
-    assert f"{sig.name} at step" in err and "--resume runs/s" in err
+    assert proc.returncode == code, err
+    assert f"{name} at step" in err and "--resume runs/s" in err and "Traceback" not in err, err
     state = torch.load(ckpt_path, weights_only=True)
     assert 1000 <= state["global_step"] < 2500
     assert state["replay_buffer"]["size"] == state["global_step"]
     run_script("sac_env_reward.py", "--resume", "runs/s", cwd=in_tmp)
     assert torch.load(ckpt_path, weights_only=True)["global_step"] == 2500
+
+
+def test_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(in_tmp, monkeypatch):
+    """The first Ctrl-C asks for a checkpoint at the end of the step; a second one, before that, stops at once
+    (KeyboardInterrupt where it lands), and the run ends in one line naming the checkpoint that is kept."""
+    import os
+
+    kills = []
+    real_log = sac.Run.log
+
+    def log(self):  # the run's 300th step: Ctrl-C twice, the second before the step ends
+        real_log(self)
+        if self.global_step == 300 and not kills:
+            kills.append(self.saved_step)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert self.stop == signal.SIGINT
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(sac.Run, "log", log)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(sac.Interrupted) as stop:
+        train_in_process(quick_args(checkpoint_every=200, total_timesteps=400))
+    assert kills == [200] and stop.value.code == sac.EXIT_CTRL_C
+    assert "stopped at once; the checkpoint of step 200 is kept" in str(stop.value)
+    assert torch.load(in_tmp / "runs" / "t" / "checkpoint.pt", weights_only=True)["global_step"] == 200
+    assert signal.getsignal(signal.SIGINT) is handler  # the handlers restored
 
 
 def test_atomic_checkpoint_survives_a_failed_save(in_tmp, monkeypatch):
