@@ -34,6 +34,7 @@ import bisect
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -87,7 +88,8 @@ class SACArgs:
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ..."""
     track: bool = False
-    """also log to Weights & Biases (imported only when set)"""
+    """also log to Weights & Biases what TensorBoard gets (scalars, evaluation videos), as CleanRL's --track; the run's
+    W&B files in runs/{run_name}/wandb/; WANDB_MODE=offline to log without an account (wandb sync uploads later)"""
     wandb_project_name: str = "text-rl"
     """the W&B project"""
     wandb_entity: Optional[str] = None
@@ -633,68 +635,6 @@ class SAC(nn.Module):
         target_network_frequency-th iteration."""
         kind = (iteration % self.args.policy_frequency == 0, iteration % self.args.target_network_frequency == 0)
         return self.updates[kind](data)
-
-
-# ----- speed, wrapped around the update as LeanRL wraps CleanRL's -----
-def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
-    """sac.step for each kind of update (actor or not, targets or not): torch.compile'd with --compile, then
-    captured in a CUDA graph with --cudagraphs on CUDA (tensordict's CudaGraphModule: a warm-up call, the capture,
-    then each call copies the batch into the graph's inputs and replays it)."""
-    step = compile_update(sac.step, device) if args.compile else sac.step
-    updates = {}
-    for kind in ((False, False), (False, True), (True, False), (True, True)):
-        updates[kind] = functools.partial(step, actor=kind[0], target=kind[1])
-        if args.cudagraphs and device.type == "cuda":
-            from tensordict.nn import CudaGraphModule
-
-            # a function of a dict of tensors (no in_keys: not tensordict's TensorDict mode, which wants a TensorDict)
-            updates[kind] = CudaGraphModule(updates[kind], device=device)
-    return updates
-
-
-def compile_update(step, device: torch.device):
-    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program per kind.
-    trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three; fallback_random:
-    torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper, on the CPU: the
-    code calling the kernels is C++, not Python (less overhead per call)."""
-    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
-    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
-
-
-class Adam(torch.optim.Adam):
-    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, lr per parameter group) whose step() and zero_grad() a compiled
-    update traces into its graph (torch.optim's own break the graph by design, which made a compiled update 1.8x
-    slower: docs/speed.md). step() is torch's functional adam on this optimizer's state, made here as its first step
-    would make it (so that a compiled or captured update finds it): in eager mode the fused kernel, as
-    Adam(fused=True) runs it; compiled, its arithmetic in capturable form on every device (torch runs a non-capturable
-    CUDA Adam outside the graph, where the traced backward's gradients are not yet set)."""
-
-    def __init__(self, groups: list[dict]):
-        super().__init__(groups, fused=True)
-        for p in (p for group in self.param_groups for p in group["params"]):
-            self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                             "exp_avg_sq": torch.zeros_like(p)}
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        compiling = torch.compiler.is_compiling()
-        for group in self.param_groups:
-            params = group["params"]
-            state = [self.state[p] for p in params]
-            beta1, beta2 = group["betas"]
-            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state], fused=not compiling,
-                            capturable=compiling, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-
-    step.hooked = True  # torch.optim then leaves out its per-call wrapper (a profiler range, step hooks, none of
-    # which this project uses): 2-3% of an eager Hopper update on a CPU (docs/speed.md)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients set to None, so that the next backward writes fresh ones (opt.zero_grad()'s default)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
 # === SAC CORE END: update ===
 
 
@@ -758,6 +698,8 @@ def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     if not args.resume:
         write_args(run_dir, given)
     run = Run(args, run_dir, sac, rb, envs, eval_env, reward)  # counters, episodes, logs; a checkpoint's if resumed
+    fast = {**sac.fast_paths, **run.fast_paths}
+    print("fast paths: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in fast.items()))
 
     obs, _ = envs.reset(seed=args.seed + run.global_step)
     with run:  # SIGTERM/SIGUSR1/Ctrl-C caught (a checkpoint, then Interrupted); logs and envs closed at the end
@@ -819,6 +761,8 @@ class Run:
         self.stream = torch.cuda.Stream(device) if self.overlap is not None and device.type == "cuda" else None
         if self.stream is not None:  # the reward's stream starts after what the default one has queued (its weights)
             self.stream.wait_stream(torch.cuda.current_stream(device))
+        self.fast_paths = {"reward_overlap": self.prove_overlap() if self.overlap is not None else "off",
+                           **getattr(reward, "fast_paths", {})}  # and sac.fast_paths: summary.json's
         self.t_log, self.step_log = time.perf_counter(), self.global_step
         self.t_learn, self.step_learn, self.updates = None, 0, 0
         every = lambda k: (self.global_step // k + 1) * k  # noqa: E731  (the first multiple of k ahead)
@@ -883,6 +827,22 @@ class Run:
         """reward.label, on the reward's own CUDA stream under --reward-overlap."""
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             return self.reward.label(queue, flush)
+
+    def prove_overlap(self) -> str:
+        """--reward-overlap proves itself before the first step: the reward's probe (a pass of its model on blank
+        frames, leaving its state as it was) in the reward's thread and stream. If that raises: one line, and the
+        reward labels in the loop's own thread. Returns the status for summary.json."""
+        try:
+            self.overlap.submit(self.labelled_probe).result()
+            return "on"
+        except Exception as e:  # noqa: BLE001  (whatever the thread raised: the loop's own thread is the reference)
+            self.overlap.shutdown()
+            self.overlap = self.stream = None
+            return fell_back("--reward-overlap", e, "--no-reward-overlap")
+
+    def labelled_probe(self) -> None:
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            self.reward.probe()
 
     def collect(self) -> None:
         """Stores what the labelling thread labelled (its errors are raised here)."""
@@ -952,8 +912,9 @@ class Run:
             self.results["eval_success"] = float(np.mean(successes))
         self.logger.progress(0, eval=f"{np.mean(returns):.1f}")
         if args.capture_video:
-            save_video(video, self.run_dir / "videos" / f"step_{step}.mp4",
-                       self.eval_env.metadata.get("render_fps", 30))
+            path = self.run_dir / "videos" / f"step_{step}.mp4"
+            save_video(video, path, self.eval_env.metadata.get("render_fps", 30))
+            self.logger.video(path, step)
 
     def save_policy_when_due(self) -> None:
         """Every --save-policy-every steps: the actor alone, as policies/step_{N}.pt (N the step count)."""
@@ -979,11 +940,13 @@ class Run:
         self.saved_step = self.global_step
 
     def summary(self) -> dict:
-        """summary.json: the final evaluation, the learning phase's steps/s, the step count."""
+        """summary.json: the final evaluation, the learning phase's steps/s, the step count, the fast paths in use
+        at the end (on, off, or fell back with the reason)."""
         summary = dict(self.results)
         if self.t_learn is not None and self.global_step > self.step_learn:
             summary["learning_sps"] = (self.global_step - self.step_learn) / (time.perf_counter() - self.t_learn)
-        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size)
+        summary.update(global_step=self.global_step, run_dir=str(self.run_dir), buffer_size=self.rb.size,
+                       fast_paths={**self.sac.fast_paths, **self.fast_paths})
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.run_dir / "summary.json")
@@ -1038,6 +1001,134 @@ def main(args_cls: type, build_reward) -> None:
         print("Ctrl-C before training started: stopped; nothing new was saved", file=sys.stderr)
         sys.exit(EXIT_CTRL_C)
 # === SAC CORE END: training loop ===
+
+
+# === SAC CORE BEGIN: speed (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
+# wrapped around the update as LeanRL wraps CleanRL's; each fast path proves itself at its first use
+def fast_updates(sac: SAC, args: SACArgs, device: torch.device) -> dict:
+    """sac.step for each kind of update (actor or not, targets or not): torch.compile'd with --compile, then
+    captured in a CUDA graph with --cudagraphs on CUDA (tensordict's CudaGraphModule: a warm-up call, the capture,
+    then each call copies the batch into the graph's inputs and replays it); each proving itself at its first calls
+    (FirstCalls). sac.fast_paths says which are in use."""
+    graphs = args.cudagraphs and device.type == "cuda"
+    sac.fast_paths = {"compile": "on" if args.compile else "off",
+                      "cudagraphs": "on" if graphs else "off" if device.type == "cuda" else "off (no CUDA)"}
+    kinds = ((False, False), (False, True), (True, False), (True, True))
+    eager = {kind: functools.partial(sac.step, actor=kind[0], target=kind[1]) for kind in kinds}
+    if not (args.compile or graphs):
+        return eager
+    step = compile_update(sac.step, device) if args.compile else sac.step
+    updates = {}
+    for kind in kinds:
+        updates[kind] = functools.partial(step, actor=kind[0], target=kind[1])
+        if graphs:
+            from tensordict.nn import CudaGraphModule
+
+            # a function of a dict of tensors (no in_keys: not tensordict's TensorDict mode, which wants a TensorDict)
+            updates[kind] = CudaGraphModule(updates[kind], device=device)
+    flags = [f for f, on in (("compile", args.compile), ("cudagraphs", graphs)) if on]
+    first = FirstCalls(sac, flags, calls=4 if graphs else 1)  # CudaGraphModule: 2 warm-up calls, the capture, a replay
+    return {kind: functools.partial(first, updates[kind], eager[kind], kind) for kind in kinds}
+
+
+class FirstCalls:
+    """The fast updates' first calls, checked: each kind's first `calls` calls run with the agent's tensors (networks,
+    Adam's state) and the random generators saved; a call that raises (a compile, a capture, a compiled program's
+    first run) puts them back, says so in one line, and the update runs eagerly, then and from then on, for every
+    kind. So nothing is lost and no update is applied twice; sac.fast_paths records the fallback (summary.json)."""
+
+    def __init__(self, sac: SAC, flags: list[str], calls: int):
+        self.sac, self.flags, self.left, self.failed = sac, flags, {}, False
+        self.calls = calls
+
+    def __call__(self, fast, eager, kind, data: dict) -> dict:
+        if self.failed:
+            return eager(data)
+        left = self.left.setdefault(kind, self.calls)
+        if not left:
+            return fast(data)
+        saved = self.saved()
+        try:
+            out = fast(data)
+        except Exception as e:  # noqa: BLE001  (whatever the fast path raised: the eager path is the reference)
+            self.restore(saved)
+            self.failed = True
+            status = fell_back(" ".join(f"--{f}" for f in self.flags), e, " ".join(f"--no-{f}" for f in self.flags))
+            self.sac.fast_paths.update({f: status for f in self.flags})
+            return eager(data)
+        self.left[kind] = left - 1
+        return out
+
+    def saved(self) -> tuple:
+        sac = self.sac
+        tensors = [*sac.state_dict().values()] + [v for opt in (sac.q_optimizer, sac.actor_optimizer)
+                                                  for state in opt.state.values() for v in state.values()]
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return tensors, [t.detach().clone() for t in tensors], torch.get_rng_state(), cuda
+
+    @staticmethod
+    def restore(saved: tuple) -> None:
+        tensors, copies, rng, cuda = saved
+        with torch.no_grad():
+            for t, c in zip(tensors, copies):
+                t.copy_(c)
+        torch.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def fell_back(flags: str, e: Exception, skip: str) -> str:
+    """The one line of a fast path that failed here (its error's first line), and the status summary.json gets."""
+    error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    print(f"warning: {flags} failed here ({error}): continuing without it; {skip} skips the attempt", file=sys.stderr,
+          flush=True)
+    return f"fell back ({error})"
+
+
+def compile_update(step, device: torch.device):
+    """--compile: the whole update step (losses, backward passes, Adam, Polyak) as one compiled program per kind.
+    trace_autograd_ops: .backward() is traced into the graph instead of breaking it in three; fallback_random:
+    torch's own generator, as eager (inductor's per-element one is slower on the CPU); cpp_wrapper, on the CPU: the
+    code calling the kernels is C++, not Python (less overhead per call)."""
+    options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu"}
+    return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, lr per parameter group) whose step() and zero_grad() a compiled
+    update traces into its graph (torch.optim's own break the graph by design, which made a compiled update 1.8x
+    slower: docs/speed.md). step() is torch's functional adam on this optimizer's state, made here as its first step
+    would make it (so that a compiled or captured update finds it): in eager mode the fused kernel, as
+    Adam(fused=True) runs it; compiled, its arithmetic in capturable form on every device (torch runs a non-capturable
+    CUDA Adam outside the graph, where the traced backward's gradients are not yet set)."""
+
+    def __init__(self, groups: list[dict]):
+        super().__init__(groups, fused=True)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                             "exp_avg_sq": torch.zeros_like(p)}
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        compiling = torch.compiler.is_compiling()
+        for group in self.param_groups:
+            params = group["params"]
+            state = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adam_functional(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                            [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state], fused=not compiling,
+                            capturable=compiling, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
+    step.hooked = True  # torch.optim then leaves out its per-call wrapper (a profiler range, step hooks, none of
+    # which this project uses): 2-3% of an eager Hopper update on a CPU (docs/speed.md)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients set to None, so that the next backward writes fresh ones (opt.zero_grad()'s default)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+# === SAC CORE END: speed ===
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1131,6 +1222,12 @@ class CLIPLabeler:
                 if count:
                     logger.scalar(f"clip/reward_schedule{k}", self.schedule_sum[k] / count, step)
         self.reset_stats()
+
+    def probe(self) -> np.ndarray:
+        """One forward pass on a batch of blank frames (stats untouched): the pass --reward-overlap proves itself on."""
+        with torch.inference_mode():
+            blank = np.zeros((self.batch_size, self.render_size, self.render_size, 3), np.uint8)
+            return self.model.reward_from_embeddings(self.model.embed_frames(blank)).cpu().numpy()
 
     def state_dict(self) -> dict:
         """Nothing to save: the CLIP reward is deterministic."""
@@ -1664,12 +1761,16 @@ class Logger:
     def __init__(self, args: SACArgs, run_dir: Path, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        if args.track:
+        self.wandb = None
+        if args.track:  # as CleanRL's --track: what TensorBoard gets goes to W&B too (the scalars, videos below)
             import wandb
 
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=dataclasses.asdict(args), name=run_dir.name, id=run_dir.name, resume="allow",
-                       dir=str(run_dir), save_code=True)
+            # save=False: no copy of the event files in the run's wandb/ folder, where the watcher of the run folder
+            # read them a second time (sync_tensorboard=True logged every scalar twice)
+            wandb.tensorboard.patch(root_logdir=str(run_dir), save=False)
+            self.wandb = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name,
+                                    config=dataclasses.asdict(args), id=run_dir.name, resume="allow", dir=str(run_dir),
+                                    save_code=True)
         # purge_step drops events written after the checkpoint by an interrupted job, so curves do not repeat
         self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
         if start_step == 0:
@@ -1686,6 +1787,13 @@ class Logger:
     def scalar(self, tag: str, value, step: int) -> None:
         self.writer.add_scalar(tag, float(value), step)
 
+    def video(self, path: Path, step: int) -> None:
+        """An evaluation video saved at path (W&B: as videos/eval, against global_step as the scalars)."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"videos/eval": wandb.Video(str(path), format="mp4"), "global_step": step})
+
     def progress(self, n: int, **postfix) -> None:
         if self.bar is not None:
             self.postfix.update({k: v for k, v in postfix.items() if v is not None})
@@ -1696,8 +1804,11 @@ class Logger:
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
-        if "wandb" in sys.modules:
-            sys.modules["wandb"].finish()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.finish()
+            wandb.tensorboard.unpatch()
 # === SAC CORE END: evaluation and logging ===
 
 
@@ -1857,6 +1968,9 @@ def validate(args: SACArgs) -> None:
         raise UserError(f"--save-policy-every must be 0 (no snapshots) or a number of steps (got {args.save_policy_every})")
     if not math.isfinite(args.success_bonus):
         raise UserError(f"--success-bonus must be a finite number (got {args.success_bonus})")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UserError("--track logs to Weights & Biases, which is not installed here: pip install wandb (it is in "
+                        "requirements.txt), or drop --track")
     if args.compile and cxx_compiler() is None:
         raise UserError("--compile needs a C++ compiler for the code torch.compile generates: install g++ "
                         "(apt install g++, or module load gcc on a cluster) or drop --compile")

@@ -196,11 +196,80 @@ def test_cuda_graphs_wrap_the_update_as_a_function_of_the_batch_dict():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tensordict's note that this machine has no CUDA device
         updates = sac.fast_updates(agent, agent.args, torch.device("cuda"))
-    assert all(isinstance(u, CudaGraphModule) and not u._is_tensordict_module for u in updates.values())
+    fast = [u.args[0] for u in updates.values()]  # each kind: FirstCalls(fast, eager, kind, batch)
+    assert all(isinstance(u, CudaGraphModule) and not u._is_tensordict_module for u in fast)
     batch = {"obs": torch.randn(16, 5), "next_obs": torch.randn(16, 5), "action": torch.rand(16, 2),
              "reward": torch.randn(16, 1), "terminated": torch.zeros(16, 1)}
     out = updates[(True, True)](batch)
     assert {"losses/qf_loss", "losses/actor_loss", "losses/alpha"} <= set(out) and torch.isfinite(out["losses/qf_loss"])
+
+
+@pytest.mark.skipif(sac.cxx_compiler() is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler (.ci/run installs g++)")
+def test_a_compile_that_raises_falls_back_to_the_eager_run(in_tmp, monkeypatch, capsys):
+    """--compile whose compiled update raises at its first call (as inductor or dynamo can on a new machine): one
+    warning line, summary.json records the fallback, and the run finishes exactly as an eager run (no update applied
+    twice or lost: checkpoints bit-equal)."""
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("simulated inductor failure\nits second line")
+        return call
+
+    eager, eager_state = train_in_process(quick_args(run_name="eager"))
+    assert eager["fast_paths"]["compile"] == "off" and "fast paths: --compile off" in capsys.readouterr().out
+    monkeypatch.setattr(torch, "compile", broken)
+    fell, fell_state = train_in_process(quick_args(run_name="fell", compile=True))
+    err = capsys.readouterr().err
+    assert ("warning: --compile failed here (RuntimeError: simulated inductor failure): continuing without it; "
+            "--no-compile skips the attempt") in err and err.count("warning:") == 1
+    assert fell["fast_paths"]["compile"] == "fell back (RuntimeError: simulated inductor failure)"
+    assert json.loads((in_tmp / "runs" / "fell" / "summary.json").read_text())["fast_paths"] == fell["fast_paths"]
+    assert fell["global_step"] == eager["global_step"] and fell["eval_returns"] == eager["eval_returns"]
+    for k in ("sac", "q_optimizer", "actor_optimizer"):
+        for a, b in zip(torch.utils._pytree.tree_leaves(eager_state[k]), torch.utils._pytree.tree_leaves(fell_state[k])):
+            assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), k
+
+
+def test_a_cuda_graph_capture_that_raises_falls_back_without_applying_an_update_twice(monkeypatch, capsys):
+    """--cudagraphs whose capture raises (on the third call of a kind: two warm-up calls, which are real updates, then
+    the capture): that call's state is put back and the update runs eagerly, then and for every kind from then on;
+    the agent ends exactly where an eager agent does. The CUDA path's own code, on the CPU: the graph module is
+    replaced by one that runs its warm-up calls and then fails as a capture would."""
+    import tensordict.nn
+
+    class FailingCapture:
+        def __init__(self, fn, device):
+            self.fn, self.calls = fn, 0
+
+        def __call__(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                with torch.no_grad():  # a capture that got half way: it touched the weights before failing
+                    agent.critic.w1.add_(1.0)
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing (simulated)")
+            return self.fn(data)
+
+    monkeypatch.setattr(tensordict.nn, "CudaGraphModule", FailingCapture)
+    space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+    torch.manual_seed(0)
+    agent, reference = (sac.SAC(quick_args(), 5, space, torch.device("cpu")) for _ in range(2))
+    reference.load_state_dict(agent.state_dict())
+    agent.updates = sac.fast_updates(agent, quick_args(cudagraphs=True), torch.device("cuda"))
+    g = torch.Generator().manual_seed(1)
+    batches = [{"obs": torch.randn(32, 5, generator=g), "next_obs": torch.randn(32, 5, generator=g),
+                "action": torch.rand(32, 2, generator=g) * 4 - 2, "reward": torch.randn(32, 1, generator=g),
+                "terminated": torch.zeros(32, 1)} for _ in range(8)]
+    for a in (agent, reference):
+        torch.manual_seed(2)
+        for i, b in enumerate(batches):
+            a.update(b, i)
+    assert "warning: --cudagraphs failed here (RuntimeError: CUDA error: operation not permitted" in capsys.readouterr().err
+    assert agent.fast_paths["cudagraphs"].startswith("fell back (RuntimeError: CUDA error")
+    for (name, p), q in zip(agent.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(p, q), name
+    for opt in ("q_optimizer", "actor_optimizer"):
+        for p, q in zip(getattr(agent, opt).state.values(), getattr(reference, opt).state.values()):
+            assert all(torch.equal(p[k], q[k]) for k in ("step", "exp_avg", "exp_avg_sq")), opt
 
 
 def test_replay_buffer_ring_wraps_around():
@@ -574,3 +643,60 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(in_tmp):
         pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(pickled)]
     assert ("GLOBAL", "pathlib Path") in ops and ("BINUNICODE", "touch") in ops and ("BINUNICODE", marker.name) in ops
+
+
+def wandb_records(run_dir):
+    """The records of a run's offline W&B log (runs/NAME/wandb/offline-run-*/run-*.wandb): LevelDB's log format (7
+    bytes of header, then 32 KiB blocks of records, each a CRC, a length, a type: full, first, middle, last) holding
+    W&B's protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, parts = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts, pos = parts + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or a record's last part
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record
+
+
+@pytest.mark.heavy
+def test_track_logs_what_tensorboard_gets_to_wandb_offline(in_tmp):
+    """--track with WANDB_MODE=offline, as from the README's install: the offline run, read back, holds every
+    TensorBoard scalar of the run once, at its step, and the evaluation video."""
+    run_script("sac_env_reward.py", *QUICK, "--env-id", "Pendulum-v1", "--total-timesteps", "400", "--track",
+               "--capture-video", "--max-episode-steps", "50", "--run-name", "w", cwd=in_tmp,
+               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+               for r in wandb_records(in_tmp / "runs" / "w") if r.WhichOneof("record_type") == "history"]
+    logged = {}
+    for row in history:
+        for tag, value in row.items():
+            if "/" in tag and not tag.startswith("videos/"):
+                logged.setdefault(tag, []).append((row["global_step"], value))
+    tb = scalars(in_tmp / "runs" / "w")
+    assert set(logged) == set(tb) and "charts/episodic_return" in logged
+    for tag, points in tb.items():
+        assert [s for s, _ in logged[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in logged[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+    videos = [row for row in history if row.get("videos/eval/_type") == "video-file"]
+    assert len(videos) == 1 and videos[0]["global_step"] == 400
+
+
+def test_track_without_wandb_is_one_line_before_anything_is_written(in_tmp, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find(name, *a))
+    with pytest.raises(sac.UserError, match="--track logs to Weights & Biases, which is not installed here: pip install"):
+        train_in_process(quick_args(track=True))
+    assert not (in_tmp / "runs").exists()

@@ -297,6 +297,69 @@ def test_compiled_reward_pads_short_passes_instead_of_recompiling(tiny_sd):
         np.testing.assert_allclose(rewards[env == e], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fault", ["raises", "off by a factor"])
+def test_a_compiled_reward_that_fails_its_probe_falls_back_to_the_eager_model(tiny_sd, monkeypatch, capsys, fault):
+    """--reward-compile proves itself on the probe pass (the same frames, noise and level, eager and compiled): a
+    compile that raises, or a compiled model whose predictions are off by a factor (the reward then differs by far
+    more than the float32 tolerance), is one warning line with the reason or the measured gap; the model runs
+    eagerly (unpadded passes) and its rewards are the eager model's."""
+    def broken(fn, *a, **kw):
+        def call(*args, **kwargs):
+            if fault == "raises":
+                raise RuntimeError("simulated compile failure")
+            out = fn(*args, **kwargs)  # the UNet's output object, or the encoder's tensor
+            if hasattr(out, "sample"):
+                out.sample = out.sample * 2
+                return out
+            return (out[0] * 2, *out[1:]) if isinstance(out, tuple) else out * 2
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    labeler = labeler_for(tiny_sd, batch=4, reward_compile=True)
+    err = capsys.readouterr().err
+    reason = "RuntimeError: simulated compile failure" if fault == "raises" else "ValueError: its rewards differ"
+    assert f"warning: --reward-compile failed here ({reason}" in err and "--no-reward-compile skips" in err, err
+    assert labeler.fast_paths["reward_compile"].startswith(f"fell back ({reason}")
+    assert not labeler.whole_passes and labeler.model.unet._compiled_call_impl is None
+    x = frames(3, seed=4)
+    eager = SDSReward.from_pretrained(str(tiny_sd), PROMPT)
+    torch.testing.assert_close(labeler.model(labeler.model.encode(x), 450, torch.zeros(3, 4, 8, 8)),
+                               eager(eager.encode(x), 450, torch.zeros(3, 4, 8, 8)), rtol=0, atol=0)
+
+
+def test_a_reward_thread_that_raises_falls_back_to_the_loops_thread(tiny_sd, in_tmp, monkeypatch, capsys):
+    """--reward-overlap whose thread cannot run the model (here: the model raises off the main thread): the probe in
+    the thread fails before the first step, one warning line, and the run labels in the loop's thread, ending
+    exactly as a run without --reward-overlap (buffer and networks bit-equal)."""
+    import threading
+
+    reward = SDSReward.reward
+
+    def main_thread_only(self, *a, **kw):
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("simulated: no CUDA context in this thread")
+        return reward(self, *a, **kw)
+
+    monkeypatch.setattr(SDSReward, "reward", main_thread_only)
+    states, summaries = [], []
+    for run, overlap in (("plain", False), ("fell", True)):
+        args = Args(prompt=PROMPT, model_id=str(tiny_sd), env_id="Pendulum-v1", total_timesteps=150,
+                    learning_starts=60, batch_size=16, reward_batch_size=12, checkpoint_every=0, eval_every=0,
+                    eval_episodes=0, threads=1, progress=False, run_name=run, reward_overlap=overlap)
+        args, run_dir = sac_sds.prepare_run(args, Args)
+        summaries.append(sac_sds.train(args, run_dir, sac_sds.build_reward))
+        states.append(torch.load(run_dir / "checkpoint.pt", weights_only=True))
+    err = capsys.readouterr().err
+    assert ("warning: --reward-overlap failed here (RuntimeError: simulated: no CUDA context in this thread): "
+            "continuing without it; --no-reward-overlap skips the attempt") in err
+    assert summaries[0]["fast_paths"]["reward_overlap"] == "off"
+    assert summaries[1]["fast_paths"]["reward_overlap"].startswith("fell back (RuntimeError: simulated")
+    assert summaries[1]["buffer_size"] == 150
+    for part in ("replay_buffer", "sac"):
+        for a, b in zip(torch.utils._pytree.tree_leaves(states[0][part]), torch.utils._pytree.tree_leaves(states[1][part])):
+            assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), part
+
+
 def test_noise_level_per_episode_and_generator_state(tiny_sd):
     args = Args(prompt=PROMPT, model_id=str(tiny_sd), noise_level_base=100, noise_level_range=800)
     labeler = sac_sds.build_reward(args, torch.device("cpu"))
@@ -414,7 +477,8 @@ def test_overlapped_reward_labels_in_its_thread_and_runs_stay_deterministic(tiny
                     learning_starts=60, batch_size=16, reward_batch_size=12, checkpoint_every=0, eval_every=0,
                     eval_episodes=0, threads=1, progress=False, run_name=run, reward_overlap=True)
         args, run_dir = sac_sds.prepare_run(args, Args)
-        assert sac_sds.train(args, run_dir, sac_sds.build_reward)["buffer_size"] == 260
+        summary = sac_sds.train(args, run_dir, sac_sds.build_reward)
+        assert summary["buffer_size"] == 260 and summary["fast_paths"]["reward_overlap"] == "on"
         states.append(torch.load(run_dir / "checkpoint.pt", weights_only=True))
     assert ("reward", False) in threads and ("MainThread", True) in threads  # flushes: the final checkpoint's
     for k in states[0]["replay_buffer"]["data"]:

@@ -23,7 +23,7 @@ TEXT_REWARD = re.compile(r"^# === TEXT REWARD BEGIN: (?P<name>[\w ]+?) \(.*?\n.*
                          re.M | re.S)
 # (source, copies, block pattern, the blocks in the source's order)
 SHARED = [(ROOT / "sac_env_reward.py", [ROOT / "sac_clip.py", ROOT / "sac_sds.py"], SAC_CORE,
-           ["args", "networks", "replay buffer", "update", "training loop", "environments", "checkpoints",
+           ["args", "networks", "replay buffer", "update", "training loop", "speed", "environments", "checkpoints",
             "evaluation and logging", "run folder", "scenes"]),
           (ROOT / "sac_sds.py", [ROOT / "sac_clip.py"], TEXT_REWARD, ["prompts", "models"])]
 
