@@ -23,7 +23,7 @@ policy is recorded for --record-episodes episodes. --regularization: such a fold
 naming each clip's caption (by file or folder name). Every clip must have the window's frames (--frames, every
 --frame-stride-th). Bad input (no clips, an unreadable or empty clip, clips shorter than the window, an image model, a
 phrase without the token) is one line, exit status 2, nothing written. A progress bar; SIGTERM/SIGUSR1 save a
-checkpoint in --out (exit 75) and --resume continues from it.
+checkpoint in --out (exit 75), Ctrl-C too (exit 130; a second Ctrl-C stops at once), and --resume continues from it.
 """
 
 from __future__ import annotations

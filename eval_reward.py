@@ -35,7 +35,9 @@ frames/s of the reward. Clip folders have no env return: they count in the means
     correlations.png                        the correlations as bars (Spearman with its interval, Pearson per step)
 
 Bad input (a run folder without snapshots, a run of another env than --env-id, a model that does not load, an empty
-clip folder, ...) is one `error:` line naming the problem and the fix, exit status 2, and nothing written.
+clip folder, ...) is one `error:` line naming the problem and the fix, exit status 2, and nothing written. Ctrl-C:
+the episode under way is finished, the tables of the episodes scored so far are written (marked incomplete), exit
+status 130; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ SDS score with eps_u + sum_i w_i (eps_i - eps_u). A run trained on a --prompt-sc
 the entry in force at the frame's step, as in training. The reward source of a run is read
 from args.json's exp_name. A run that cannot be evaluated (not a run folder, missing or unreadable checkpoint,
 an env that cannot be built) is reported in one line, skipped and listed as failed; the exit status is non-zero
-only if no run could be evaluated.
+only if no run could be evaluated. Ctrl-C: the runs evaluated whole so far keep their files, the tables of them are
+written (the rest listed as not evaluated), exit status 130.
 """
 
 from __future__ import annotations

@@ -386,8 +386,10 @@ def section_learn(c: Check) -> None:
         finally:
             fresh()
         ret = float(np.mean(summary["eval_returns"]))
+        fell = {k: v for k, v in summary.get("fast_paths", {}).items() if v.startswith("fell back")}
         c.add(what, f"eval return {ret:.0f}", f"learning phase {summary.get('learning_sps', 0):.0f} steps/s on "
-              f"{c.device.type}", eval_return=ret, learning_sps=summary.get("learning_sps"))
+              f"{c.device.type}" + "".join(f"; --{k} {v}" for k, v in fell.items()), eval_return=ret,
+              learning_sps=summary.get("learning_sps"), fast_paths=summary.get("fast_paths"))
 
 
 # ----- section reward: each diffusion family's reward, eager and compiled, and its share of the peak -----
@@ -770,11 +772,13 @@ def section_main(c: Check) -> None:
     cwd = run_dir(c, "main")
     r = run_child("sac_sds.py", args, cwd, c.left())
     summary = cwd / "runs" / "main" / "summary.json"
-    sps = json.loads(summary.read_text()).get("learning_sps") if summary.is_file() else None
+    summary = json.loads(summary.read_text()) if summary.is_file() else {}
+    sps, fast = summary.get("learning_sps"), summary.get("fast_paths", {})
     value = f"learning phase {sps:.1f} steps/s" if sps else ("error" if r["error"] else "no learning_sps")
     note = (f"{total} steps, {starts} random; peak {peak_text(r['peak'])}; {r['wall_s']:.0f} s in all"
+            + "".join(f"; --{k} {v}" for k, v in fast.items() if v.startswith("fell back"))
             + (f"; {r['error']}" if r["error"] else ""))
-    c.add(what, value, note, learning_sps=sps, peak=r["peak"], wall_s=r["wall_s"], error=r["error"],
+    c.add(what, value, note, learning_sps=sps, fast_paths=fast, peak=r["peak"], wall_s=r["wall_s"], error=r["error"],
           egl_noise_at_exit=r["egl_noise_at_exit"], tail=r["tail"] if r["error"] else None)
     c.main_peak = r["peak"] if not r["error"] else None
 
