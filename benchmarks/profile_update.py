@@ -106,9 +106,10 @@ def main() -> None:
         if len(agents) > 1:
             for kind in kinds:
                 for k, agent in agents.items():
+                    step = whole_update(agent, kind)
                     t0 = time.perf_counter()
                     for _ in range(per_round):
-                        agent.step(rb.sample(args.batch_size), *kind)
+                        step(rb.sample(args.batch_size))
                     whole[k][kind] += time.perf_counter() - t0
     count = rounds * per_round
     total = sum(sum(v) for v in times.values()) / count * 1e3
@@ -134,6 +135,15 @@ def main() -> None:
             print(f"| {row} | " + " | ".join(cells) + " |")
     if a.flops:
         flops(agents["eager"], rb, env, weights)
+
+
+def whole_update(agent, kind: tuple[bool, bool]):
+    """One kind of update as SAC.update runs it: compiled with --compile (agent.updates, fast_updates' wrappers); a
+    core from before fast_updates (--against an old revision) compiled SAC.step itself."""
+    updates = getattr(agent, "updates", None)
+    if updates is not None:
+        return updates[kind]
+    return lambda batch: agent.step(batch, *kind)
 
 
 def kind_name(kind: tuple[bool, bool], policy_frequency: int) -> str:
