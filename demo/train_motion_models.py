@@ -118,6 +118,14 @@ class Args:
     """torch CPU threads (results are reproducible for a fixed thread count on one machine)"""
     save_fp16: bool = True
     """store the weights in float16 (half the size in git; they load as float32 by default)"""
+    context_frames: int = 0
+    """the video loss with context frames: the first K frames of each clip enter the UNet clean (their latents
+    un-noised, the clip's level t for the rest) and the loss is taken over the other frames only, as sac_sds.py
+    --context-frames K scores them (the adapter's tadpole_config.json then sets context_frames K); 0: every frame
+    noised, as the committed demo/pendulum-motion was trained"""
+    name: str = ""
+    """the folders' names, NAME/ and NAME-adapter/ in --out-dir (default pendulum-motion, and with --context-frames
+    pendulum-motion-context)"""
 
 
 def start_state(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -299,6 +307,9 @@ def train(args: Args) -> None:
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()  # the pipeline is built and cast several times; its notes are noise
+    if not 0 <= args.context_frames < args.frames:
+        sys.exit(f"error: --context-frames {args.context_frames} must be in [0, --frames {args.frames}): the loss needs "
+                 "frames to denoise")
     torch.set_num_threads(args.threads)
     # the same bytes from one seed: the CPU's backward of indexing with repeated indices (the captions'
     # embeddings, embeds[caption]) otherwise adds in an order that depends on thread timing on a busy machine
@@ -380,8 +391,12 @@ def train(args: Args) -> None:
         z_t, noise = noisy(z.flatten(0, 1), t.repeat_interleave(args.frames))
         b, f = z.shape[:2]
         context = embeddings[keep(caption[idx])].repeat_interleave(f, 0)
-        pred = motion_unet(z_t.view(b, f, *z.shape[2:]).transpose(1, 2), t, encoder_hidden_states=context).sample
-        video = F.mse_loss(pred.transpose(1, 2).flatten(0, 1), noise)
+        z_t = z_t.view(b, f, *z.shape[2:])
+        k = args.context_frames  # context frames: clean in, no loss on them
+        if k:
+            z_t = torch.cat([z[:, :k], z_t[:, k:]], 1)
+        pred = motion_unet(z_t.transpose(1, 2), t, encoder_hidden_states=context).sample.transpose(1, 2)
+        video = F.mse_loss(pred[:, k:].flatten(0, 1), noise.view(b, f, *z.shape[2:])[:, k:].flatten(0, 1))
         if not args.image_loss_weight:
             return video
         jdx = next(frames_it)  # image loss: one random frame of each of other clips
@@ -414,16 +429,19 @@ def train(args: Args) -> None:
         pipe.to(torch.float16)
         adapter.to(torch.float16)
     out = Path(args.out_dir)
-    pipe.save_pretrained(out / "pendulum-motion")
-    adapter.save_pretrained(out / "pendulum-motion-adapter")
+    name = args.name or ("pendulum-motion-context" if args.context_frames else "pendulum-motion")
+    pipe.save_pretrained(out / name)
+    adapter.save_pretrained(out / f"{name}-adapter")
     video_fps = 1.0 / (FRAME_GAP * sac_sds.env_dt(sac_sds.Args(env_id="Pendulum-v1")))  # the training clips' rate
-    for folder, config, what in ((out / "pendulum-motion", IMAGE_TADPOLE_CONFIG, "image model"),
-                                 (out / "pendulum-motion-adapter", {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps},
-                                  "video model")):
+    video_config = {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps}
+    if args.context_frames:
+        video_config["context_frames"] = args.context_frames
+    for folder, config, what in ((out / name, IMAGE_TADPOLE_CONFIG, "image model"),
+                                 (out / f"{name}-adapter", video_config, "video model")):
         comment = (f"The {what}'s TADPoLe settings (sac_sds.py uses them unless flags say otherwise), measured with "
                    "`python benchmarks/pendulum_world.py --what motion-ranking` (docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns).")
         (folder / "tadpole_config.json").write_text(json.dumps({"comment": comment, **config}, indent=2) + "\n")
-    print(f"done in {time.perf_counter() - start:.0f} s: {out / 'pendulum-motion'}, {out / 'pendulum-motion-adapter'}")
+    print(f"done in {time.perf_counter() - start:.0f} s: {out / name}, {out / f'{name}-adapter'}")
 
 
 def copy_motion_modules(motion_unet, adapter) -> None:
