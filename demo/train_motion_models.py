@@ -264,15 +264,17 @@ def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
 
 
 def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor, levels: Sequence[int],
-                       draws: int = 4, seed: int = 0) -> dict[int, float]:
+                       draws: int = 4, seed: int = 0, context_frames: int = 0) -> dict[int, float]:
     """At each noise level t in levels, the fraction of clips (latents (N, frames, 4, h, w)) where the mean reward
     over the clip's frames for "clockwise" minus that for "counterclockwise" has the sign of -omega, for the video
     model (adapter) or the image model (adapter None), recon term alone, averaged over draws noise draws (the same
-    noise for both prompts; the same draws at every level), scored by sac_sds.SDSReward. The reward takes over the
-    pipeline's modules (from_pipeline freezes them): pass copies of modules still in training."""
+    noise for both prompts; the same draws at every level), scored by sac_sds.SDSReward. context_frames (video): the
+    clip's first frames enter clean and the mean is over the others (sac_sds.py --context-frames). The reward takes
+    over the pipeline's modules (from_pipeline freezes them): pass copies of modules still in training."""
     n, frames = latents.shape[:2]
+    k = context_frames if adapter is not None else 0
     reward = sac_sds.SDSReward.from_pipeline(pipe, [CW, CCW], motion_adapter=adapter, context_size=frames,
-                                             align_scale=0.0, recon_scale=200.0)
+                                             stride=frames - k, align_scale=0.0, recon_scale=200.0, context_frames=k)
     z = latents if reward.video else latents.flatten(0, 1)
     accuracy = {}
     for t in levels:
@@ -281,7 +283,7 @@ def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor
         diff = torch.zeros(n)
         for _ in range(draws):
             eps = torch.randn(latents.shape, generator=g).view(z.shape)
-            per_prompt = [reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p))).view(n, frames)
+            per_prompt = [reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p))).view(n, -1)
                           .mean(1) for p in (0, 1)]
             diff += (per_prompt[0] - per_prompt[1]) / draws
         accuracy[t] = float(((diff > 0) == (omega.mean(1) < 0)).float().mean())
@@ -415,7 +417,8 @@ def train(args: Args) -> None:
         pipe = build_pipeline(*[copy.deepcopy(m).eval() for m in (vae, text_encoder)], tokenizer,
                               copy.deepcopy(unet).eval(), scheduler)
         with torch.no_grad():
-            video = direction_accuracy(pipe, copy.deepcopy(adapter).eval(), *eval_data, levels=args.eval_levels)
+            video = direction_accuracy(pipe, copy.deepcopy(adapter).eval(), *eval_data, levels=args.eval_levels,
+                                       context_frames=args.context_frames)
             image = direction_accuracy(pipe, None, *eval_data, levels=args.eval_levels)
         print(f"  step {step}: held-out direction accuracy (video / image) " +
               ", ".join(f"t {t}: {video[t]:.2f} / {image[t]:.2f}" for t in args.eval_levels) +
