@@ -253,6 +253,11 @@ class Args(SACArgs):
     frame_stride: Optional[int] = None
     """video reward: a window takes every k-th frame (every frame still gets its reward: one set of windows per
     residue mod k); default: from --video-fps and the env's step time, 1 under --protocol tadpole"""
+    context_frames: Optional[int] = None
+    """video reward: the first K frames of each window enter the denoiser clean (un-noised; the rest at the window's
+    level t), and only the others are scored: a frame's reward is the mean over the windows in which it is not a
+    context frame; the first K frames of each video (K * frame stride env steps) get 0 (docs/method.md#context-frames).
+    Default 0 (every frame noised), or the adapter's tadpole_config.json"""
     customization: Optional[str] = None
     """a folder written by customize_motion.py: its trained tensors over the video model's (a motion learned from a few
     clips), with a new token for it; then say the token in --prompt, e.g. its phrase "a pendulum doing sks"
@@ -272,7 +277,7 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def tadpole_reward(family: "Family", latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompts: torch.Tensor,
                    weights: Optional[torch.Tensor] = None, align_scale: float = 2000.0, recon_scale: float = 200.0,
-                   each: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   each: bool = False, context: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TADPoLe's reward (its get_reward, src/utils.py): align, recon and the reward, float32, per frame,
 
         reward = symlog(align_scale * mean((eps_c - eps_u)^2))
@@ -284,9 +289,13 @@ def tadpole_reward(family: "Family", latents: torch.Tensor, t: torch.Tensor, noi
     prompts (P, B): each sample's conditioning rows (row 0 is the unconditional): ONE denoiser pass on [z_t] * (1 + P)
     gives eps_u and eps_1..eps_P. eps_c is eps_1, or with weights w (P,) the composition eps_u + sum_i w_i (eps_i -
     eps_u) (composable diffusion, Liu et al., ECCV 2022). each: also every prompt alone (eps_i for eps_c), as a
-    leading dimension 1 + P, the composition first."""
+    leading dimension 1 + P, the composition first. context K (windows of one latent per frame): the first K frames
+    of each window enter the denoiser clean, the others noised to t, and the terms are those of the others only,
+    (B, frames - K): the prompt is judged by how it predicts what follows frames it sees."""
     latents, noise, frames = family.latent_frames(latents, noise)  # (Wan: a window's latent frames)
     z_t = family.noised(latents, noise, t)  # the latents noised to level t
+    if context:  # the window's first frames as they are
+        z_t = torch.cat([latents[:, :context], z_t[:, context:]], 1)
     copies = 1 + len(prompts)
     rows = torch.cat([torch.zeros_like(prompts[0]), prompts.flatten()])  # unconditional, then each prompt
     eps_u, *eps_p = family.epsilon(torch.cat([z_t] * copies), torch.cat([t] * copies), rows).chunk(copies)
@@ -294,6 +303,8 @@ def tadpole_reward(family: "Family", latents: torch.Tensor, t: torch.Tensor, noi
     eps_c = eps_p[0] if weights is None else eps_u + (weights.view(-1, *[1] * eps_u.dim()) * (eps_p - eps_u)).sum(0)
     if each:
         eps_c = torch.cat([eps_c[None], eps_p])
+    if context:  # the terms of the frames to predict
+        eps_u, eps_c, noise = eps_u[..., context:, :, :, :], eps_c[..., context:, :, :, :], noise[:, context:]
     dims = (-3, -2, -1)  # means over channels and space, per frame
     align = (eps_c - eps_u).pow(2).mean(dims)  # how much the prompt changes the prediction
     recon = (eps_u - noise).pow(2).mean(dims) - (eps_c - noise).pow(2).mean(dims)  # how much it improves it
@@ -311,11 +322,13 @@ class SDSReward(nn.Module):
     episode in sliding windows of context_size frames every stride frames (windows()); a frame's reward is the mean
     of its per-frame rewards over the windows that contain it (TADPoLe's StridedOverlappingEpisode). With a
     frame_stride k, the frames of each residue mod k (r, r + k, r + 2k, ...) are windowed on their own, so that every
-    frame still gets its reward."""
+    frame still gets its reward. With context_frames K, a window's first K frames enter the denoiser clean and only
+    its other frames are scored (tadpole_reward's context); a frame's reward is the mean over the windows in which it
+    is not a context frame, and the first K frames of each video, in no such window, get 0."""
 
     def __init__(self, family: Family, resolution: int, align_scale: float = 2000.0, recon_scale: float = 200.0,
                  context_size: Optional[int] = None, stride: int = 8, weights: Optional[Sequence[float]] = None,
-                 frame_stride: int = 1):
+                 frame_stride: int = 1, context_frames: int = 0):
         super().__init__()
         self.family = family
         n = len(family.text) - 1
@@ -326,12 +339,26 @@ class SDSReward(nn.Module):
         self.plain = weights == [1.0]  # one prompt of weight 1: eps_c is its prediction itself, no arithmetic
         self.resolution, self.align_scale, self.recon_scale = resolution, align_scale, recon_scale
         self.video, self.context_size, self.stride = family.video, context_size or family.context_default, stride
-        self.frame_stride = frame_stride
+        self.frame_stride, self.context_frames = frame_stride, int(context_frames or 0)
+        k = self.context_frames
+        if k < 0:
+            raise UserError(f"--context-frames must not be negative (got {k})")
+        if k and (not self.video or isinstance(family, WanFamily)):
+            raise UserError(f"--context-frames {k} needs a video model with a latent per frame (an AnimateDiff "
+                            f"--motion-adapter-id, --cross-frame-attention or ZeroScope); this "
+                            f"{'Wan model packs 4 frames in a latent' if self.video else 'is an image model'}: drop it")
+        if k and k >= self.context_size:
+            raise UserError(f"--context-frames {k} must be below --context-size {self.context_size}: a window needs "
+                            "frames to score after its context")
+        if k and stride > self.context_size - k:
+            raise UserError(f"--stride {stride} > --context-size {self.context_size} - --context-frames {k} would "
+                            "leave frames unscored: lower --stride or --context-frames")
 
     def reward(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
                per_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tadpole_reward on this model's prompts: on the composition of all of them (prompt None), or per frame or
-        window on the one prompt of index prompt (a schedule's entry); per_prompt: also each prompt alone."""
+        window on the one prompt of index prompt (a schedule's entry); per_prompt: also each prompt alone. Video
+        windows with context_frames K: the terms of each window's frames after its first K."""
         b = len(latents)
         if prompt is None:  # every sample under every prompt
             prompts = torch.arange(1, 1 + self.num_prompts, device=self.device)[:, None].expand(-1, b)
@@ -339,7 +366,7 @@ class SDSReward(nn.Module):
             prompts = 1 + torch.as_tensor(prompt, device=self.device, dtype=torch.long).expand(b)[None]
         weights = None if prompt is not None or self.plain else self.weights
         return tadpole_reward(self.family, latents, t, noise, prompts, weights, self.align_scale, self.recon_scale,
-                              each=per_prompt)
+                              each=per_prompt, context=self.context_frames)
 
     def terms(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Optional[torch.Tensor] = None,
               per_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,7 +384,8 @@ class SDSReward(nn.Module):
         frames of one episode; each term is then the mean over the frame's windows, as its reward is). t: an int or
         N levels; noise: (N, *latent_shape), default fresh N(0, I) from generator; prompt: None (the composition of
         all prompts), or an int or N indices of the prompt to score each frame on alone (video: a window is scored on
-        its last frame's). All N frames (video: each window) go through the denoiser in one pass."""
+        its last frame's). All N frames (video: each window) go through the denoiser in one pass. With context_frames
+        K, a window's terms go to its frames after the first K; frames in no such window get 0."""
         n = len(latents)
         t = torch.as_tensor(t, device=self.device, dtype=torch.long).expand(n)
         if prompt is not None:
@@ -368,14 +396,18 @@ class SDSReward(nn.Module):
         if not self.video:
             return self.reward(latents, t, noise, prompt)
         sums, count = torch.zeros(3, n, device=self.device), torch.zeros(n, device=self.device)
+        k = self.context_frames
         for residue in range(min(self.frame_stride, n)):  # every k-th frame, from each residue
             frames = torch.arange(residue, n, self.frame_stride, device=self.device)
             for a, b in windows(len(frames), self.context_size, self.stride):
+                if b - a <= k:  # (a video of no more frames than the context: nothing to score)
+                    continue
                 w = frames[a:b]
                 window_prompt = None if prompt is None else prompt[w[-1:]]
-                sums[:, w] += torch.stack(self.reward(latents[None, w], t[w[:1]], noise[None, w], window_prompt))[:, 0]
-                count[w] += 1
-        return tuple(sums / count)  # the means over each frame's windows
+                sums[:, w[k:]] += torch.stack(self.reward(latents[None, w], t[w[:1]], noise[None, w],
+                                                          window_prompt))[:, 0]
+                count[w[k:]] += 1
+        return tuple(sums / count.clamp(min=1))  # the means over each frame's windows (0 in none: context frames)
 
     def forward(self, latents: torch.Tensor, t, noise: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None, prompt=None) -> torch.Tensor:
@@ -445,7 +477,8 @@ class SDSReward(nn.Module):
         prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
         schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
         cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
-        recon_scale, context_size, stride (default: tadpole_defaults(model_id, motion_adapter_id)), frame_stride
+        recon_scale, context_size, stride, context_frames (default: tadpole_defaults(model_id, motion_adapter_id)),
+        frame_stride
         (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty prompt, or a
         number of weights other than of prompts."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -453,7 +486,7 @@ class SDSReward(nn.Module):
             raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
         weights = check_weights(prompts, weights)
         defaults, _ = tadpole_defaults(model_id, motion_adapter_id, customization)
-        for k in ("align_scale", "recon_scale", "context_size", "stride"):
+        for k in ("align_scale", "recon_scale", "context_size", "stride", "context_frames"):
             if options.get(k) is None:
                 options[k] = defaults[k]
         device = torch.device(device)
@@ -1872,8 +1905,8 @@ class VideoLabeler(SDSLabeler):
         items = []
         for e, (env_queue, segments, done) in enumerate(zip(queue.items, self.segments, self.done)):
             for seg in segments:
-                n = seg.finished(size, stride)
-                means = (seg.sums[:n] / seg.count[:n, None, None]) if n else None  # over each frame's windows
+                n = seg.finished(size, stride)  # (0 for a frame in no window but as context)
+                means = (seg.sums[:n] / seg.count[:n, None, None].clamp(min=1)) if n else None  # its windows' mean
                 done.update({id(it): row for it, row in zip(seg.drop(n), means if n else [])})
             segments[:] = [seg for seg in segments if seg.items or not seg.closed]
             while env_queue and id(env_queue[0]) in done:  # the queue's finished front, in order
@@ -1900,7 +1933,8 @@ class VideoLabeler(SDSLabeler):
                 seg.sums = zeros if seg.sums is None else torch.cat([seg.sums, zeros])
                 seg.count = torch.cat([seg.count if seg.count is not None else zeros[:0, 0, 0],
                                        torch.zeros(grow, device=self.model.device)])
-        for length in sorted({b - a for _, a, b in due}):
+        k = self.model.context_frames  # a window's terms are those of its frames after the first k
+        for length in sorted({b - a for _, a, b in due if b - a > k}):
             group = [w for w in due if w[2] - w[1] == length]
             real = len(group)
             group = [group[i] for i in self.padding(real, length).tolist()]  # (--reward-compile: whole passes)
@@ -1912,9 +1946,9 @@ class VideoLabeler(SDSLabeler):
                 t = torch.tensor([seg.t for seg, _, _ in chunk], device=self.model.device)
                 prompt = self.entries([seg.items[b - 1] for seg, _, b in chunk])  # a window: its last frame's entry
                 values = self.layout(self.model.reward(latents, t, noise, prompt, self.per_prompt))
-                for (seg, a, b), v in zip(chunk[: max(0, real - i)], values):  # v: (frames, rows, 3); no padding
-                    seg.sums[a:b] += v
-                    seg.count[a:b] += 1
+                for (seg, a, b), v in zip(chunk[: max(0, real - i)], values):  # v: (frames - k, rows, 3); no padding
+                    seg.sums[a + k:b] += v
+                    seg.count[a + k:b] += 1
 
             self.in_passes(len(group), length, score)
 
@@ -2002,8 +2036,10 @@ def load_customization(denoiser: nn.Module, folder: str) -> dict:
 
 TADPOLE_DEFAULTS = {"noise_level_base": 400, "noise_level_range": 100, "align_scale": 2000.0, "recon_scale": 200.0,
                     # video models: window length (None: the family's), window step, frame rate of the windows
-                    "context_size": None, "stride": 8, "video_fps": 8.0}
-VIDEO_SETTINGS = ("context_size", "stride", "video_fps")
+                    "context_size": None, "stride": 8, "video_fps": 8.0,
+                    # and the frames of each window the denoiser sees clean (docs/method.md#context-frames)
+                    "context_frames": 0}
+VIDEO_SETTINGS = ("context_size", "stride", "video_fps", "context_frames")
 TADPOLE_CONFIG = "tadpole_config.json"
 
 
@@ -2245,12 +2281,13 @@ def build_reward(args: Args, device: torch.device) -> SDSLabeler:
         motion_adapter_id=args.motion_adapter_id, cross_frame_attention=args.cross_frame_attention,
         resolution=args.resolution, align_scale=args.align_scale,
         recon_scale=args.recon_scale, context_size=args.context_size, stride=args.stride,
-        customization=args.customization,
+        context_frames=args.context_frames, customization=args.customization,
     )
     if model.video:
         model.frame_stride, dt = video_frame_stride(args)
         print(f"video windows: {model.context_size} frames, every {model.frame_stride} env step(s)"
-              + (f" ({1 / (dt * model.frame_stride):.1f} frames/s of env time)" if dt else ""))
+              + (f" ({1 / (dt * model.frame_stride):.1f} frames/s of env time)" if dt else "")
+              + (f", the first {model.context_frames} of each seen clean" if model.context_frames else ""))
     if args.noise_level_base + args.noise_level_range > model.num_train_timesteps:
         raise UserError(f"noise levels up to {args.noise_level_base + args.noise_level_range} asked for; the model "
                         f"has {model.num_train_timesteps} steps")

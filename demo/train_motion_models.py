@@ -118,6 +118,14 @@ class Args:
     """torch CPU threads (results are reproducible for a fixed thread count on one machine)"""
     save_fp16: bool = True
     """store the weights in float16 (half the size in git; they load as float32 by default)"""
+    context_frames: int = 0
+    """the video loss with context frames: the first K frames of each clip enter the UNet clean (their latents
+    un-noised, the clip's level t for the rest) and the loss is taken over the other frames only, as sac_sds.py
+    --context-frames K scores them (the adapter's tadpole_config.json then sets context_frames K); 0: every frame
+    noised, as the committed demo/pendulum-motion was trained"""
+    name: str = ""
+    """the folders' names, NAME/ and NAME-adapter/ in --out-dir (default pendulum-motion, and with --context-frames
+    pendulum-motion-context)"""
 
 
 def start_state(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -256,15 +264,17 @@ def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
 
 
 def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor, levels: Sequence[int],
-                       draws: int = 4, seed: int = 0) -> dict[int, float]:
+                       draws: int = 4, seed: int = 0, context_frames: int = 0) -> dict[int, float]:
     """At each noise level t in levels, the fraction of clips (latents (N, frames, 4, h, w)) where the mean reward
     over the clip's frames for "clockwise" minus that for "counterclockwise" has the sign of -omega, for the video
     model (adapter) or the image model (adapter None), recon term alone, averaged over draws noise draws (the same
-    noise for both prompts; the same draws at every level), scored by sac_sds.SDSReward. The reward takes over the
-    pipeline's modules (from_pipeline freezes them): pass copies of modules still in training."""
+    noise for both prompts; the same draws at every level), scored by sac_sds.SDSReward. context_frames (video): the
+    clip's first frames enter clean and the mean is over the others (sac_sds.py --context-frames). The reward takes
+    over the pipeline's modules (from_pipeline freezes them): pass copies of modules still in training."""
     n, frames = latents.shape[:2]
+    k = context_frames if adapter is not None else 0
     reward = sac_sds.SDSReward.from_pipeline(pipe, [CW, CCW], motion_adapter=adapter, context_size=frames,
-                                             align_scale=0.0, recon_scale=200.0)
+                                             stride=frames - k, align_scale=0.0, recon_scale=200.0, context_frames=k)
     z = latents if reward.video else latents.flatten(0, 1)
     accuracy = {}
     for t in levels:
@@ -273,7 +283,7 @@ def direction_accuracy(pipe, adapter, latents: torch.Tensor, omega: torch.Tensor
         diff = torch.zeros(n)
         for _ in range(draws):
             eps = torch.randn(latents.shape, generator=g).view(z.shape)
-            per_prompt = [reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p))).view(n, frames)
+            per_prompt = [reward.combine(*reward.terms(z, tt, eps, prompt=torch.full((len(z),), p))).view(n, -1)
                           .mean(1) for p in (0, 1)]
             diff += (per_prompt[0] - per_prompt[1]) / draws
         accuracy[t] = float(((diff > 0) == (omega.mean(1) < 0)).float().mean())
@@ -299,6 +309,9 @@ def train(args: Args) -> None:
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()  # the pipeline is built and cast several times; its notes are noise
+    if not 0 <= args.context_frames < args.frames:
+        sys.exit(f"error: --context-frames {args.context_frames} must be in [0, --frames {args.frames}): the loss needs "
+                 "frames to denoise")
     torch.set_num_threads(args.threads)
     # the same bytes from one seed: the CPU's backward of indexing with repeated indices (the captions'
     # embeddings, embeds[caption]) otherwise adds in an order that depends on thread timing on a busy machine
@@ -380,8 +393,12 @@ def train(args: Args) -> None:
         z_t, noise = noisy(z.flatten(0, 1), t.repeat_interleave(args.frames))
         b, f = z.shape[:2]
         context = embeddings[keep(caption[idx])].repeat_interleave(f, 0)
-        pred = motion_unet(z_t.view(b, f, *z.shape[2:]).transpose(1, 2), t, encoder_hidden_states=context).sample
-        video = F.mse_loss(pred.transpose(1, 2).flatten(0, 1), noise)
+        z_t = z_t.view(b, f, *z.shape[2:])
+        k = args.context_frames  # context frames: clean in, no loss on them
+        if k:
+            z_t = torch.cat([z[:, :k], z_t[:, k:]], 1)
+        pred = motion_unet(z_t.transpose(1, 2), t, encoder_hidden_states=context).sample.transpose(1, 2)
+        video = F.mse_loss(pred[:, k:].flatten(0, 1), noise.view(b, f, *z.shape[2:])[:, k:].flatten(0, 1))
         if not args.image_loss_weight:
             return video
         jdx = next(frames_it)  # image loss: one random frame of each of other clips
@@ -400,7 +417,8 @@ def train(args: Args) -> None:
         pipe = build_pipeline(*[copy.deepcopy(m).eval() for m in (vae, text_encoder)], tokenizer,
                               copy.deepcopy(unet).eval(), scheduler)
         with torch.no_grad():
-            video = direction_accuracy(pipe, copy.deepcopy(adapter).eval(), *eval_data, levels=args.eval_levels)
+            video = direction_accuracy(pipe, copy.deepcopy(adapter).eval(), *eval_data, levels=args.eval_levels,
+                                       context_frames=args.context_frames)
             image = direction_accuracy(pipe, None, *eval_data, levels=args.eval_levels)
         print(f"  step {step}: held-out direction accuracy (video / image) " +
               ", ".join(f"t {t}: {video[t]:.2f} / {image[t]:.2f}" for t in args.eval_levels) +
@@ -414,16 +432,19 @@ def train(args: Args) -> None:
         pipe.to(torch.float16)
         adapter.to(torch.float16)
     out = Path(args.out_dir)
-    pipe.save_pretrained(out / "pendulum-motion")
-    adapter.save_pretrained(out / "pendulum-motion-adapter")
+    name = args.name or ("pendulum-motion-context" if args.context_frames else "pendulum-motion")
+    pipe.save_pretrained(out / name)
+    adapter.save_pretrained(out / f"{name}-adapter")
     video_fps = 1.0 / (FRAME_GAP * sac_sds.env_dt(sac_sds.Args(env_id="Pendulum-v1")))  # the training clips' rate
-    for folder, config, what in ((out / "pendulum-motion", IMAGE_TADPOLE_CONFIG, "image model"),
-                                 (out / "pendulum-motion-adapter", {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps},
-                                  "video model")):
+    video_config = {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps}
+    if args.context_frames:
+        video_config["context_frames"] = args.context_frames
+    for folder, config, what in ((out / name, IMAGE_TADPOLE_CONFIG, "image model"),
+                                 (out / f"{name}-adapter", video_config, "video model")):
         comment = (f"The {what}'s TADPoLe settings (sac_sds.py uses them unless flags say otherwise), measured with "
                    "`python benchmarks/pendulum_world.py --what motion-ranking` (docs/pendulum-world.md#the-motion-world-does-a-video-reward-know-which-way-a-pole-turns).")
         (folder / "tadpole_config.json").write_text(json.dumps({"comment": comment, **config}, indent=2) + "\n")
-    print(f"done in {time.perf_counter() - start:.0f} s: {out / 'pendulum-motion'}, {out / 'pendulum-motion-adapter'}")
+    print(f"done in {time.perf_counter() - start:.0f} s: {out / name}, {out / f'{name}-adapter'}")
 
 
 def copy_motion_modules(motion_unet, adapter) -> None:

@@ -48,6 +48,18 @@ def test_committed_motion_folders_load_as_the_video_model_and_its_image_control(
     assert labeler.model.frame_stride == 2 and config["video_fps"] == 10.0
 
 
+def test_committed_context_model_loads_with_its_context_frames():
+    """demo/pendulum-motion-context (train_motion_models.py --context-frames 1): its adapter's tadpole_config.json
+    gives sac_sds.py the context it was trained with; its image control (no adapter) has none."""
+    import sac_sds
+
+    folder, adapter = ROOT / "demo" / "pendulum-motion-context", ROOT / "demo" / "pendulum-motion-context-adapter"
+    labeler = sac_sds.build_reward(sac_sds.Args(env_id="Pendulum-v1", model_id=str(folder), prompt=(CW,),
+                                                motion_adapter_id=str(adapter)), torch.device("cpu"))
+    assert (labeler.model.context_frames, labeler.model.context_size, labeler.model.frame_stride) == (1, 8, 2)
+    assert sac_sds.SDSReward.from_pretrained(str(folder), CW).context_frames == 0
+
+
 def test_motion_trainer_is_deterministic_and_writes_loadable_folders(tmp_path):
     """demo/train_motion_models.py, shortened, twice: byte-identical weights, and folders sac_sds.py loads."""
     import sac_sds
@@ -65,6 +77,17 @@ def test_motion_trainer_is_deterministic_and_writes_loadable_folders(tmp_path):
     # the VAE is pendulum-sd's, unchanged: both worlds share their latents
     vae = "vae/diffusion_pytorch_model.safetensors"
     assert (tmp_path / "a" / "pendulum-motion" / vae).read_bytes() == (ROOT / "demo" / "pendulum-sd" / vae).read_bytes()
+    # --context-frames 1: its own folders, the video loss on the frames after the first (other motion modules from
+    # the same seed), and an adapter whose tadpole_config.json gives sac_sds.py the same context
+    run_script("demo/train_motion_models.py", "--out-dir", str(tmp_path / "c"), *short, "--context-frames", "1",
+               cwd=ROOT)
+    adapter = tmp_path / "c" / "pendulum-motion-context-adapter"
+    assert json.loads((adapter / "tadpole_config.json").read_text())["context_frames"] == 1
+    motion = "diffusion_pytorch_model.safetensors"
+    assert (adapter / motion).read_bytes() != (tmp_path / "a" / "pendulum-motion-adapter" / motion).read_bytes()
+    video = sac_sds.SDSReward.from_pretrained(str(tmp_path / "c" / "pendulum-motion-context"), CW,
+                                              motion_adapter_id=str(adapter))
+    assert video.context_frames == 1
 
 
 def test_training_clips_do_not_give_the_direction_away_in_single_frames():

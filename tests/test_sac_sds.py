@@ -140,6 +140,68 @@ def test_video_reward_is_the_mean_of_its_windows_rewards(tiny_sd, tiny_motion_ad
     assert not torch.allclose(model(latents[perm], 450, noise[perm]), reward[perm], atol=1e-4)
 
 
+def test_context_frames_enter_clean_and_only_the_others_are_scored(tiny_sd, tiny_motion_adapter):
+    """--context-frames 2: in each window the first 2 frames enter the motion UNet un-noised, the others at t, and a
+    frame's reward is the mean over the windows in which it is not a context frame (the episode's first 2: 0). By
+    hand from the saved folders: the UNet with the adapter's motion modules, the linear-beta noising, the formula."""
+    from diffusers import DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    model = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
+                                      context_size=4, stride=2, context_frames=2)
+    g = torch.Generator().manual_seed(5)
+    latents, noise = torch.randn(9, 4, 8, 8, generator=g), torch.randn(9, 4, 8, 8, generator=g)
+    align, recon, reward = model.frame_terms(latents, 450, noise)
+
+    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet"),
+                                       MotionAdapter.from_pretrained(tiny_motion_adapter)).eval()
+    a_bar = DDPMScheduler.from_pretrained(tiny_sd, subfolder="scheduler", beta_schedule="linear").alphas_cumprod[450]
+    uncond, cond = hand_embeddings(tiny_sd, ["", PROMPT])
+    total, count = torch.zeros(9), torch.zeros(9)
+    for a, b in [(0, 4), (2, 6), (4, 8), (5, 9)]:  # windows(9, 4, 2)
+        z_t = a_bar.sqrt() * latents[a:b] + (1 - a_bar).sqrt() * noise[a:b]
+        z_t[:2] = latents[a:a + 2]  # the context: clean
+        with torch.no_grad():
+            eps_u, eps_c = (unet(z_t.transpose(0, 1)[None], 450, encoder_hidden_states=e.expand(4, -1, -1))
+                            .sample[0].transpose(0, 1) for e in (uncond, cond))
+        for f in (2, 3):  # the frames to predict
+            wa = ((eps_c[f] - eps_u[f]) ** 2).mean()
+            wr = ((eps_u[f] - noise[a + f]) ** 2).mean() - ((eps_c[f] - noise[a + f]) ** 2).mean()
+            total[a + f] += symlog(2000 * wa.item()) + symlog(200 * wr.item())
+            count[a + f] += 1
+    assert count.tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 1]
+    torch.testing.assert_close(reward, total / count.clamp(min=1), rtol=1e-4, atol=1e-4)
+    assert reward[:2].tolist() == align[:2].tolist() == recon[:2].tolist() == [0.0, 0.0]
+    # the context frames' noise is never added: frames 0 and 1 are context in their only window
+    other = noise.clone()
+    other[:2] = torch.randn(2, 4, 8, 8, generator=g)
+    torch.testing.assert_close(model(latents, 450, other), reward, rtol=0, atol=0)
+    # what the context shows matters, and the scored frames are not those of the plain reward
+    moved = latents.clone()
+    moved[0] += 1
+    assert not torch.allclose(model(moved, 450, noise)[2:4], reward[2:4], atol=1e-4)
+    plain = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
+                                      context_size=4, stride=2)
+    assert not torch.allclose(plain(latents, 450, noise)[2:], reward[2:], atol=1e-4)
+    # --context-frames 0 is the plain reward, bit for bit
+    plain.context_frames = 0
+    zero = SDSReward.from_pretrained(str(tiny_sd), PROMPT, motion_adapter_id=str(tiny_motion_adapter),
+                                     context_size=4, stride=2, context_frames=0)
+    assert torch.equal(zero(latents, 450, noise), plain(latents, 450, noise))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"context_frames": 4}, "--context-frames 4 must be below --context-size 4"),
+    ({"context_frames": 3}, "--stride 2 > --context-size 4 - --context-frames 3 would leave frames unscored"),
+    ({"context_frames": -1}, "must not be negative"),
+    ({"context_frames": 1, "motion_adapter_id": None}, "--context-frames 1 needs a video model"),
+])
+def test_bad_context_frames_are_refused_in_one_line(tiny_sd, tiny_motion_adapter, options, message):
+    options = {"motion_adapter_id": str(tiny_motion_adapter), "context_size": 4, "stride": 2, **options}
+    with pytest.raises(UserError, match=message) as e:
+        sac_sds.build_reward(Args(prompt=PROMPT, model_id=str(tiny_sd), **options), torch.device("cpu"))
+    assert "\n" not in str(e.value)
+
+
 # ----- the labeler (the reward-source interface of the training loop) -----
 def labeler_for(tiny_sd, tiny_motion_adapter=None, num_envs=2, batch=4, **kw):
     kw.setdefault("prompt", () if "prompt_schedule" in kw else PROMPT)
@@ -235,15 +297,24 @@ def test_frame_stride_default_from_the_env_dt(tiny_sd, tiny_motion_adapter, tmp_
                                         motion_adapter_id=str(adapter)),
                                    torch.device("cpu"))
     assert (labeler.model.context_size, labeler.model.stride, labeler.model.frame_stride) == (4, 1, 4)  # 20 / 5
+    (adapter / "tadpole_config.json").write_text(json.dumps({"context_size": 4, "stride": 2, "context_frames": 2}))
+    labeler = sac_sds.build_reward(Args(env_id="Pendulum-v1", model_id=str(tiny_sd), prompt=PROMPT,
+                                        motion_adapter_id=str(adapter)), torch.device("cpu"))
+    assert labeler.model.context_frames == 2  # the adapter's context frames; the image model keeps none:
+    assert sac_sds.build_reward(Args(env_id="Pendulum-v1", model_id=str(tiny_sd), prompt=PROMPT),
+                                torch.device("cpu")).model.context_frames == 0
 
 
-@pytest.mark.parametrize("frame_stride, whole_passes", [(1, False), (3, False), (1, True)])
-def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_stride, whole_passes):
+@pytest.mark.parametrize("frame_stride, whole_passes, context_frames", [(1, False, 0), (3, False, 0), (1, True, 0),
+                                                                       (3, True, 2)])
+def test_labeler_streams_video_windows(tiny_sd, tiny_motion_adapter, frame_stride, whole_passes, context_frames):
     """Streamed per-frame rewards equal the whole-episode computation; also with --reward-compile's padding of short
-    passes to whole ones (here without compiling: the padding's windows must not count)."""
-    labeler = labeler_for(tiny_sd, tiny_motion_adapter, batch=8, frame_stride=frame_stride)
+    passes to whole ones (here without compiling: the padding's windows must not count), and with context frames
+    (a window's first frames scored in none, the first of each video in no window)."""
+    labeler = labeler_for(tiny_sd, tiny_motion_adapter, batch=8, frame_stride=frame_stride,
+                          context_frames=context_frames)
     labeler.whole_passes = whole_passes
-    assert labeler.model.frame_stride == frame_stride
+    assert (labeler.model.frame_stride, labeler.model.context_frames) == (frame_stride, context_frames)
     queue = TransitionQueue(2)
     lengths = [[11, 3, 6], [9, 8]]  # 3 < context_size: one short window
     streams = [push_episodes(queue, e, lengths[e], 100 * e, 7) for e in (0, 1)]
