@@ -103,7 +103,7 @@ class Args:
     seed: int = 100_000
     """episode i of every behaviour starts from env seed seed + i; also seeds the rewards' noise and the bootstrap"""
     bootstrap: int = 1000
-    """bootstrap resamples of the episodes for the Spearman interval"""
+    """bootstrap resamples of the episodes for the Spearman and AUC intervals"""
     out: str = "eval_reward"
     """output folder"""
     device: str = "auto"
@@ -401,6 +401,16 @@ def auc_of(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a > b) + 0.5 * (a == b)).mean())
 
 
+def auc_ci(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> list[float]:
+    """The 2.5 and 97.5 percentiles of auc_of over n bootstrap resamples, a's episodes and b's each resampled."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or n < 1:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    values = [auc_of(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(n)]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
 # ----- the whole evaluation -----
 def evaluate(args: Args) -> dict:
     """Rolls out every behaviour, scores every frame with every (reward, prompt), and writes the tables and plots
@@ -512,12 +522,14 @@ def summarize(args, behaviours, rewards, episodes, steps, env_steps) -> dict:
             means[b.name] = np.array([e[f"r{k}_mean"] for e in mine])
         order = [b.name for b in behaviours]
         auc = {f"{a} > {b}": auc_of(means[a], means[b]) for i, a in enumerate(order) for b in order[i + 1:]}
+        ci = {f"{a} > {b}": auc_ci(means[a], means[b], args.bootstrap, args.seed)
+              for i, a in enumerate(order) for b in order[i + 1:]}
         rows.append({
             "reward": r.name, "prompt": r.prompt, "spearman": spearman(sums, returns) if len(sums) > 1 else float("nan"),
             "spearman_ci": bootstrap_ci(sums, returns, args.bootstrap, args.seed),
             "pearson_step": pearson(per_step, env_per_step), "episodes": len(with_env),
             "frames_per_s": r.frames / max(r.seconds, 1e-9), "render_size": r.render_size,
-            "mean_reward": by_behaviour, "auc": auc})
+            "mean_reward": by_behaviour, "auc": auc, "auc_ci": ci})
     env_means = {}
     for b in behaviours:
         mine = [e["env_return"] for e in episodes if e["behaviour"] == b.name and e["env_return"] is not None]
@@ -573,10 +585,12 @@ def write_outputs(args: Args, summary: dict, rewards: list[Reward], episodes: li
     if any(b.startswith("clips:") for b in behaviours):  # no env return: how the rewards order the behaviours
         pairs = list(rows[0]["auc"])
         lines += ["", "AUC: the fraction of episode pairs in which the first behaviour's mean reward per frame is the "
-                  "higher (0.5: not told apart)", "",
+                  f"higher (0.5: not told apart), with its 95% bootstrap interval ({args.bootstrap} resamples of each "
+                  "behaviour's episodes)", "",
                   "| behaviours | " + " | ".join(f"{r['reward']}, {r['prompt']}" for r in rows) + " |",
                   "|---|" + "---|" * len(rows)]
-        lines += [f"| {pair} | " + " | ".join(fmt(r["auc"][pair]) for r in rows) + " |" for pair in pairs]
+        lines += [f"| {pair} | " + " | ".join(f"{fmt(r['auc'][pair])} [{fmt(r['auc_ci'][pair][0])}, "
+                                              f"{fmt(r['auc_ci'][pair][1])}]" for r in rows) + " |" for pair in pairs]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot_scatter(summary, episodes, out / "scatter.png")
     plot_correlations(summary, out / "correlations.png")

@@ -239,15 +239,12 @@ class ClipScorer:
     weights g = sum_i w_i e_i / sum_i |w_i|; for a schedule x . e_k with the entry k of the frame's step."""
 
     def __init__(self, model_id: str, device: torch.device, dtype: str):
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-        model_id = core.check_model_id(model_id, "--clip-model-id")
-        try:
-            self.model = CLIPModel.from_pretrained(model_id, dtype=core.resolve_dtype(dtype, device)).to(device)
-            self.tokenizer = AutoTokenizer.from_pretrained(model_id)
-            self.image_processor = AutoImageProcessor.from_pretrained(model_id)
-        except (OSError, ValueError) as e:
-            raise core.load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
+        try:  # CLIP, SigLIP or X-CLIP, told apart by its config (sac_clip.load_model)
+            self.model, self.tokenizer, self.image_processor = sac_clip.load_model(
+                model_id, core.resolve_dtype(dtype, device), device)
+        except sac_clip.UserError as e:  # sac_clip.py's own class: raised again as this script's one
+            raise UserError(str(e)) from None
+        self.model_id = model_id
         self.rewards: dict[tuple[str, ...], sac_clip.CLIPReward] = {}
 
     def __call__(self, frames: np.ndarray, run: Run, batch_size: int) -> np.ndarray:
@@ -261,6 +258,13 @@ class ClipScorer:
                 raise UserError(str(e)) from None
         reward = self.rewards[run.text]
         entries = run.entries(len(frames))
+        if reward.video:  # X-CLIP: the episode in windows (the run's env's frame stride); x . g is linear in the
+            self.set_windows(reward, run)  # per-prompt cosines, so it is their composition, window means and all
+            with torch.inference_mode():
+                cos = reward.episode(frames, None, batch_size)[1]  # (N, K)
+                goals = reward.compose(cos[..., None])[..., 0]  # (N, 1), a schedule's (N, K)
+                pick = torch.zeros(len(frames), dtype=torch.long) if entries is None else torch.as_tensor(entries)
+            return goals[torch.arange(len(frames)), pick.to(goals.device)].cpu().numpy()
         out = []
         with torch.inference_mode():
             for i in range(0, len(frames), batch_size):
@@ -271,6 +275,20 @@ class ClipScorer:
                     goals = reward.goals[torch.as_tensor(entries[i:i + batch_size], device=x.device)]
                     out.append((x * goals).sum(-1).cpu().numpy())
         return np.concatenate(out)
+
+
+    def set_windows(self, reward: "sac_clip.CLIPReward", run: Run) -> None:
+        """A video model's windows as sac_clip.py sets them for the run's env (its dt, episode length), with the run's
+        own window flags if it was trained by sac_clip.py on this model."""
+        own = run.args if run.args.get("clip_model_id") == self.model_id else {}
+        args = sac_clip.Args(clip_model_id=self.model_id, env_id=run.args["env_id"],
+                             action_repeat=run.args.get("action_repeat"), protocol=run.args.get("protocol", "stock"),
+                             max_episode_steps=run.args.get("max_episode_steps"), stride=own.get("stride"),
+                             video_fps=own.get("video_fps"), frame_stride=own.get("frame_stride"))
+        try:
+            sac_clip.set_windows(reward, args)
+        except sac_clip.UserError as e:
+            raise UserError(str(e)) from None
 
 
 class SdsScorer:

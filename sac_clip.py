@@ -196,7 +196,10 @@ class Args(SACArgs):
     reflections, a camera following the body close enough to fill the frame) or stock (the env's own)"""
 
     clip_model_id: str = "openai/clip-vit-large-patch14"
-    """any transformers CLIP checkpoint: a Hugging Face hub id or a local folder saved with save_pretrained"""
+    """a transformers image-text or video-text contrastive checkpoint (hub id, or a folder saved with
+    save_pretrained), its kind read from its config.json: CLIP, SigLIP / SigLIP 2 (e.g.
+    google/siglip-so400m-patch14-384, google/siglip2-base-patch16-224) or X-CLIP (e.g. microsoft/xclip-base-patch32,
+    a video model: sliding windows of frames)"""
     prompt: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """goal prompt, e.g. "a person walking" (or use --prompt-schedule); several: g = sum_i w_i e_i / sum_i |w_i|"""
     prompt_weight: Annotated[tuple[float, ...], tyro.conf.UseAppendAction] = ()
@@ -211,7 +214,19 @@ class Args(SACArgs):
     """precision of the CLIP model (auto: bf16 on CUDA, fp16 on GPUs without bf16, fp32 on the CPU); embeddings and
     reward are in fp32"""
     reward_batch_size: int = 64
-    """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch"""
+    """frames (from all envs and consecutive steps) per CLIP forward pass; transitions wait for a full batch (a video
+    model: frames of windows per pass; transitions wait for the end of their episode)"""
+    # A video model (X-CLIP): windows of the model's num_frames frames; the next three default to the checkpoint
+    # folder's vlm_rm_config.json if it has them, else to these values
+    stride: Optional[int] = None
+    """video model: window frames between window starts (default half a window); a frame's reward is the mean over
+    the windows that contain it"""
+    video_fps: Optional[float] = None
+    """video model: the frame rate of its windows (default 8), made the frame stride from the env's step time dt:
+    round(1 / (dt * video_fps)), at least 1"""
+    frame_stride: Optional[int] = None
+    """video model: a window takes every k-th frame (every frame still gets its reward: one set of windows per
+    residue mod k); default from --video-fps and the env's dt"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,6 +252,15 @@ class CLIPReward(nn.Module):
     """VLM-RM's CLIP reward: forward(frames) maps uint8 frames (N, H, W, 3) to float32 rewards (N,),
     vlm_rm_reward of their normalised embeddings (see the module docstring).
 
+    The model is one of three kinds (KINDS, read from the checkpoint's config.json by load_model): CLIP, SigLIP
+    (SigLIP 2's fixed-resolution checkpoints are SigLIP models; its text padded to its full length, as it was
+    trained) or X-CLIP, a video-text model. X-CLIP scores windows of context_size consecutive frames (the model's
+    num_frames), one every stride frames of each residue mod frame_stride (windows(), the video SDS reward's rule);
+    a frame's reward is the mean over the windows that contain it (episode()). X-CLIP's text embedding is its own
+    video-specific one (the model's prompts generator conditions each prompt on the window's frames, as its
+    video-text similarity does), so a window's goal g and baseline b are composed from the window's own prompt
+    embeddings; the formula is the same.
+
     Goal prompts e_1..e_K (normalised embeddings) with weights w_i make one goal g = sum_i w_i e_i / sum_i |w_i|
     (the plain mean when all weights are 1, bit for bit as before weights existed). With schedule=True each prompt
     is a goal of its own instead (g_k = e_k, with its own projection from d_k = e_k - b), and forward(frames,
@@ -253,19 +277,20 @@ class CLIPReward(nn.Module):
         super().__init__()
         prompts, baseline_prompts, weights = check_reward_settings(prompts, baseline_prompts, alpha, weights)
         self.model = model.eval().requires_grad_(False)
+        self.kind = model_kind(model.config.model_type)
         self.prompts, self.baseline_prompts, self.alpha = prompts, baseline_prompts, float(alpha)
         self.weights, self.schedule = weights, schedule
         self.read_image_processor(image_processor)
+        self.video = self.kind == "xclip"
+        # video: windows of the model's num_frames frames (its temporal modules take exactly that many)
+        self.context_size = model.config.vision_config.num_frames if self.video else 1
+        self.stride, self.frame_stride = max(1, self.context_size // 2), 1
+        if self.video:  # the prompts' tokens, for the model's own video-conditioned text embeddings
+            self.text_tokens = self.tokenize(tokenizer, prompts + baseline_prompts)
 
         embeddings = self.embed_text(tokenizer, prompts)  # (K, D) unit vectors e_i
         baseline = self.embed_text(tokenizer, baseline_prompts).mean(0)
-        if schedule:  # one goal per entry
-            goals = embeddings
-        elif all(w == 1.0 for w in weights):
-            goals = embeddings.mean(0, keepdim=True)  # means of unit vectors, not re-normalised
-        else:
-            w = torch.tensor(weights, device=embeddings.device)
-            goals = ((w[:, None] * embeddings).sum(0) / w.abs().sum())[None]
+        goals = self.compose(embeddings)
         texts = [[p] for p in prompts] if schedule else [prompts]
         for g, t in zip(goals, texts):
             if alpha > 0 and (g - baseline).norm() < 1e-6:
@@ -275,9 +300,27 @@ class CLIPReward(nn.Module):
         self.register_buffer("goals", goals)  # (1, D), or (K, D) for a schedule
         self.register_buffer("baseline", baseline)
 
-    def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def compose(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The goals (..., G, D) from the goal prompts' normalised embeddings (..., K, D): each entry's own for a
+        schedule, else their mean (all weights 1) or sum_i w_i e_i / sum_i |w_i|: means of unit vectors, not
+        re-normalised."""
+        if self.schedule:  # one goal per entry
+            return embeddings
+        if all(w == 1.0 for w in self.weights):
+            return embeddings.mean(-2, keepdim=True)
+        w = torch.tensor(self.weights, device=embeddings.device)
+        return ((w[:, None] * embeddings).sum(-2) / w.abs().sum()).unsqueeze(-2)
+
+    def reward_from_embeddings(self, x: torch.Tensor, prompt: Optional[torch.Tensor] = None,
+                               goals: Optional[torch.Tensor] = None,
+                               baseline: Optional[torch.Tensor] = None) -> torch.Tensor:
         """vlm_rm_reward of normalised image embeddings x (N, D); prompt: None (the goal), or per frame the index of
-        its goal (a schedule's entry g_k)."""
+        its goal (a schedule's entry g_k). goals (N, G, D) and baseline (N, D): each row's own (X-CLIP's
+        video-conditioned text), instead of the model's fixed ones."""
+        if goals is not None:
+            k = torch.zeros(len(x), dtype=torch.long) if prompt is None else torch.as_tensor(prompt).expand(len(x))
+            return torch.cat([vlm_rm_reward(x[i: i + 1], goals[i, int(k[i])], baseline[i], self.alpha)
+                              for i in range(len(x))]) if len(x) else x.new_zeros(0)
         if prompt is None:
             return vlm_rm_reward(x, self.goal, self.baseline, self.alpha)
         prompt = torch.as_tensor(prompt, device=x.device).expand(len(x))
@@ -290,8 +333,62 @@ class CLIPReward(nn.Module):
     @torch.inference_mode()
     def forward(self, frames, prompt=None) -> torch.Tensor:
         """uint8 frames (N, H, W, 3), numpy or torch -> rewards (N,), float32, on the model's device. prompt: None,
-        or an int or N goal indices (a schedule's entries)."""
+        or an int or N goal indices (a schedule's entries). A video model: the N frames are one episode's, in
+        windows (episode())."""
+        if self.video:
+            return self.episode(frames, prompt)[0]
         return self.reward_from_embeddings(self.embed_frames(frames), prompt)
+
+    @torch.inference_mode()
+    def episode(self, frames, prompt=None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """One episode's uint8 frames (N, H, W, 3) -> per-frame rewards (N,) and per-frame cosines with each goal
+        prompt (N, K), float32, at most batch_size frames per forward pass. An image model scores each frame; a
+        video model each window (windows over every frame_stride-th frame, from each residue), a frame getting the
+        mean over the windows that contain it, a window scored on its last frame's prompt index (a schedule's
+        entry). A residue with fewer frames than a window is one window with its last frame repeated (an episode
+        that ended early); its reward goes to its real frames."""
+        frames = torch.as_tensor(frames)
+        n = len(frames)
+        if prompt is not None:
+            prompt = torch.as_tensor(prompt).expand(n).cpu()
+        if not self.video:
+            out = [self.embed_frames(frames[i: i + batch_size]) for i in range(0, n, batch_size)]
+            x = torch.cat(out) if out else torch.zeros(0, len(self.baseline), device=self.baseline.device)
+            return (self.reward_from_embeddings(x, None if prompt is None else prompt.to(x.device)),
+                    self.cosines(x))
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB frames shaped (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        pixels = torch.cat([self.preprocess(frames[i: i + batch_size]) for i in range(0, n, batch_size)])
+        size = self.context_size
+        spans = []  # (frame indices of the window, padded to size; how many are real)
+        for residue in range(min(self.frame_stride, n)):
+            idx = torch.arange(residue, n, self.frame_stride)
+            for a, b in windows(len(idx), size, self.stride):
+                w = idx[a:b]
+                spans.append((torch.cat([w, w[-1:].expand(size - len(w))]), len(w)))
+        k = len(self.prompts)
+        sums, cos_sums = torch.zeros(n, device=pixels.device), torch.zeros(n, k, device=pixels.device)
+        count = torch.zeros(n, device=pixels.device)
+        per_pass = max(1, batch_size // size)
+        for i in range(0, len(spans), per_pass):
+            chunk = spans[i: i + per_pass]
+            x, e = self.embed_videos(torch.stack([pixels[w] for w, _ in chunk]))
+            entry = None if prompt is None else torch.stack([prompt[w[m - 1]] for w, m in chunk])
+            goals, baseline = self.compose(e[:, :k]), e[:, k:].mean(1)
+            r = self.reward_from_embeddings(x, entry, goals, baseline)
+            cos = (x[:, None] * e[:, :k]).sum(-1)
+            for j, (w, m) in enumerate(chunk):
+                sums[w[:m]] += r[j]
+                cos_sums[w[:m]] += cos[j]
+                count[w[:m]] += 1
+        return sums / count, cos_sums / count[:, None]
+
+    def embed_videos(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """X-CLIP: pixel values of windows (B, F, 3, H, W) -> their normalised video embeddings x (B, D) and each
+        prompt's (goal prompts, then baseline prompts) normalised text embedding conditioned on the window (B, P, D),
+        float32: the model's own forward, whose similarity logits are exactly logit_scale x . e."""
+        out = self.model(**self.text_tokens, pixel_values=pixel_values.to(self.model.dtype))
+        return out.video_embeds.float(), out.text_embeds.float()
 
     @torch.inference_mode()
     def embed_frames(self, frames) -> torch.Tensor:
@@ -317,15 +414,25 @@ class CLIPReward(nn.Module):
         e = getattr(out, "pooler_output", out).float()
         return e / e.norm(dim=-1, keepdim=True)
 
-    def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        """Normalised text embeddings (P, D), float32."""
+    def tokenize(self, tokenizer, prompts: list[str]) -> dict:
+        """The prompts' tokens on the model's device, truncated to the text tower's length (a warning says so), padded
+        as the kind was trained: SigLIP to its full length (its text tower pools the last position), CLIP and X-CLIP
+        to the longest prompt (they pool the end-of-text token)."""
         max_len = min(tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         too_long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"]) if len(ids) > max_len]
         if too_long:
-            print(f"warning: prompts longer than CLIP's {max_len} tokens are truncated: {too_long}", file=sys.stderr)
-        tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            print(f"warning: prompts longer than the text model's {max_len} tokens are truncated: {too_long}",
+                  file=sys.stderr)
+        padding = "max_length" if self.kind == "siglip" else True
+        tokens = tokenizer(prompts, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
+        if self.kind == "siglip":  # SigLIP's text tower takes no attention mask (the padding is part of its input)
+            tokens.pop("attention_mask", None)
+        return dict(tokens.to(self.model.device))
+
+    def embed_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings (P, D), float32 (X-CLIP: before its video conditioning)."""
         with torch.no_grad():
-            out = self.model.get_text_features(**tokens.to(self.model.device))
+            out = self.model.get_text_features(**self.tokenize(tokenizer, prompts))
         e = getattr(out, "pooler_output", out).float()  # transformers 5 returns an output object, 4 a tensor
         return e / e.norm(dim=-1, keepdim=True)
 
@@ -372,8 +479,9 @@ class CLIPReward(nn.Module):
 
     def read_image_processor(self, p) -> None:
         """Keeps the image processor's settings (its rescaling and normalisation as buffers) for the batched version."""
-        self.do_resize, self.do_center_crop = p.do_resize, p.do_center_crop
-        self.resize_to, self.crop_to = dict(p.size), dict(p.crop_size)  # e.g. {shortest_edge: 224}, {height, width}
+        self.do_resize, self.do_center_crop = p.do_resize, bool(getattr(p, "do_center_crop", False))  # SigLIP: none
+        self.resize_to = dict(p.size)  # e.g. {shortest_edge: 224}, or SigLIP's {height: 384, width: 384}
+        self.crop_to = dict(p.crop_size) if self.do_center_crop else {}
         resample = int(getattr(p.resample, "value", p.resample))
         if resample not in INTERPOLATION:
             raise UserError(f"image processor resample={p.resample}: only nearest, bilinear and bicubic are supported")
@@ -390,20 +498,12 @@ class CLIPReward(nn.Module):
     def from_pretrained(cls, model_id: str, prompts, baseline_prompts=None, alpha: float = 0.0, dtype="auto",
                         device="cpu", weights: Optional[Sequence[float]] = None,
                         schedule: bool = False) -> "CLIPReward":
-        """Loads a transformers CLIP checkpoint (hub id or local folder): model, tokenizer and image processor."""
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
+        """Loads a CLIP, SigLIP or X-CLIP checkpoint (hub id or local folder; load_model): model, tokenizer and image
+        processor."""
         check_reward_settings(prompts, baseline_prompts, alpha, weights)  # fail before loading gigabytes
         device = torch.device(device)
-        dtype = resolve_dtype(dtype, device)
-        model_id = check_model_id(model_id, "--clip-model-id")
-        try:
-            model = CLIPModel.from_pretrained(model_id, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(model_id)
-            image_processor = AutoImageProcessor.from_pretrained(model_id)
-        except (OSError, ValueError) as e:  # missing files, no network, bad id, not a CLIP checkpoint
-            raise load_error("--clip-model-id", "CLIP checkpoint", model_id, e) from None
-        return cls(model.to(device), tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
+        model, tokenizer, image_processor = load_model(model_id, resolve_dtype(dtype, device), device)
+        return cls(model, tokenizer, image_processor, prompts, baseline_prompts, alpha, weights, schedule)
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -1140,7 +1240,9 @@ class CLIPLabeler:
     (the frame rendered after the step, i.e. of next_obs), --reward-batch-size frames per forward pass, oldest
     steps first across all envs. Transitions wait in the queue until a batch is full (or a flush). With a
     --prompt-schedule (starts: the entries' first steps), each frame is scored on the goal of the entry in force at
-    its step (schedule_entry); frames of different entries share the forward passes."""
+    its step (schedule_entry); frames of different entries share the forward passes. A video model (X-CLIP): an
+    env's transitions wait until their episode ends (or a flush, which cuts the episode's video there), then the
+    episode is scored in windows (CLIPReward.episode), --reward-batch-size frames of windows per pass."""
 
     name = "clip"  # the loop logs charts/clip_return
     needs_frames = True  # the training envs render every step
@@ -1164,6 +1266,8 @@ class CLIPLabeler:
         self.schedule_sum, self.schedule_frames = np.zeros(k), np.zeros(k, dtype=np.int64)  # per entry (schedule)
 
     def label(self, queue: "TransitionQueue", flush: bool = False) -> Optional[dict]:
+        if self.model.video:
+            return self.label_episodes(queue, flush)
         pending = len(queue)
         n = pending if flush else pending - pending % self.batch_size
         if n == 0:
@@ -1185,15 +1289,46 @@ class CLIPLabeler:
             self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
         return batch
 
+    def label_episodes(self, queue: "TransitionQueue", flush: bool) -> Optional[dict]:
+        """Video model: the transitions of every finished episode (all of them when flushing), env by env in order,
+        each episode's video scored whole."""
+        items = []
+        for q in queue.items:
+            n = len(q) if flush else max((i + 1 for i, it in enumerate(q) if it["done"]), default=0)
+            items += [q.popleft() for _ in range(n)]
+        if not items:
+            return None
+        entry = None
+        if self.starts is not None:
+            entry = np.array([schedule_entry(self.starts, it["episode_step"]) for it in items])
+        rewards, start = [], 0
+        for i in range(1, len(items) + 1):  # one video per run of the same env's same episode
+            if i == len(items) or (items[i]["env"], items[i]["episode"]) != (items[start]["env"], items[start]["episode"]):
+                rewards.append(self.compute(np.stack([it["frame"] for it in items[start:i]]),
+                                            None if entry is None else entry[start:i]))
+                start = i
+        batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
+        batch["reward"] = np.concatenate(rewards)
+        if entry is not None:
+            self.schedule_sum += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
+            self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
+        return batch
+
     def compute(self, frames: np.ndarray, entry: Optional[np.ndarray] = None) -> np.ndarray:
-        """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal)."""
+        """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal); a video model: the
+        frames are one episode's video."""
         t = time.perf_counter()
         with torch.inference_mode():
-            x = self.model.embed_frames(frames)
-            prompt = None if entry is None else torch.as_tensor(entry, device=x.device)
-            r = self.model.reward_from_embeddings(x, prompt).cpu().numpy()  # .cpu() waits: the timing is complete
+            if self.model.video:
+                r, cosines = self.model.episode(frames, entry, self.batch_size)
+                r = r.cpu().numpy()
+            else:
+                x = self.model.embed_frames(frames)
+                prompt = None if entry is None else torch.as_tensor(entry, device=x.device)
+                r = self.model.reward_from_embeddings(x, prompt).cpu().numpy()  # .cpu() waits: the timing is complete
+                cosines = self.model.cosines(x) if self.per_prompt else None
             if self.per_prompt:
-                self.cosine_sum += self.model.cosines(x).sum(0).double().cpu().numpy()
+                self.cosine_sum += cosines.sum(0).double().cpu().numpy()
         self.seconds += time.perf_counter() - t
         self.frames += len(r)
         self.reward_sum, self.reward_sq = self.reward_sum + float(r.sum()), self.reward_sq + float((r ** 2).sum())
@@ -1237,8 +1372,92 @@ class CLIPLabeler:
         pass
 
 
-# ----- loading: the reward's settings, the prompts, the labeler for a run; their errors -----
+# ----- loading: the model's kind, the reward's settings, the prompts, the labeler for a run; their errors -----
 DEFAULT_BASELINE_PROMPTS = ("a simulated robot",)
+# config.json's model_type -> the transformers class of that kind (SigLIP 2's fixed-resolution checkpoints, e.g.
+# google/siglip2-base-patch16-224, are SigLIP models)
+KINDS = {"clip": "CLIPModel", "siglip": "SiglipModel", "xclip": "XCLIPModel"}
+KINDS_NOTE = ("sac_clip.py takes CLIP, SigLIP / SigLIP 2 (fixed resolution, e.g. google/siglip2-base-patch16-224) "
+              "and X-CLIP checkpoints")
+VIDEO_DEFAULTS = {"video_fps": 8.0}  # the video model's frame rate unless its vlm_rm_config.json or a flag says
+
+
+def model_kind(model_type: str, model_id: str = "the model") -> str:
+    """The kind (a KINDS key) of a config's model_type; UserError for any other."""
+    if model_type in KINDS:
+        return model_type
+    hint = {"siglip2": ": SigLIP 2's NaFlex (variable resolution) checkpoints are not supported; use a fixed-resolution "
+                       "one, e.g. google/siglip2-base-patch16-224",
+            }.get(model_type, "")
+    raise UserError(f"--clip-model-id {model_id} is a '{model_type}' checkpoint, not a contrastive image-text or "
+                    f"video-text model this script reads{hint}; {KINDS_NOTE} (diffusion models: sac_sds.py --model-id)")
+
+
+def checkpoint_kind(model_id: str) -> str:
+    """The kind of a checkpoint (hub id or folder), read from its config.json's model_type before any weights load
+    (transformers would load an X-CLIP checkpoint into CLIPModel without its temporal modules)."""
+    from transformers import AutoConfig
+
+    if os.path.isfile(os.path.join(model_id, "model_index.json")):
+        raise UserError(f"--clip-model-id {model_id} is a diffusers pipeline, not a contrastive model: use it with "
+                        f"sac_sds.py --model-id; {KINDS_NOTE}")
+    try:
+        model_type = AutoConfig.from_pretrained(model_id).model_type
+    except (OSError, ValueError, KeyError) as e:  # missing config.json, no network, an unknown model_type
+        raise load_error("--clip-model-id", "contrastive checkpoint (CLIP, SigLIP, X-CLIP)", model_id, e) from None
+    return model_kind(model_type, model_id)
+
+
+def load_model(model_id: str, dtype: torch.dtype, device: torch.device):
+    """A CLIP, SigLIP or X-CLIP checkpoint's model (its own class, told by checkpoint_kind), tokenizer and image
+    processor, the model on device in eval mode; UserError (one line) if it is of another kind or incomplete."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model_id = check_model_id(model_id, "--clip-model-id")
+    kind = checkpoint_kind(model_id)
+    try:
+        model = getattr(transformers, KINDS[kind]).from_pretrained(model_id, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        image_processor = AutoImageProcessor.from_pretrained(model_id)
+    except (OSError, ValueError, RuntimeError) as e:  # missing files, no network, mismatched sizes
+        raise load_error("--clip-model-id", f"{KINDS[kind]} checkpoint", model_id, e) from None
+    return model.to(device).eval(), tokenizer, image_processor
+
+
+def vlm_rm_config_of(model_id: str) -> dict:
+    """The checkpoint folder's vlm_rm_config.json (the video settings it was trained for: stride, video_fps), or {}."""
+    path = Path(model_id) / "vlm_rm_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not JSON ({e}); fix or delete it") from None
+    return {k: v for k, v in config.items() if k in ("stride", "video_fps")}
+
+
+def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """A video model's windows [start, stop) over n consecutive frames (sac_sds.py's rule): a full one of size frames
+    every stride frames, and one aligned with the end for the frames no full window reached (a single shorter one if
+    n < size)."""
+    out = [(a, a + size) for a in range(0, n - size + 1, stride)]
+    if n and (not out or out[-1][1] < n):
+        out.append((max(0, n - size), n))
+    return out
+
+
+def env_timing(args: SACArgs) -> tuple[Optional[float], int]:
+    """The time per agent step in seconds (gymnasium's dt, dm_control's control timestep, times --action-repeat),
+    None for an env without one; and the env's episode limit in steps."""
+    env = make_env(args)
+    inner = env.unwrapped
+    dt = getattr(inner, "dt", None)
+    if dt is None and hasattr(getattr(inner, "_env", None), "control_timestep"):  # shimmy's dm_control wrapper
+        dt = inner._env.control_timestep()
+    limit = episode_limit(env)
+    env.close()
+    return (float(dt) * action_repeat(args) if dt else None), limit
 # the image processor's PIL resampling filter -> F.interpolate mode (antialias=True reproduces PIL's filters)
 INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 
@@ -1401,11 +1620,37 @@ def build_reward(args: Args, device: torch.device) -> CLIPLabeler:
     prompts, weights, starts = resolve_prompts(args)
     model = CLIPReward.from_pretrained(args.clip_model_id, prompts, args.baseline_prompt, args.clip_alpha,
                                        args.dtype, device, weights=weights, schedule=starts is not None)
+    if model.video:
+        set_windows(model, args)
     labeler = CLIPLabeler(model, args.reward_batch_size, starts)
     if labeler.per_prompt or starts is not None:  # the per-prompt logs' indices (also saved in args.json)
         kind = "schedule (clip/reward_schedule{k})" if starts is not None else "composition (clip/cosine_prompt{i})"
         print(f"goal prompt {kind}:\n" + prompt_table(model.prompts, model.weights, starts))
     return labeler
+
+
+def set_windows(model: CLIPReward, args: Args) -> None:
+    """A video model's stride and frame stride from the flags, else the checkpoint folder's vlm_rm_config.json, else
+    the defaults (half a window; --video-fps 8 made a frame stride from the env's dt); UserError for bad values or a
+    window longer than the env's episodes."""
+    config = {**VIDEO_DEFAULTS, **vlm_rm_config_of(args.clip_model_id)}
+    stride = args.stride if args.stride is not None else config.get("stride", model.stride)
+    fps = args.video_fps if args.video_fps is not None else config["video_fps"]
+    size = model.context_size
+    if not 1 <= stride <= size:
+        raise UserError(f"--stride {stride}: give 1 to {size} (the model's window), or frames go unscored")
+    if (args.frame_stride is not None and args.frame_stride < 1) or fps <= 0:
+        raise UserError("--frame-stride must be at least 1 and --video-fps positive")
+    dt, limit = env_timing(args)
+    k = args.frame_stride if args.frame_stride is not None else (max(1, round(1.0 / (dt * fps))) if dt else 1)
+    span = (size - 1) * k + 1  # env steps one window covers
+    if span > limit:
+        raise UserError(f"the video model's window ({size} frames, every {k} env step(s): {span} steps) is longer than "
+                        f"{args.env_id}'s episodes ({limit} steps): lower --frame-stride (or raise --video-fps) or "
+                        "--max-episode-steps")
+    model.stride, model.frame_stride = stride, k
+    print(f"video windows: {size} frames every {stride}, every {k} env step(s)"
+          + (f" ({1 / (dt * k):.1f} frames/s of env time)" if dt else ""))
 
 
 # === SAC CORE BEGIN: environments (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===

@@ -148,16 +148,19 @@ def make_dataset(n: int, resolution: int, rng: np.random.Generator, clip_process
             "clip": torch.cat(clip) if clip else None, "weights": torch.tensor(caption_weights(angles))}
 
 
-def write_char_tokenizer(folder: Path, max_length: int = MAX_TOKENS):
+def write_char_tokenizer(folder: Path, max_length: int = MAX_TOKENS, eos_last: bool = False):
     """A CLIP tokenizer over single characters (vocab.json + merges.txt without merges): one token per character,
-    CLIP's "</w>" marking the last character of each word. Saved to folder and returned."""
+    CLIP's "</w>" marking the last character of each word. Saved to folder and returned. eos_last: the end-of-text
+    token takes the last id, as in CLIP's own vocabulary (X-CLIP's text tower pools at the largest id of a prompt)."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab = {"<|startoftext|>": 0} if eos_last else {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in PROMPT_CHARS.replace(" ", ""):
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
+    if eos_last:
+        vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)

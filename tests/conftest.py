@@ -317,3 +317,63 @@ def pendulum_ladder(tmp_path_factory) -> tuple[Path, dict]:
     finally:
         os.chdir(cwd)
     return root / "runs" / "ladder", summary
+
+
+# ----- tiny contrastive models of the other kinds sac_clip.py reads (SigLIP, X-CLIP) -----
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    """Folder of a tiny SigLIP checkpoint with random weights (2-layer towers, 32x32 images, 32-dim embeddings), the
+    character-level tokenizer (64 positions, SigLIP's text length) and a SiglipImageProcessorPil resizing to 32x32
+    (bicubic, no crop, mean and std 0.5: SigLIP's)."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-siglip"
+    tokenizer = write_tiny_clip_tokenizer(folder.parent / "tiny-siglip_tokenizer_files")
+    tokenizer.model_max_length = 64
+    vocab = tokenizer.get_vocab()
+    eos = vocab["<|endoftext|>"]
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    torch.manual_seed(0)
+    SiglipModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xclip(tmp_path_factory) -> Path:
+    """Folder of a tiny X-CLIP checkpoint with random weights: 2-layer towers, 32x32 frames, windows of 4 frames
+    (num_frames), a 1-layer MIT (its width the projection's, 16) and prompts generator; the character-level
+    tokenizer with end-of-text as its last id (X-CLIP's text tower pools at a prompt's largest id, CLIP's
+    end-of-text in its own vocabulary) and a VideoMAEImageProcessorPil (X-CLIP's: shortest side to 36, bilinear, center crop 32, CLIP's mean
+    and std)."""
+    from transformers import VideoMAEImageProcessorPil, XCLIPConfig, XCLIPModel
+
+    from train_pendulum_models import write_char_tokenizer
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-xclip"
+    tokenizer = write_char_tokenizer(folder.parent / "tiny-xclip_tokenizer_files", max_length=77, eos_last=True)
+    vocab = tokenizer.get_vocab()
+    eos = vocab["<|endoftext|>"]
+    config = XCLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, num_frames=4, mit_hidden_size=16, mit_intermediate_size=32,
+                           mit_num_hidden_layers=1, mit_num_attention_heads=2),
+        projection_dim=16, prompt_layers=1, prompt_attention_heads=2, prompt_num_attention_heads=2,
+    )
+    torch.manual_seed(0)
+    XCLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    VideoMAEImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                              image_mean=[0.48145466, 0.4578275, 0.40821073],
+                              image_std=[0.26862954, 0.26130258, 0.27577711]).save_pretrained(folder)
+    return folder

@@ -125,6 +125,11 @@ def test_statistics_against_known_values():
     assert eval_reward.pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(np.corrcoef([1, 2, 3], [1, 2, 4])[0, 1])
     assert eval_reward.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
     assert eval_reward.auc_of(np.array([3.0, 4.0]), np.array([1.0, 3.0])) == pytest.approx(0.875)
+    # the AUC's interval: every resample of separated sets is 1; of overlapping ones it spans the point estimate
+    assert eval_reward.auc_ci(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0]), 200, 0) == [1.0, 1.0]
+    a, b = np.random.default_rng(0).normal(0.5, 1, 40), np.random.default_rng(1).normal(0, 1, 40)
+    lo, hi = eval_reward.auc_ci(a, b, 500, 0)
+    assert lo < eval_reward.auc_of(a, b) < hi and 0.05 < hi - lo < 0.5
 
 
 @pytest.mark.heavy
