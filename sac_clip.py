@@ -1361,7 +1361,10 @@ class CLIPLabeler:
     def probe(self) -> np.ndarray:
         """One forward pass on a batch of blank frames (stats untouched): the pass --reward-overlap proves itself on."""
         with torch.inference_mode():
-            blank = np.zeros((self.batch_size, self.render_size, self.render_size, 3), np.uint8)
+            n = max(self.batch_size, self.model.context_size)  # (X-CLIP: at least one window)
+            blank = np.zeros((n, self.render_size, self.render_size, 3), np.uint8)
+            if self.model.video:
+                return self.model.episode(blank, batch_size=self.batch_size)[0].cpu().numpy()
             return self.model.reward_from_embeddings(self.model.embed_frames(blank)).cpu().numpy()
 
     def state_dict(self) -> dict:
