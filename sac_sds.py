@@ -1774,10 +1774,12 @@ class SDSLabeler:
             self.generator.set_state(state)
 
     def memory_notes(self) -> None:
-        """After the probe on CUDA: the pass size that fits, if halved, and the peak memory."""
+        """After the probe: the pass size that fits, if halved, and on CUDA the peak memory."""
         if self.pass_frames < self.batch_size:
             print(f"note: passes of {self.pass_frames} frames fit this GPU's memory, not {self.batch_size}: "
                   f"--reward-batch-size {self.pass_frames} starts there", file=sys.stderr)
+        if self.model.device.type != "cuda":
+            return
         total = torch.cuda.get_device_properties(self.model.device).total_memory
         print(f"reward model: peak CUDA memory {torch.cuda.max_memory_allocated(self.model.device) / 2**30:.1f} "
               f"GiB of {total / 2**30:.1f}")

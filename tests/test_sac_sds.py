@@ -483,6 +483,7 @@ def test_probe_halves_a_pass_too_large_before_training_and_names_the_flags_when_
     labeler.model.reward = small_memory
     state = labeler.generator.get_state()
     labeler.probe()
+    labeler.memory_notes()  # (build_reward's order)
     assert labeler.pass_frames == 2 and torch.equal(labeler.generator.get_state(), state)
     assert "--reward-batch-size 2" in capsys.readouterr().err
     limit[0] = 0
