@@ -1282,6 +1282,10 @@ class CLIPLabeler:
         rewards = [self.compute(np.stack([it["frame"] for it in items[i: i + self.batch_size]]),
                                 None if entry is None else entry[i: i + self.batch_size])
                    for i in range(0, n, self.batch_size)]
+        return self.batch(queue, items, rewards, entry)
+
+    def batch(self, queue: "TransitionQueue", items: list, rewards: list, entry: Optional[np.ndarray]) -> dict:
+        """The labelled transitions (frames dropped) with their rewards; the schedule's statistics counted."""
         batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
         batch["reward"] = np.concatenate(rewards)
         if entry is not None:
@@ -1307,12 +1311,7 @@ class CLIPLabeler:
                 rewards.append(self.compute(np.stack([it["frame"] for it in items[start:i]]),
                                             None if entry is None else entry[start:i]))
                 start = i
-        batch = queue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
-        batch["reward"] = np.concatenate(rewards)
-        if entry is not None:
-            self.schedule_sum += np.bincount(entry, weights=batch["reward"], minlength=len(self.starts))
-            self.schedule_frames += np.bincount(entry, minlength=len(self.starts))
-        return batch
+        return self.batch(queue, items, rewards, entry)
 
     def compute(self, frames: np.ndarray, entry: Optional[np.ndarray] = None) -> np.ndarray:
         """Rewards of frames, each on the goal of its schedule entry (entry None: the one goal); a video model: the
