@@ -97,6 +97,12 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "image-cw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CW]),
     "image-ccw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CCW]),
     "video-schedule": ("sac_sds.py", [*VIDEO_WORLD, "--prompt-schedule", MOTION_SCHEDULE, "--time-feature"]),
+    # issue 34: the motion world's contrastive pair (demo/train_contrastive_models.py), X-CLIP and its frame control
+    "xclip-cw": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt", CW]),
+    "xclip-ccw": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt", CCW]),
+    "xclip-schedule": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt-schedule",
+                                       MOTION_SCHEDULE, "--time-feature"]),
+    "frameclip-cw": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-frame-clip", "--prompt", CW]),
     # motion customisation: the token learned from swinging clips, the word, the image control
     "video-swing-token": ("sac_sds.py", [*VIDEO_WORLD, "--customization", CUSTOM_SWING, "--prompt", TOKEN_PHRASE]),
     "video-swing-word": ("sac_sds.py", [*VIDEO_WORLD, "--prompt", SWING]),
@@ -109,13 +115,16 @@ BASIC = ("random", "env", "sds-up", "clip-up", "sds-down", "clip-down")
 @dataclass
 class Args:
     what: Literal["ranking", "motion-ranking", "caption-use", "rl", "demo-clips", "custom-ranking", "reward-clips",
-                  "random-models"] = "ranking"
+                  "random-models", "two-by-two"] = "ranking"
     """ranking: how the reward models rank held-out frames; motion-ranking: whether the motion world's rewards tell
     clockwise from counterclockwise on held-out clips; caption-use: how much the motion world's noise predictions
     depend on the caption; rl: train and evaluate SAC; demo-clips: write demonstration and regularisation clips for
     customize_motion.py; custom-ranking: whether a customised model's token tells its motion from others; reward-clips: clip folders of
     spinning, frozen and resting poles for eval_reward.py; random-models: the Pendulum world's models with random
-    weights (the same architectures), for eval_reward.py's known answers"""
+    weights (the same architectures), for eval_reward.py's known answers; two-by-two: the 2x2 table (time against the
+    training objective) from an eval_reward.py run over the reward-clips folders (--eval-dir)"""
+    eval_dir: tuple[str, ...] = ("eval_reward/2x2",)
+    """two-by-two: the eval_reward.py output folders to read (the same clips and --seed; e.g. one per pair of cells)"""
     configs: tuple[str, ...] = BASIC
     """rl: configurations to run: random, and names from CONFIGS (env, sds-up, clip-up, sds-down, clip-down,
     sds-schedule, clip-schedule, sds-up-not-down, clip-up-not-down, sd3-up, sd3-down)"""
@@ -461,7 +470,10 @@ def demo_clips(args: Args) -> dict:
 def reward_clips(args: Args) -> dict:
     """eval_reward.py's motion-world behaviours, as clip folders of png frames at the models' 32 px ({out}/spinning,
     {out}/frozen, {out}/resting): --clips // 2 held-out spinning clips (half clockwise) of --clip-steps consecutive env
-    steps, the same clips frozen at their first frame, and as many clips of a pole at rest."""
+    steps, the same clips frozen at their first frame, and as many clips of a pole at rest; and the spinning clips
+    again by direction ({out}/clockwise, {out}/counterclockwise: copies)."""
+    import shutil
+
     import imageio.v2 as imageio
 
     from train_motion_models import save_clips
@@ -474,7 +486,67 @@ def reward_clips(args: Args) -> dict:
         (out / "frozen" / clip.name).mkdir(parents=True, exist_ok=True)
         for f in range(args.clip_steps):
             imageio.imwrite(out / "frozen" / clip.name / f"{f:03d}.png", first)
+        direction = "clockwise" if int(clip.name[4:]) % 2 == 0 else "counterclockwise"  # (cw, ccw, cw, ...)
+        shutil.copytree(clip, out / direction / clip.name, dirs_exist_ok=True)
     return {"clips": n, "table": f"{n} clips each of {args.clip_steps} frames in {out}/spinning, frozen, resting"}
+
+
+# The 2x2 (issue 34 (not yet in docs/pendulum-world.md)): eval_reward.py's reward names of its
+# four cells, (objective, time) -> "kind spec"
+TWO_BY_TWO = {
+    ("denoising", "one frame"): f"sds {MOTION_MODEL}",
+    ("denoising", "a window"): f"sds {MOTION_MODEL} --motion-adapter-id {MOTION_ADAPTER}",
+    ("contrastive", "one frame"): "clip demo/pendulum-frame-clip",
+    ("contrastive", "a window"): "clip demo/pendulum-video-clip",
+}
+
+
+def two_by_two(args: Args) -> dict:
+    """The 2x2 table from an eval_reward.py run (--eval-dir) over the reward-clips folders (spinning, frozen, resting,
+    clockwise, counterclockwise) with the four cells' rewards (TWO_BY_TWO) and the prompts "... clockwise",
+    "... counterclockwise" and "a pendulum at rest": per cell the AUCs (95% bootstrap intervals) of spinning > frozen
+    and spinning > resting under "clockwise", clockwise > counterclockwise clips under "clockwise" and under
+    "counterclockwise" (there 1 - AUC: counterclockwise clips first), and caption use: on each spinning clip, how far
+    the reward moves between the two direction captions, mean |r(cw) - r(ccw)|, beside how far it moves between
+    "clockwise" and "at rest" on the same clips, and beside the spread of r(cw) between spinning clips (std)."""
+    import csv
+
+    rows, by_clip = {}, {}
+    for folder in map(Path, args.eval_dir):
+        summary = json.loads((folder / "summary.json").read_text())
+        rows.update({(r["reward"], r["prompt"]): r for r in summary["rows"]})
+        with open(folder / "episodes.csv") as f:
+            for e in csv.DictReader(f):
+                if e["behaviour"] == "clips:spinning":
+                    by_clip.setdefault(e["clip"], {}).update(e)
+    spins = [by_clip[c] for c in sorted(by_clip)]
+
+    def auc(reward, prompt, pair, flip=False):
+        r = rows[(reward, prompt)]
+        a, (lo, hi) = r["auc"][pair], r["auc_ci"][pair]
+        return (1 - a, 1 - hi, 1 - lo) if flip else (a, lo, hi)
+
+    out, lines = [], ["| objective | time | spin > frozen | spin > resting | cw > ccw clips (\"clockwise\") | "
+                      "ccw > cw clips (\"counterclockwise\") | caption use: \\|r(cw) - r(ccw)\\| / \\|r(cw) - r(rest)\\| "
+                      "(r(cw) spread) |", "|---|---|---|---|---|---|---|"]
+    for (objective, time_), reward in TWO_BY_TWO.items():
+        if (reward, CW) not in rows:
+            continue
+        cell = {"objective": objective, "time": time_, "reward": reward,
+                "spin_frozen": auc(reward, CW, "clips:spinning > clips:frozen"),
+                "spin_rest": auc(reward, CW, "clips:spinning > clips:resting"),
+                "cw_ccw": auc(reward, CW, "clips:clockwise > clips:counterclockwise"),
+                "ccw_cw": auc(reward, CCW, "clips:clockwise > clips:counterclockwise", flip=True)}
+        value = {p: np.array([float(e[f"{reward} | {p} | mean"]) for e in spins]) for p in (CW, CCW, REST)}
+        cell["direction_gap"] = float(np.abs(value[CW] - value[CCW]).mean())
+        cell["rest_gap"] = float(np.abs(value[CW] - value[REST]).mean())
+        cell["spread"] = float(value[CW].std())
+        out.append(cell)
+        ci = lambda v: f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"  # noqa: E731
+        lines.append(f"| {objective} | {time_} | {ci(cell['spin_frozen'])} | {ci(cell['spin_rest'])} | "
+                     f"{ci(cell['cw_ccw'])} | {ci(cell['ccw_cw'])} | {cell['direction_gap']:.1e} / "
+                     f"{cell['rest_gap']:.1e} ({cell['spread']:.1e}) |")
+    return {"cells": out, "clips": len(spins), "table": "\n".join(lines)}
 
 
 def random_weights(model_id: str, out: Path, seed: int = 0) -> Path:
@@ -752,7 +824,7 @@ def main(args: Args) -> None:
     start = time.time()
     what = {"ranking": ranking, "motion-ranking": motion_ranking, "caption-use": caption_use, "rl": rl,
             "demo-clips": demo_clips, "custom-ranking": custom_ranking, "reward-clips": reward_clips,
-            "random-models": random_models}
+            "random-models": random_models, "two-by-two": two_by_two}
     results = what[args.what](args)
     print(results["table"])
     print(f"\n({(time.time() - start) / 60:.1f} min)")

@@ -287,3 +287,23 @@ def test_eval_videos_clip_score_with_siglip_and_xclip(tmp_path, tiny_siglip, tin
     expected = [single[SPIN if k == 0 else REST][j] for j, k in enumerate(run.entries(len(renders)))]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.abs(single[SPIN] - single[REST]).max() > 1e-4
+
+
+# ----- the motion world's contrastive pair (demo/train_contrastive_models.py) -----
+VIDEO_CLIP, FRAME_CLIP = ROOT / "demo" / "pendulum-video-clip", ROOT / "demo" / "pendulum-frame-clip"
+CW, CCW = "a pendulum spinning clockwise", "a pendulum spinning counterclockwise"
+
+
+def test_contrastive_trainer_is_deterministic_and_writes_loadable_folders(tmp_path):
+    """demo/train_contrastive_models.py, shortened, twice: byte-identical weights; the folders load as X-CLIP (with
+    its clips' frame rate for sac_clip.py) and CLIP."""
+    short = ["--clips", "12", "--frames", "4", "--steps", "2", "--batch-size", "4", "--eval-every", "0"]
+    for out in ("a", "b"):
+        run_script("demo/train_contrastive_models.py", "--out-dir", str(tmp_path / out), *short, cwd=ROOT)
+    for name in ("pendulum-video-clip", "pendulum-frame-clip"):
+        a, b = (tmp_path / out / name / "model.safetensors" for out in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes(), name
+    video = sac_clip.CLIPReward.from_pretrained(str(tmp_path / "a" / "pendulum-video-clip"), [CW])
+    frame = sac_clip.CLIPReward.from_pretrained(str(tmp_path / "a" / "pendulum-frame-clip"), [CW])
+    assert (video.kind, video.context_size, frame.kind) == ("xclip", 4, "clip")
+    assert json.loads((tmp_path / "a" / "pendulum-video-clip" / "vlm_rm_config.json").read_text())["video_fps"] == 10.0
