@@ -61,7 +61,7 @@ import tyro
 
 import sac_clip
 import sac_sds
-import sac_sds as core  # the SAC core (make_env, load_policy, TransitionQueue): the same text in all three scripts
+import sac_sds as core  # the SAC core (make_env, load_policy, label_episode): the same text in all three scripts
 
 # One error type, core.UserError: sac_sds's, the class of the SAC core, of the SDS reward and of the text rewards'
 # shared loading alike; sac_clip.py's own class (the same text, another class) is raised again as it where the CLIP
@@ -289,25 +289,6 @@ def common_flags(args: Args, prompt: str) -> list[str]:
 LABELERS = {"sds": sds_labeler, "clip": clip_labeler}
 
 
-def label_episode(labeler, frames: list[np.ndarray], episode: int) -> np.ndarray:
-    """Per-frame rewards of one episode's frames (the frames after each step), from a labeler of the training
-    scripts: each frame a transition in the core's TransitionQueue (one env; the last one ends the episode), labelled
-    as the training loop labels them, the episode's end flushing what is pending."""
-    queue = core.TransitionQueue(1)
-    for j, frame in enumerate(frames):
-        queue.push({"env": 0, "episode": episode, "episode_step": j + 1, "done": j == len(frames) - 1,
-                    "terminated": False, "index": j, "success": 0.0, "frame": frame})
-    rewards = np.full(len(frames), np.nan)
-    while len(queue):
-        batch = labeler.label(queue, flush=True)
-        if batch is None:
-            break
-        rewards[batch["index"]] = batch["reward"]
-    if np.isnan(rewards).any():
-        raise RuntimeError(f"the labeler left {int(np.isnan(rewards).sum())} of {len(frames)} frames unscored")
-    return rewards
-
-
 def build_rewards(args: Args, device: torch.device) -> list[Reward]:
     """Every (reward, prompt), its labeler built (the models loaded: a model that does not load fails here, before
     anything is rolled out or written)."""
@@ -475,7 +456,7 @@ def evaluate(args: Args) -> dict:
                        "env_return": float(np.sum(env_rewards)) if env_rewards is not None else None}
                 for k, r in enumerate(rewards):
                     start = time.perf_counter()
-                    values = label_episode(r.labeler, frames[r.render_size], counter)
+                    values = core.label_episode(r.labeler, frames[r.render_size], counter)["reward"]
                     r.seconds += time.perf_counter() - start
                     r.frames += len(values)
                     row[f"r{k}_sum"], row[f"r{k}_mean"] = float(values.sum()), float(values.mean())

@@ -292,15 +292,19 @@ class ClipScorer:
 
 
 class SdsScorer:
-    """TADPoLe's per-frame reward and its align and recon terms, as training computes them (sac_sds.SDSLabeler.episode:
-    the episode's noise level, each frame's noise, passes of --batch-size frames; a video model's episode in sliding
-    windows, each frame's terms the mean over its windows), on the run's prompt, its composition (prompts and
-    weights), or its schedule (each frame on its step's entry). The prompts' embeddings are made when the model
-    loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
+    """TADPoLe's per-frame reward and its align and recon terms, as training computes them: the episode's frames go
+    through sac_sds.py's own labeler (SDSLabeler, VideoLabeler for a video model) by sac_sds.label_episode, as the
+    training loop feeds it (the episode's noise level, each frame's noise, passes of --batch-size frames; a video
+    model's episode in sliding windows, each frame's terms the mean over its windows), on the run's prompt, its
+    composition (prompts and weights), or its schedule (each frame on its step's entry). The prompts' embeddings are
+    made when the model loads, so new prompts reload it (runs are evaluated grouped by prompt)."""
 
     def __init__(self, args: EvalArgs, device: torch.device):
         resolve_sds_noise_levels(args)
-        self.args, self.device, self.prompt, self.labeler = args, device, None, None
+        self.args, self.device, self.prompt, self.model, self.labeler = args, device, None, None, None
+        self.settings = argparse.Namespace(reward_batch_size=args.batch_size, seed=args.seed, num_envs=1,
+                                           noise_level_base=args.sds_noise_level_base,
+                                           noise_level_range=args.sds_noise_level_range, reward_compile=False)
         self.generator = torch.Generator()  # the labeler's, kept over reloads
         self.reset()
 
@@ -309,21 +313,19 @@ class SdsScorer:
         self.generator.manual_seed(self.args.seed)
 
     def load(self, text: tuple) -> None:
-        """text: Run.text, (prompts, weights, schedule starts); a schedule's entries are the model's prompts."""
-        prompts, weights, _ = text
-        key = (prompts, weights)
-        if key != self.prompt:
-            self.labeler = None  # free the previous copy first
-            model = sac_sds.SDSReward.from_pretrained(self.args.sds_model_id, list(prompts), dtype=self.args.dtype,
-                                                      device=self.device, weights=list(weights) or None,
-                                                      motion_adapter_id=self.args.sds_motion_adapter_id,
-                                                      customization=self.args.sds_customization)
-            settings = argparse.Namespace(reward_batch_size=self.args.batch_size, seed=self.args.seed, num_envs=1,
-                                          noise_level_base=self.args.sds_noise_level_base,
-                                          noise_level_range=self.args.sds_noise_level_range, reward_compile=False)
-            self.labeler = sac_sds.SDSLabeler(model, settings)
-            self.labeler.generator = self.generator
-            self.prompt = key
+        """text: Run.text, (prompts, weights, schedule starts); a schedule's entries are the model's prompts. A
+        labeler of its own for each episode (a video's windows start afresh), on the scorer's generator."""
+        prompts, weights, starts = text
+        if (prompts, weights) != self.prompt:
+            self.model = self.labeler = None  # free the previous copy first
+            self.model = sac_sds.SDSReward.from_pretrained(
+                self.args.sds_model_id, list(prompts), dtype=self.args.dtype, device=self.device,
+                weights=list(weights) or None, motion_adapter_id=self.args.sds_motion_adapter_id,
+                customization=self.args.sds_customization)
+            self.prompt = (prompts, weights)
+        labeler = sac_sds.VideoLabeler if self.model.video else sac_sds.SDSLabeler
+        self.labeler = labeler(self.model, self.settings, starts=list(starts) or None)
+        self.labeler.generator = self.generator
 
     def frame_stride(self, run: Run) -> int:
         """The video windows' frame stride for this run's env (sac_sds.video_frame_stride: the same as training's)."""
@@ -335,10 +337,11 @@ class SdsScorer:
 
     def __call__(self, frames: np.ndarray, run: Run) -> dict[str, np.ndarray]:
         self.load(run.text)
-        if self.labeler.model.video:
-            self.labeler.model.frame_stride = self.frame_stride(run)
-        align, recon, score = (x.cpu().numpy() for x in self.labeler.episode(frames, run.entries(len(frames))))
-        return {"sds_score": score, "sds_align": align, "sds_recon": recon}
+        if self.model.video:
+            self.model.frame_stride = self.frame_stride(run)
+        # frame 0 is the reset frame: episode_step 0 (a schedule's first entry), frame j the frame after step j
+        values = sac_sds.label_episode(self.labeler, frames, episode=0, first_step=0)
+        return {"sds_score": values["reward"], "sds_align": values["align"], "sds_recon": values["recon"]}
 
 
 def resolve_sds_noise_levels(args: EvalArgs) -> None:

@@ -744,38 +744,6 @@ EXIT_CTRL_C = 130  # 128 + SIGINT, as shells report a Ctrl-C: stopped by Ctrl-C 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) or Ctrl-C (SIGINT) arrived; a checkpoint has
-    been saved (unless Ctrl-C came twice). code: the exit status, EXIT_INTERRUPTED or EXIT_CTRL_C."""
-
-    def __init__(self, message: str, code: int = EXIT_INTERRUPTED):
-        super().__init__(message)
-        self.code = code
-
-
-def on_stop_signals(stop, then: str = "saving a checkpoint after this step") -> dict:
-    """Installs the handler of the stop signals: stop(signum) is called, and the work finishes its step, saves and
-    raises Interrupted; a second Ctrl-C raises KeyboardInterrupt at once. Returns the handlers it replaced (a Ctrl-C
-    that the parent process ignores, as a shell's background job does, stays ignored)."""
-    def handler(signum, frame):
-        if signum == signal.SIGINT:
-            print(f"\nCtrl-C: {then} (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        stop(signum)
-
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS:
-        if old[s] is not signal.SIG_IGN:
-            signal.signal(s, handler)
-    return old
-
-
-def stopped(signum: int, what: str) -> Interrupted:
-    """The Interrupted of a stop signal: its name, what was saved, and the exit status (130 for Ctrl-C)."""
-    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
-    return Interrupted(f"{name} {what}", EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED)
-
-
 def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
     """Trains until args.total_timesteps; returns a summary. Raises Interrupted after saving on SIGTERM, SIGUSR1 or
     Ctrl-C."""
@@ -1100,6 +1068,41 @@ def main(args_cls: type, build_reward) -> None:
     except KeyboardInterrupt:  # before training started (loading a model, making the envs): nothing to save yet
         print("Ctrl-C before training started: stopped; nothing new was saved", file=sys.stderr)
         sys.exit(EXIT_CTRL_C)
+
+
+# the stop signals: Run installs the handler, main turns Interrupted into its line and exit status
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) or Ctrl-C (SIGINT) arrived; a checkpoint has
+    been saved (unless Ctrl-C came twice). code: the exit status, EXIT_INTERRUPTED or EXIT_CTRL_C."""
+
+    def __init__(self, message: str, code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.code = code
+
+
+def on_stop_signals(stop, then: str = "saving a checkpoint after this step") -> dict:
+    """Installs the handler of the stop signals: stop(signum) is called, and the work finishes its step, saves and
+    raises Interrupted; a second Ctrl-C raises KeyboardInterrupt at once. Returns the handlers it replaced (a Ctrl-C
+    that the parent process ignores, as a shell's background job does, stays ignored)."""
+    def handler(signum, frame):
+        if signum == signal.SIGINT:
+            print(f"\nCtrl-C: {then} (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop(signum)
+
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        if old[s] is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    return old
+
+
+def stopped(signum: int, what: str) -> Interrupted:
+    """The Interrupted of a stop signal: its name, what was saved, and the exit status (130 for Ctrl-C)."""
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return Interrupted(f"{name} {what}", EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED)
+
+
 # === SAC CORE END: training loop ===
 
 
@@ -1990,6 +1993,26 @@ def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch
             successes.append(float(info["success"]))
     return returns, lengths, frames, successes
 
+
+def label_episode(labeler, frames, episode: int, first_step: int = 1) -> dict:
+    """One episode's frames (N, H, W, 3) labelled as the training loop labels them: each frame a transition of one
+    env in a TransitionQueue (episode_step first_step, first_step + 1, ...; the last ends the episode, so its
+    pending frames are flushed), handed to the reward source's label() until none is left. Returns each frame's
+    values of the batches (reward, and what else the source gives, such as align and recon) as arrays in frame order.
+    For the evaluation scripts: the one way to score an episode as training does."""
+    queue = TransitionQueue(1)
+    for j, frame in enumerate(frames):
+        queue.push({"env": 0, "episode": episode, "episode_step": first_step + j, "done": j == len(frames) - 1,
+                    "terminated": False, "index": j, "success": 0.0, "frame": frame})
+    values: dict[str, np.ndarray] = {}
+    while len(queue) and (batch := labeler.label(queue, flush=True)) is not None:
+        for key in ("reward", "align", "recon"):
+            if key in batch:
+                values.setdefault(key, np.full(len(frames), np.nan))[batch["index"]] = batch[key]
+    unscored = len(frames) if "reward" not in values else int(np.isnan(values["reward"]).sum())
+    if unscored:
+        raise RuntimeError(f"the reward source left {unscored} of {len(frames)} frames unscored")
+    return values
 
 def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
     import imageio.v2 as imageio

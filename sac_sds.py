@@ -465,113 +465,16 @@ class SDSReward(nn.Module):
     def num_train_timesteps(self) -> int:
         return self.family.num_train_timesteps
 
-    # ----- loading (docs/method.md#model-families) -----
+    # ----- loading (docs/method.md#model-families): the functions follow the training loop -----
     @classmethod
-    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
-                        dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
-                        motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
-                        resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
-                        customization: Optional[str] = None, **options) -> "SDSReward":
-        """Loads a diffusers pipeline (hub id or local folder) of any family detect_family knows, keeps its denoiser,
-        VAE and noise schedule, and uses its text encoders only long enough to embed the prompt(s) and the negative
-        prompt (encode_prompt). prompt: one text, or several to compose with weights (default 1 each), or a
-        schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
-        cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
-        recon_scale, context_size, stride, context_frames (default: tadpole_defaults(model_id, motion_adapter_id)),
-        frame_stride
-        (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty prompt, or a
-        number of weights other than of prompts."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(p.strip() for p in prompts):
-            raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
-        weights = check_weights(prompts, weights)
-        defaults, _ = tadpole_defaults(model_id, motion_adapter_id, customization)
-        for k in ("align_scale", "recon_scale", "context_size", "stride", "context_frames"):
-            if options.get(k) is None:
-                options[k] = defaults[k]
-        device = torch.device(device)
-        dtype = resolve_dtype(dtype, device)
-        model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
-        family, name = detect_family(model_id)
-        if (motion_adapter_id or cross_frame_attention) and family is not SDFamily:
-            raise UserError(f"--motion-adapter-id and --cross-frame-attention make a video model of an SD 1.x/2.x "
-                            f"model; '{model_id}' is a {name} (drop the flag)")
-        if motion_adapter_id and cross_frame_attention:
-            raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
-                            "choose one")
-        # without torchvision, importing the pipelines makes transformers warn that its image processors fall back
-        # to PIL; the reward uses none of them
-        logging.getLogger("transformers.utils.import_utils").addFilter(
-            lambda record: "requires torchvision" not in record.getMessage())
-        # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
-        import diffusers
-        import transformers
-        from huggingface_hub.errors import HFValidationError
-
-        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
-        diffusers.utils.logging.disable_progress_bar()  # a bar per component, for a load of seconds
-        transformers.utils.logging.disable_progress_bar()
-        adapter = None
-        if motion_adapter_id:
-            motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
-            try:
-                adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter_id, dtype=dtype)
-            except (OSError, HFValidationError) as e:
-                raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
-        try:
-            pipe = family.load(getattr(diffusers, name), model_id, dtype)
-        except (OSError, HFValidationError, ValueError, TypeError) as e:
-            raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
-        return cls.from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights, motion_adapter=adapter,
-                                 cross_frame_attention=cross_frame_attention, resolution=resolution,
-                                 customization=customization, **options)
+    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], **options) -> "SDSReward":
+        """The reward from a diffusers pipeline (hub id or local folder) of any family: load_sds_reward."""
+        return load_sds_reward(model_id, prompt, **options)
 
     @classmethod
-    def from_pipeline(cls, pipe, prompts: Sequence[str], negative_prompt: str = "", device: str | torch.device = "cpu",
-                      weights: Optional[Sequence[float]] = None, motion_adapter=None, cross_frame_attention: bool = False,
-                      resolution: Optional[int] = None, customization: Optional[str] = None,
-                      **options) -> "SDSReward":
-        """The reward from a pipeline object already built or loaded (from_pretrained's second half; benchmarks
-        build the real architectures from their configs with it). The pipeline's text encoders are used for the
-        conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
-        freezes them (eval, no gradients) and drops the VAE's decoder, so pass copies of modules still in use."""
-        name = type(pipe).__name__
-        family = family_for(name, "the pipeline")
-        device = torch.device(device)
-        dtype = pipe.dtype
-        pipe.to(device)
-        with torch.no_grad():  # [unconditional, prompts...], computed once
-            cond = family.conditioning(pipe, list(prompts), negative_prompt, device)
-        denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-        if family is not SDFamily:
-            model = family(pipe, denoiser, cond, dtype)
-        else:
-            if motion_adapter is not None:
-                from diffusers import UNetMotionModel
-
-                try:  # the image UNet with AnimateDiff's motion modules inserted
-                    denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device)
-                    if denoiser.dtype != dtype:  # (a cast to the same dtype only prints a diffusers warning)
-                        denoiser.to(dtype)
-                except (ValueError, RuntimeError) as e:
-                    raise UserError(
-                        f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "
-                        "adapters need an SD 1.5-family --model-id, such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-                    ) from None
-            video = motion_adapter is not None or name == "AnimateDiffPipeline"
-            model = SDFamily(pipe, denoiser, cond, dtype, video=video or cross_frame_attention,
-                             cross_frame=cross_frame_attention)
-            adapter = motion_adapter or getattr(pipe, "motion_adapter", None)
-            max_frames = adapter.config.motion_max_seq_length if adapter is not None else None
-            size = options.get("context_size") or model.context_default
-            if max_frames and size > max_frames:
-                raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
-        if customization is not None:  # customize_motion.py's tensors over the model's own
-            load_customization(model.denoiser, customization)
-        resolution = resolution or model.default_resolution
-        if resolution % model.size_multiple:
-            raise UserError(f"--resolution must be a multiple of {model.size_multiple} for this {name} (got {resolution})")
-        return cls(model, resolution, weights=weights, **options).to(device)
+    def from_pipeline(cls, pipe, prompts: Sequence[str], **options) -> "SDSReward":
+        """The reward from a pipeline object already built or loaded: sds_reward_from_pipeline."""
+        return sds_reward_from_pipeline(pipe, prompts, **options)
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===
@@ -810,38 +713,6 @@ class SAC(nn.Module):
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume to finish
 EXIT_CTRL_C = 130  # 128 + SIGINT, as shells report a Ctrl-C: stopped by Ctrl-C (after saving, unless pressed twice)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) or Ctrl-C (SIGINT) arrived; a checkpoint has
-    been saved (unless Ctrl-C came twice). code: the exit status, EXIT_INTERRUPTED or EXIT_CTRL_C."""
-
-    def __init__(self, message: str, code: int = EXIT_INTERRUPTED):
-        super().__init__(message)
-        self.code = code
-
-
-def on_stop_signals(stop, then: str = "saving a checkpoint after this step") -> dict:
-    """Installs the handler of the stop signals: stop(signum) is called, and the work finishes its step, saves and
-    raises Interrupted; a second Ctrl-C raises KeyboardInterrupt at once. Returns the handlers it replaced (a Ctrl-C
-    that the parent process ignores, as a shell's background job does, stays ignored)."""
-    def handler(signum, frame):
-        if signum == signal.SIGINT:
-            print(f"\nCtrl-C: {then} (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        stop(signum)
-
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS:
-        if old[s] is not signal.SIG_IGN:
-            signal.signal(s, handler)
-    return old
-
-
-def stopped(signum: int, what: str) -> Interrupted:
-    """The Interrupted of a stop signal: its name, what was saved, and the exit status (130 for Ctrl-C)."""
-    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
-    return Interrupted(f"{name} {what}", EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED)
 
 
 def train(args: SACArgs, run_dir: Path, build_reward) -> dict:
@@ -1168,6 +1039,41 @@ def main(args_cls: type, build_reward) -> None:
     except KeyboardInterrupt:  # before training started (loading a model, making the envs): nothing to save yet
         print("Ctrl-C before training started: stopped; nothing new was saved", file=sys.stderr)
         sys.exit(EXIT_CTRL_C)
+
+
+# the stop signals: Run installs the handler, main turns Interrupted into its line and exit status
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 (SLURM's preemption and time-limit warnings) or Ctrl-C (SIGINT) arrived; a checkpoint has
+    been saved (unless Ctrl-C came twice). code: the exit status, EXIT_INTERRUPTED or EXIT_CTRL_C."""
+
+    def __init__(self, message: str, code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.code = code
+
+
+def on_stop_signals(stop, then: str = "saving a checkpoint after this step") -> dict:
+    """Installs the handler of the stop signals: stop(signum) is called, and the work finishes its step, saves and
+    raises Interrupted; a second Ctrl-C raises KeyboardInterrupt at once. Returns the handlers it replaced (a Ctrl-C
+    that the parent process ignores, as a shell's background job does, stays ignored)."""
+    def handler(signum, frame):
+        if signum == signal.SIGINT:
+            print(f"\nCtrl-C: {then} (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop(signum)
+
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        if old[s] is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    return old
+
+
+def stopped(signum: int, what: str) -> Interrupted:
+    """The Interrupted of a stop signal: its name, what was saved, and the exit status (130 for Ctrl-C)."""
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return Interrupted(f"{name} {what}", EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED)
+
+
 # === SAC CORE END: training loop ===
 
 
@@ -1672,7 +1578,7 @@ class SDSLabeler:
             return None
         align, recon, reward = values.permute(2, 1, 0)  # (rows, N) each: the composition's, then each prompt's
         batch = TransitionQueue.collate([{k: v for k, v in it.items() if k != "frame"} for it in items])
-        batch["reward"] = reward[0].cpu().numpy()
+        batch["reward"], batch["align"], batch["recon"] = (x[0].cpu().numpy() for x in (reward, align, recon))
         for it in items:
             if it["done"]:
                 self.episode_t.pop(it["episode"], None)
@@ -1700,33 +1606,16 @@ class SDSLabeler:
         return items, torch.cat(self.in_passes(len(pad), 1, lambda a, b: self.layout(self.model.reward(
             latents[a:b], t[a:b], noise[a:b], None if prompt is None else prompt[a:b], self.per_prompt))))[:n]
 
-    def episode(self, frames: np.ndarray, prompt=None) -> tuple[torch.Tensor, ...]:
-        """align, recon and reward of one whole episode's frames (N, H, W, 3) as training scores them (the image
-        model's frames, in passes; a video in its windows, SDSReward.frame_terms): a noise level of its own, then
-        each frame's noise. prompt: None (the composition), or each frame's schedule entry. For eval_videos.py."""
-        t = self.noise_level()
-        latents = self.encode(frames)
-        noise = self.noise(len(latents))
-        prompt = None if prompt is None else torch.as_tensor(prompt, device=self.model.device)
-        if self.model.video:
-            return self.model.frame_terms(latents, t, noise, prompt=prompt)
-        parts = self.in_passes(len(latents), 1, lambda a, b: self.model.frame_terms(
-            latents[a:b], t, noise[a:b], prompt=None if prompt is None else prompt[a:b]))
-        return tuple(torch.cat(part) for part in zip(*parts))
-
     def layout(self, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """SDSReward.reward's align, recon, reward as (..., rows, 3)."""
         values = torch.stack(terms, -1)
         return values.movedim(0, -2) if self.per_prompt else values.unsqueeze(-2)
 
-    def noise_level(self, episode: Optional[int] = None) -> int:
-        """t of a training episode, drawn at its first frame (None: a new draw, for an episode scored whole)."""
-        if episode is None or episode not in self.episode_t:
+    def noise_level(self, episode: int) -> int:
+        """t of a training episode, drawn at its first frame."""
+        if episode not in self.episode_t:
             low, high = self.noise_levels
-            t = int(torch.randint(low, high, (1,), generator=self.generator))
-            if episode is None:
-                return t
-            self.episode_t[episode] = t
+            self.episode_t[episode] = int(torch.randint(low, high, (1,), generator=self.generator))
         return self.episode_t[episode]
 
     def noise(self, n: int) -> torch.Tensor:
@@ -1962,6 +1851,113 @@ MIRROR_NOTE = (" stabilityai/stable-diffusion-2-1-base left the hub in November 
 
 FAMILIES = (SDFamily, SDXLFamily, SD3Family, ZeroScopeFamily, WanFamily)
 GUIDANCE_DISTILLED = ("Flux",)  # pipeline class-name prefixes of models without a trained unconditional branch
+
+
+def load_sds_reward(model_id: str, prompt: str | Sequence[str], negative_prompt: str = "",
+                    dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
+                    motion_adapter_id: Optional[str] = None, cross_frame_attention: bool = False,
+                    resolution: Optional[int] = None, weights: Optional[Sequence[float]] = None,
+                    customization: Optional[str] = None, **options) -> SDSReward:
+    """SDSReward.from_pretrained: loads a diffusers pipeline (hub id or local folder) of any family detect_family
+    knows, keeps its denoiser, VAE and noise schedule, and uses its text encoders only long enough to embed the
+    prompt(s) and the negative prompt (encode_prompt). prompt: one text, or several to compose with weights (default
+    1 each), or a schedule's texts (scored one at a time with terms(prompt=...)). A motion adapter (AnimateDiff) or
+    cross_frame_attention (Text2Video-Zero) makes an SD 1.x/2.x model a video model. options: align_scale,
+    recon_scale, context_size, stride, context_frames (default: tadpole_defaults(model_id, motion_adapter_id)),
+    frame_stride (default 1). Raises UserError for a model that cannot be loaded or is not supported, an empty
+    prompt, or a number of weights other than of prompts."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UserError('the prompt is empty: describe the behaviour to reward, e.g. --prompt "a person walking"')
+    weights = check_weights(prompts, weights)
+    defaults, _ = tadpole_defaults(model_id, motion_adapter_id, customization)
+    for k in ("align_scale", "recon_scale", "context_size", "stride", "context_frames"):
+        if options.get(k) is None:
+            options[k] = defaults[k]
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype, device)
+    model_id = check_model_id(model_id, "--model-id", MIRROR_NOTE)
+    family, name = detect_family(model_id)
+    if (motion_adapter_id or cross_frame_attention) and family is not SDFamily:
+        raise UserError(f"--motion-adapter-id and --cross-frame-attention make a video model of an SD 1.x/2.x "
+                        f"model; '{model_id}' is a {name} (drop the flag)")
+    if motion_adapter_id and cross_frame_attention:
+        raise UserError("--motion-adapter-id and --cross-frame-attention are two ways to make a video model: "
+                        "choose one")
+    # without torchvision, importing the pipelines makes transformers warn that its image processors fall back
+    # to PIL; the reward uses none of them
+    logging.getLogger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision" not in record.getMessage())
+    # imported here: diffusers and transformers take seconds to import, and --help should not wait for them
+    import diffusers
+    import transformers
+    from huggingface_hub.errors import HFValidationError
+
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers calling a newer hub
+    diffusers.utils.logging.disable_progress_bar()  # a bar per component, for a load of seconds
+    transformers.utils.logging.disable_progress_bar()
+    adapter = None
+    if motion_adapter_id:
+        motion_adapter_id = check_model_id(motion_adapter_id, "--motion-adapter-id")
+        try:
+            adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter_id, dtype=dtype)
+        except (OSError, HFValidationError) as e:
+            raise load_error("--motion-adapter-id", "motion adapter", motion_adapter_id, e) from None
+    try:
+        pipe = family.load(getattr(diffusers, name), model_id, dtype)
+    except (OSError, HFValidationError, ValueError, TypeError) as e:
+        raise load_error("--model-id", "diffusion model", model_id, e, MIRROR_NOTE) from None
+    return sds_reward_from_pipeline(pipe, prompts, negative_prompt, device=device, weights=weights,
+                                    motion_adapter=adapter, cross_frame_attention=cross_frame_attention,
+                                    resolution=resolution, customization=customization, **options)
+
+
+def sds_reward_from_pipeline(pipe, prompts: Sequence[str], negative_prompt: str = "",
+                             device: str | torch.device = "cpu", weights: Optional[Sequence[float]] = None,
+                             motion_adapter=None, cross_frame_attention: bool = False,
+                             resolution: Optional[int] = None, customization: Optional[str] = None,
+                             **options) -> SDSReward:
+    """SDSReward.from_pipeline: the reward from a pipeline object already built or loaded (load_sds_reward's second
+    half; benchmarks build the real architectures from their configs with it). The pipeline's text encoders are used
+    for the conditioning, then left to be freed with it. The reward takes over the pipeline's denoiser and VAE: it
+    freezes them (eval, no gradients) and drops the VAE's decoder, so pass copies of modules still in use."""
+    name = type(pipe).__name__
+    family = family_for(name, "the pipeline")
+    device = torch.device(device)
+    dtype = pipe.dtype
+    pipe.to(device)
+    with torch.no_grad():  # [unconditional, prompts...], computed once
+        cond = family.conditioning(pipe, list(prompts), negative_prompt, device)
+    denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+    if family is not SDFamily:
+        model = family(pipe, denoiser, cond, dtype)
+    else:
+        if motion_adapter is not None:
+            from diffusers import UNetMotionModel
+
+            try:  # the image UNet with AnimateDiff's motion modules inserted
+                denoiser = UNetMotionModel.from_unet2d(denoiser, motion_adapter).to(device)
+                if denoiser.dtype != dtype:  # (a cast to the same dtype only prints a diffusers warning)
+                    denoiser.to(dtype)
+            except (ValueError, RuntimeError) as e:
+                raise UserError(
+                    f"the motion adapter does not fit this model ({str(e).splitlines()[0][:200]}); AnimateDiff "
+                    "adapters need an SD 1.5-family --model-id, such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+                ) from None
+        video = motion_adapter is not None or name == "AnimateDiffPipeline"
+        model = SDFamily(pipe, denoiser, cond, dtype, video=video or cross_frame_attention,
+                         cross_frame=cross_frame_attention)
+        adapter = motion_adapter or getattr(pipe, "motion_adapter", None)
+        max_frames = adapter.config.motion_max_seq_length if adapter is not None else None
+        size = options.get("context_size") or model.context_default
+        if max_frames and size > max_frames:
+            raise UserError(f"--context-size {size} exceeds the motion adapter's {max_frames} frames")
+    if customization is not None:  # customize_motion.py's tensors over the model's own
+        load_customization(model.denoiser, customization)
+    resolution = resolution or model.default_resolution
+    if resolution % model.size_multiple:
+        raise UserError(f"--resolution must be a multiple of {model.size_multiple} for this {name} (got {resolution})")
+    return SDSReward(model, resolution, weights=weights, **options).to(device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -2709,6 +2705,26 @@ def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int, device: torch
             successes.append(float(info["success"]))
     return returns, lengths, frames, successes
 
+
+def label_episode(labeler, frames, episode: int, first_step: int = 1) -> dict:
+    """One episode's frames (N, H, W, 3) labelled as the training loop labels them: each frame a transition of one
+    env in a TransitionQueue (episode_step first_step, first_step + 1, ...; the last ends the episode, so its
+    pending frames are flushed), handed to the reward source's label() until none is left. Returns each frame's
+    values of the batches (reward, and what else the source gives, such as align and recon) as arrays in frame order.
+    For the evaluation scripts: the one way to score an episode as training does."""
+    queue = TransitionQueue(1)
+    for j, frame in enumerate(frames):
+        queue.push({"env": 0, "episode": episode, "episode_step": first_step + j, "done": j == len(frames) - 1,
+                    "terminated": False, "index": j, "success": 0.0, "frame": frame})
+    values: dict[str, np.ndarray] = {}
+    while len(queue) and (batch := labeler.label(queue, flush=True)) is not None:
+        for key in ("reward", "align", "recon"):
+            if key in batch:
+                values.setdefault(key, np.full(len(frames), np.nan))[batch["index"]] = batch[key]
+    unscored = len(frames) if "reward" not in values else int(np.isnan(values["reward"]).sum())
+    if unscored:
+        raise RuntimeError(f"the reward source left {unscored} of {len(frames)} frames unscored")
+    return values
 
 def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
     import imageio.v2 as imageio

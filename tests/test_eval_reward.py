@@ -238,7 +238,7 @@ def test_ctrl_c_writes_the_tables_of_the_episodes_scored(tmp_path, monkeypatch):
     import os
     import signal
 
-    real, calls = eval_reward.label_episode, []
+    real, calls = eval_reward.core.label_episode, []
 
     def label_episode(*a, **kw):
         calls.append(1)
@@ -246,7 +246,7 @@ def test_ctrl_c_writes_the_tables_of_the_episodes_scored(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **kw)
 
-    monkeypatch.setattr(eval_reward, "label_episode", label_episode)
+    monkeypatch.setattr(eval_reward.core, "label_episode", label_episode)
     handler = signal.getsignal(signal.SIGINT)
     out = tmp_path / "er"
     args = eval_reward.Args(behaviours=("random",), env_id="Pendulum-v1", episodes=4, max_episode_steps=10,

@@ -278,9 +278,9 @@ def test_composed_and_scheduled_runs_are_scored_on_their_own_prompts(tmp_path, t
     args = eval_videos.EvalArgs(sds_model_id=str(tiny_sd), batch_size=4, seed=7)
     scorer = eval_videos.SdsScorer(args, torch.device("cpu"))
     got = scorer(frames, scheduled)["sds_score"]
-    g = torch.Generator().manual_seed(7)  # the scorer's draws: t for the episode, then noise per batch of 4
+    g = torch.Generator().manual_seed(7)  # the labeler's draws: t for the episode, then the noise of its 6 frames
     t = int(torch.randint(400, 500, (1,), generator=g))
-    noise = torch.cat([torch.randn(4, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)])
+    noise = torch.randn(6, 4, 8, 8, generator=g)
     single = {p: sac_sds.SDSReward.from_pretrained(str(tiny_sd), p) for p in (PROMPT, other)}
     expected = [single[PROMPT if k == 0 else other](single[PROMPT].encode(frames[j:j + 1]), t, noise[j:j + 1]).item()
                 for j, k in enumerate(scheduled.entries(6))]

@@ -365,12 +365,13 @@ def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
     scorer = eval_videos.SdsScorer(eval_videos.EvalArgs(sds_model_id=str(tiny_families["zeroscope"]), batch_size=8,
                                                         seed=3), torch.device("cpu"))
     got = scorer(x, run)
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(3)  # the labeler's draws: t for the episode, then each video's noise
     t = int(torch.randint(400, 500, (1,), generator=g))
-    noise = torch.cat([torch.randn(n, 4, 8, 8, generator=g) for n in (8, 8, 4)])
+    noise = torch.empty(20, 4, 8, 8)
+    noise[0::2], noise[1::2] = torch.randn(10, 4, 8, 8, generator=g), torch.randn(10, 4, 8, 8, generator=g)
     model = SDSReward.from_pretrained(str(tiny_families["zeroscope"]), PROMPT)  # its own 16 px, 16-frame windows
     model.frame_stride = 2  # the run's env, Pendulum-v1 (dt 0.05 s), at the default 8 frames/s: as sac_sds.py trains
-    expected = model(model.encode(x), t, noise).numpy()
+    expected = model(model.encode(x), t, noise).numpy()  # (frame stride 2: even and odd frames, a video each)
     np.testing.assert_allclose(got["sds_score"], expected, rtol=1e-4, atol=1e-4)
     assert got["sds_align"].shape == (20,)
     # --sds-frame-stride 1: windows of consecutive frames
@@ -378,6 +379,9 @@ def test_eval_videos_scores_a_video_model_in_windows(tiny_families, tmp_path):
                                                         seed=3, sds_frame_stride=1), torch.device("cpu"))
     model.frame_stride = 1
     assert sac_sds.windows(20, model.context_size, model.stride) == [(0, 16), (4, 20)]
+    g.manual_seed(3)
+    t = int(torch.randint(400, 500, (1,), generator=g))
+    noise = torch.randn(20, 4, 8, 8, generator=g)
     np.testing.assert_allclose(scorer(x, run)["sds_score"], model(model.encode(x), t, noise).numpy(), rtol=1e-4,
                                atol=1e-4)
 

@@ -49,3 +49,12 @@ def test_check_names_a_block_that_drifted(tmp_path, monkeypatch):
     assert sync_core.differences() == ["sac_clip.py: block 'args'"]
     sync_core.sync()
     assert sync_core.differences() == []
+
+
+def test_a_reader_meets_the_training_loop_before_line_800():
+    """Each script reads top to bottom: its args, its reward, the networks, the buffer, the update, then the loop; the
+    loading, the speed wrappers and the error paths follow it."""
+    for name in ("sac_env_reward.py", "sac_clip.py", "sac_sds.py"):
+        lines = (ROOT / name).read_text().splitlines()
+        loop = [i for i, line in enumerate(lines, 1) if line.strip() == "while run.global_step < args.total_timesteps:"]
+        assert len(loop) == 1 and loop[0] < 800, (name, loop)
