@@ -467,14 +467,14 @@ class SDSReward(nn.Module):
 
     # ----- loading (docs/method.md#model-families): the functions follow the training loop -----
     @classmethod
-    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], **options) -> "SDSReward":
+    def from_pretrained(cls, model_id: str, prompt: str | Sequence[str], *args, **options) -> "SDSReward":
         """The reward from a diffusers pipeline (hub id or local folder) of any family: load_sds_reward."""
-        return load_sds_reward(model_id, prompt, **options)
+        return load_sds_reward(model_id, prompt, *args, **options)
 
     @classmethod
-    def from_pipeline(cls, pipe, prompts: Sequence[str], **options) -> "SDSReward":
+    def from_pipeline(cls, pipe, prompts: Sequence[str], *args, **options) -> "SDSReward":
         """The reward from a pipeline object already built or loaded: sds_reward_from_pipeline."""
-        return sds_reward_from_pipeline(pipe, prompts, **options)
+        return sds_reward_from_pipeline(pipe, prompts, *args, **options)
 
 
 # === SAC CORE BEGIN: networks (identical in sac_env_reward.py, sac_clip.py and sac_sds.py) ===

@@ -97,7 +97,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "image-cw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CW]),
     "image-ccw": ("sac_sds.py", [*IMAGE_WORLD, "--prompt", CCW]),
     "video-schedule": ("sac_sds.py", [*VIDEO_WORLD, "--prompt-schedule", MOTION_SCHEDULE, "--time-feature"]),
-    # issue 34: the motion world's contrastive pair (demo/train_contrastive_models.py), X-CLIP and its frame control
+    # the motion world's contrastive pair (demo/train_contrastive_models.py), X-CLIP and its frame control
     "xclip-cw": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt", CW]),
     "xclip-ccw": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt", CCW]),
     "xclip-schedule": ("sac_clip.py", ["--clip-model-id", "demo/pendulum-video-clip", "--prompt-schedule",
@@ -491,13 +491,15 @@ def reward_clips(args: Args) -> dict:
     return {"clips": n, "table": f"{n} clips each of {args.clip_steps} frames in {out}/spinning, frozen, resting"}
 
 
-# The 2x2 (issue 34 (not yet in docs/pendulum-world.md)): eval_reward.py's reward names of its
-# four cells, (objective, time) -> "kind spec"
+# The 2x2 (docs/pendulum-world.md#the-2x2-time-against-the-training-objective): eval_reward.py's reward names of
+# its cells, (objective, time) -> "kind spec"; and the context-frames model as a fifth row
+CONTEXT_MODEL, CONTEXT_ADAPTER = "demo/pendulum-motion-context", "demo/pendulum-motion-context-adapter"
 TWO_BY_TWO = {
     ("denoising", "one frame"): f"sds {MOTION_MODEL}",
     ("denoising", "a window"): f"sds {MOTION_MODEL} --motion-adapter-id {MOTION_ADAPTER}",
     ("contrastive", "one frame"): "clip demo/pendulum-frame-clip",
     ("contrastive", "a window"): "clip demo/pendulum-video-clip",
+    ("denoising", "a window, its first frame clean"): f"sds {CONTEXT_MODEL} --motion-adapter-id {CONTEXT_ADAPTER}",
 }
 
 

@@ -4,7 +4,7 @@ small X-CLIP (video-text) and its image control, a CLIP on the clips' single fra
     python demo/train_contrastive_models.py      # writes demo/pendulum-video-clip and demo/pendulum-frame-clip
     python sac_clip.py --env-id Pendulum-v1 --clip-model-id demo/pendulum-video-clip --prompt "a pendulum spinning clockwise"
 
-The 2x2 of issue 34 (not yet in docs/pendulum-world.md): whether a reward knows which way the
+The 2x2 of docs/pendulum-world.md#the-2x2-time-against-the-training-objective: whether a reward knows which way the
 pole turns is a matter of time (one frame against a window) or of the training objective (denoising against
 contrastive). The denoising pair is demo/pendulum-motion (+ its adapter); this is the contrastive pair.
 

@@ -121,3 +121,39 @@ def test_sds_agent_keeps_the_pole_up_more_than_random(tmp_path):
     random = pendulum_world.rollout(None, run_args, episodes=5)
     assert trained["upright"] > random["upright"] + 0.1, (trained, random)
     assert trained["angle"] < random["angle"], (trained, random)
+
+
+def test_the_two_by_two_table_reads_eval_reward_output(tmp_path):
+    """--what two-by-two on an eval_reward.py output folder written here by hand: a cell's AUCs and intervals as
+    eval_reward.py gave them ("counterclockwise" flipped: its clockwise > counterclockwise AUC read from the other
+    side), and its caption use recomputed from the spinning clips' per-clip means; a cell without rows is left out."""
+    import csv
+
+    import pendulum_world
+
+    cell = pendulum_world.TWO_BY_TWO[("contrastive", "a window")]
+    cw, ccw, rest = pendulum_world.CW, pendulum_world.CCW, pendulum_world.REST
+    pairs = ["clips:spinning > clips:frozen", "clips:spinning > clips:resting", "clips:clockwise > clips:counterclockwise"]
+    rows = [{"reward": cell, "prompt": p, "auc": dict(zip(pairs, a)), "auc_ci": dict(zip(pairs, ci))}
+            for p, a, ci in ((cw, (0.9, 1.0, 0.6), ([0.8, 0.95], [1, 1], [0.5, 0.7])),
+                             (ccw, (0.9, 1.0, 0.3), ([0.8, 0.95], [1, 1], [0.2, 0.45])),
+                             (rest, (0.1, 0.0, 0.5), ([0, 0.2], [0, 0], [0.4, 0.6])))]
+    (tmp_path / "summary.json").write_text(json.dumps({"rows": rows}))
+    means = np.random.default_rng(0).normal(size=(3, 3))  # (clip, prompt cw / ccw / rest)
+    with open(tmp_path / "episodes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["behaviour", "clip", *(f"{cell} | {p} | mean" for p in (cw, ccw, rest))])
+        w.writeheader()
+        for i, m in enumerate(means):
+            w.writerow({"behaviour": "clips:spinning", "clip": f"clip{i:03d}",
+                        **{f"{cell} | {p} | mean": v for p, v in zip((cw, ccw, rest), m)}})
+        w.writerow({"behaviour": "clips:frozen", "clip": "clip000", **{f"{cell} | {p} | mean": 99 for p in (cw, ccw, rest)}})
+    result = pendulum_world.two_by_two(pendulum_world.Args(what="two-by-two", eval_dir=(str(tmp_path),)))
+    assert result["clips"] == 3 and len(result["cells"]) == 1
+    got = result["cells"][0]
+    assert (got["objective"], got["time"]) == ("contrastive", "a window")
+    assert got["spin_frozen"] == (0.9, 0.8, 0.95) and got["cw_ccw"] == (0.6, 0.5, 0.7)
+    assert got["ccw_cw"] == pytest.approx((0.7, 0.55, 0.8))  # 1 - AUC, the interval turned round
+    assert got["direction_gap"] == pytest.approx(np.abs(means[:, 0] - means[:, 1]).mean())
+    assert got["rest_gap"] == pytest.approx(np.abs(means[:, 0] - means[:, 2]).mean())
+    assert got["spread"] == pytest.approx(means[:, 0].std())
+    assert result["table"].count("\n") == 2  # the header, its rule, one row
