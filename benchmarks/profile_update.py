@@ -1,7 +1,9 @@
 """Where one SAC update's time goes: each phase of sac_env_reward.SAC's eager update timed with perf_counter; with
 --compile, also the whole update, eager against compiled (sac_env_reward.py --compile compiles the update as one
 program, so it has no phases to time), by kind of update; with --against REV, also the whole update of the SAC core
-as it was at a git revision (the A/B of a change, more precise than bench_sac.py's, whose env steps add noise).
+as it was at a git revision (the A/B of a change, more precise than bench_sac.py's, whose env steps add noise);
+with --compile-options, also the update compiled with these inductor options added to compile_update's (an A/B of
+a compiler setting, e.g. max_autotune=True max_autotune_gemm_backends=CPP,ATEN: inductor's C++ GEMM templates).
 Variants run interleaved in rounds in one process. --flops also counts the arithmetic of one update (torch's flop
 counter), ours against CleanRL's (benchmarks/cleanrl_sac.py), and divides it by this machine's rate for a 256 x 256
 matmul: the time an update needs at the least, whatever the overhead around its matmuls.
@@ -12,6 +14,7 @@ places. The phases run exactly as SAC.update runs them (same methods, same order
 transitions shaped like the env's, after a warm-up.
 
     python benchmarks/profile_update.py --env-id Hopper-v4 --updates 300 [--compile] [--against HEAD~1] [--flops]
+    python benchmarks/profile_update.py --compile --compile-options max_autotune=True max_autotune_gemm_backends=CPP,ATEN
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def main() -> None:
     p.add_argument("--against", metavar="REV", default=None,
                    help="also the whole update of sac_env_reward.py at this git revision (eager, and compiled with "
                         "--compile), by kind: an A/B of a change to the update, interleaved in one process")
+    p.add_argument("--compile-options", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="with --compile: also the update compiled with these inductor options (torch.compile's "
+                        "options=) added to compile_update's; values are Python literals or strings")
     p.add_argument("--flops", action="store_true",
                    help="also the arithmetic of one update, ours against CleanRL's, and its time at the matmul rate")
     a = p.parse_args()
@@ -57,6 +63,8 @@ def main() -> None:
         for compiled in (False, True) if a.compile else (False,):
             agents[("compiled" if compiled else "eager") + suffix] = module.SAC(
                 module.Args(env_id=a.env_id, compile=compiled), obs_dim, env.action_space, torch.device("cpu"))
+    if a.compile and a.compile_options:
+        agents[f"compiled with {' '.join(a.compile_options)}"] = options_agent(a, obs_dim, env.action_space)
     args = agents["eager"].args
     rb = sac.ReplayBuffer(args.buffer_size, obs_dim, act_dim, torch.device("cpu"))
     rng, n = np.random.default_rng(0), 20_000
@@ -126,6 +134,8 @@ def main() -> None:
             ms[k]["per update, the kinds weighted as they occur"] = sum(
                 whole[k][kind] * w for kind, w in weights.items()) / len(cycle) / count * 1e3
         pairs = [("eager", "compiled")] if a.compile else []  # (slower, faster) columns compared
+        if a.compile and a.compile_options:
+            pairs.append(("compiled", f"compiled with {' '.join(a.compile_options)}"))
         if a.against:
             pairs += [(f"{m} at {a.against}", m) for m in (("eager", "compiled") if a.compile else ("eager",))]
         header = " | ".join(f"{k}: ms" for k in agents) + " | " + " | ".join(f"{x} / {y}" for x, y in pairs)
@@ -135,6 +145,32 @@ def main() -> None:
             print(f"| {row} | " + " | ".join(cells) + " |")
     if a.flops:
         flops(agents["eager"], rb, env, weights)
+
+
+def options_agent(a, obs_dim: int, action_space):
+    """A compiled SAC whose compile_update adds a.compile_options to its inductor options (dynamo's cache is made
+    large enough for the two compiled agents' kinds of update)."""
+    import ast
+
+    extra = {}
+    for item in a.compile_options:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[key] = value
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    real = sac.compile_update
+
+    def compile_update(step, device):
+        options = {"fallback_random": True, "cpp_wrapper": device.type == "cpu", **extra}
+        return torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(step, options=options))
+
+    sac.compile_update = compile_update
+    try:
+        return sac.SAC(sac.Args(env_id=a.env_id, compile=True), obs_dim, action_space, torch.device("cpu"))
+    finally:
+        sac.compile_update = real
 
 
 def whole_update(agent, kind: tuple[bool, bool]):
