@@ -1442,19 +1442,22 @@ def vlm_rm_config_of(model_id: str) -> dict:
     return {k: v for k, v in config.items() if k in ("stride", "video_fps")}
 
 
-def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """A video model's windows [start, stop) over n consecutive frames (sac_sds.py's rule): a full one of size frames
-    every stride frames, and one aligned with the end for the frames no full window reached (a single shorter one if
-    n < size)."""
+# === TEXT REWARD BEGIN: video (identical in sac_clip.py and sac_sds.py) ===
+def windows(n: int, size: int, stride: int, closed: bool = True) -> list[tuple[int, int]]:
+    """The video reward's windows [start, stop) over n consecutive frames: a full one of size frames every stride
+    frames, and, once no frame can follow (closed), one aligned with the end for the frames no full window reached
+    (a single shorter one if n < size). sac_sds.py's whole-episode reward (SDSReward.frame_terms) and its streamed
+    one (VideoLabeler: for the frames so far, unclosed, whose windows are a prefix of the final ones), and sac_clip.py's
+    video model (CLIPReward.episode) use this one rule."""
     out = [(a, a + size) for a in range(0, n - size + 1, stride)]
-    if n and (not out or out[-1][1] < n):
+    if closed and n and (not out or out[-1][1] < n):
         out.append((max(0, n - size), n))
     return out
 
 
 def env_timing(args: SACArgs) -> tuple[Optional[float], int]:
     """The time per agent step in seconds (gymnasium's dt, dm_control's control timestep, times --action-repeat),
-    None for an env without one; and the env's episode limit in steps."""
+    None for an env without one; and the env's episode limit in steps. A video reward's frame stride follows from dt."""
     env = make_env(args)
     inner = env.unwrapped
     dt = getattr(inner, "dt", None)
@@ -1463,6 +1466,9 @@ def env_timing(args: SACArgs) -> tuple[Optional[float], int]:
     limit = episode_limit(env)
     env.close()
     return (float(dt) * action_repeat(args) if dt else None), limit
+# === TEXT REWARD END: video ===
+
+
 # the image processor's PIL resampling filter -> F.interpolate mode (antialias=True reproduces PIL's filters)
 INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 

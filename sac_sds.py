@@ -1206,21 +1206,10 @@ class Adam(torch.optim.Adam):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The reward, continued: what serves the formula and the training loop. The video reward's one windowing
-# rule, the model families (each turns its model's output into an epsilon prediction), the labelers that score
-# the frames during training, and the loading of models and settings, with its errors.
+# The reward, continued: what serves the formula and the training loop. The model families (each turns its
+# model's output into an epsilon prediction), the labelers that score the frames during training, and the loading
+# of models and settings, with its errors; the video reward's one windowing rule is in the shared video block.
 # ---------------------------------------------------------------------------------------------------------------
-def windows(n: int, size: int, stride: int, closed: bool = True) -> list[tuple[int, int]]:
-    """The video reward's windows [start, stop) over n consecutive frames: a full one of size frames every stride
-    frames, and, once no frame can follow (closed), one aligned with the end for the frames no full window reached
-    (a single shorter one if n < size). The whole-episode reward (SDSReward.frame_terms) and the streamed one
-    (SDSLabeler: for the frames so far, unclosed, whose windows are a prefix of the final ones) use this one rule."""
-    out = [(a, a + size) for a in range(0, n - size + 1, stride)]
-    if closed and n and (not out or out[-1][1] < n):
-        out.append((max(0, n - size), n))
-    return out
-
-
 # Flow-matching families: the paper's t in [400, 500) of SD's DDPM schedule has the signal-to-noise ratio
 # a / (1 - a) of sigma in [0.54, 0.62) under x_t = (1 - sigma) z + sigma eps (docs/method.md#model-families)
 FLOW_DEFAULTS = {"noise_level_base": 540, "noise_level_range": 80}
@@ -2227,23 +2216,38 @@ def load_error(flag: str, what: str, model_id: str, e: Exception, note: str = ""
 # === TEXT REWARD END: models ===
 
 
-def env_dt(args: SACArgs) -> Optional[float]:
+# === TEXT REWARD BEGIN: video (identical in sac_clip.py and sac_sds.py) ===
+def windows(n: int, size: int, stride: int, closed: bool = True) -> list[tuple[int, int]]:
+    """The video reward's windows [start, stop) over n consecutive frames: a full one of size frames every stride
+    frames, and, once no frame can follow (closed), one aligned with the end for the frames no full window reached
+    (a single shorter one if n < size). sac_sds.py's whole-episode reward (SDSReward.frame_terms) and its streamed
+    one (VideoLabeler: for the frames so far, unclosed, whose windows are a prefix of the final ones), and sac_clip.py's
+    video model (CLIPReward.episode) use this one rule."""
+    out = [(a, a + size) for a in range(0, n - size + 1, stride)]
+    if closed and n and (not out or out[-1][1] < n):
+        out.append((max(0, n - size), n))
+    return out
+
+
+def env_timing(args: SACArgs) -> tuple[Optional[float], int]:
     """The time per agent step in seconds (gymnasium's dt, dm_control's control timestep, times --action-repeat),
-    None for an env without one."""
+    None for an env without one; and the env's episode limit in steps. A video reward's frame stride follows from dt."""
     env = make_env(args)
     inner = env.unwrapped
     dt = getattr(inner, "dt", None)
     if dt is None and hasattr(getattr(inner, "_env", None), "control_timestep"):  # shimmy's dm_control wrapper
         dt = inner._env.control_timestep()
+    limit = episode_limit(env)
     env.close()
-    return float(dt) * action_repeat(args) if dt else None
+    return (float(dt) * action_repeat(args) if dt else None), limit
+# === TEXT REWARD END: video ===
 
 
 def video_frame_stride(args: Args) -> tuple[int, Optional[float]]:
     """The video windows' frame stride: --frame-stride, else 1 under --protocol tadpole (TADPoLe's video reward took
     consecutive agent steps), else round(1 / (dt * video_fps)), at least 1 (1 for an env without a dt); and the time
     per agent step dt."""
-    dt = env_dt(args)
+    dt = env_timing(args)[0]
     if args.frame_stride is not None:
         return args.frame_stride, dt
     if args.protocol == "tadpole":

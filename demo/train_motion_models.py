@@ -435,7 +435,7 @@ def train(args: Args) -> None:
     name = args.name or ("pendulum-motion-context" if args.context_frames else "pendulum-motion")
     pipe.save_pretrained(out / name)
     adapter.save_pretrained(out / f"{name}-adapter")
-    video_fps = 1.0 / (FRAME_GAP * sac_sds.env_dt(sac_sds.Args(env_id="Pendulum-v1")))  # the training clips' rate
+    video_fps = 1.0 / (FRAME_GAP * sac_sds.env_timing(sac_sds.Args(env_id="Pendulum-v1"))[0])  # the training clips' rate
     video_config = {**VIDEO_TADPOLE_CONFIG, "video_fps": video_fps}
     if args.context_frames:
         video_config["context_frames"] = args.context_frames

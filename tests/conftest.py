@@ -163,6 +163,17 @@ def tiny_motion_adapter(tmp_path_factory) -> Path:
     return save_tiny_motion_adapter(tmp_path_factory.mktemp("models") / "tiny-motion-adapter")
 
 
+def tiny_towers(vocab: dict, positions: int) -> dict:
+    """The text and vision towers of the tiny contrastive checkpoints (CLIP, SigLIP, X-CLIP): 2 layers each, width 32,
+    32x32 images in 8x8 patches; the text tower over the character-level vocabulary, end-of-text as its padding."""
+    eos = vocab["<|endoftext|>"]
+    return dict(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=positions,
+                                 bos_token_id=vocab["<|startoftext|>"], eos_token_id=eos, pad_token_id=eos),
+                vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=32, patch_size=8))
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     """Folder of a tiny CLIP checkpoint with random weights, usable as --clip-model-id: CLIPModel (2-layer text and
@@ -172,16 +183,8 @@ def tiny_clip(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     tokenizer = write_tiny_clip_tokenizer(folder.parent / "tiny-clip_tokenizer_files")
-    vocab = tokenizer.get_vocab()
-    eos = vocab["<|endoftext|>"]  # CLIP's text tower pools at the first end-of-text token
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
+    # (CLIP's text tower pools at the first end-of-text token)
+    config = CLIPConfig(**tiny_towers(tokenizer.get_vocab(), 77), projection_dim=16)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -330,15 +333,7 @@ def tiny_siglip(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("models") / "tiny-siglip"
     tokenizer = write_tiny_clip_tokenizer(folder.parent / "tiny-siglip_tokenizer_files")
     tokenizer.model_max_length = 64
-    vocab = tokenizer.get_vocab()
-    eos = vocab["<|endoftext|>"]
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-    )
+    config = SiglipConfig(**tiny_towers(tokenizer.get_vocab(), 64))
     torch.manual_seed(0)
     SiglipModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -359,17 +354,11 @@ def tiny_xclip(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("models") / "tiny-xclip"
     tokenizer = write_char_tokenizer(folder.parent / "tiny-xclip_tokenizer_files", max_length=77, eos_last=True)
-    vocab = tokenizer.get_vocab()
-    eos = vocab["<|endoftext|>"]
-    config = XCLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8, num_frames=4, mit_hidden_size=16, mit_intermediate_size=32,
-                           mit_num_hidden_layers=1, mit_num_attention_heads=2),
-        projection_dim=16, prompt_layers=1, prompt_attention_heads=2, prompt_num_attention_heads=2,
-    )
+    towers = tiny_towers(tokenizer.get_vocab(), 77)
+    towers["vision_config"].update(num_frames=4, mit_hidden_size=16, mit_intermediate_size=32, mit_num_hidden_layers=1,
+                                   mit_num_attention_heads=2)
+    config = XCLIPConfig(**towers, projection_dim=16, prompt_layers=1, prompt_attention_heads=2,
+                         prompt_num_attention_heads=2)
     torch.manual_seed(0)
     XCLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -280,7 +280,7 @@ def test_frame_stride_default_from_the_env_dt(tiny_sd, tiny_motion_adapter, tmp_
     def stride(**kw):
         return sac_sds.video_frame_stride(Args(**{"video_fps": 8.0, **kw}))[0]
 
-    assert sac_sds.env_dt(Args(env_id="Pendulum-v1")) == pytest.approx(0.05)
+    assert sac_sds.env_timing(Args(env_id="Pendulum-v1"))[0] == pytest.approx(0.05)
     assert stride(env_id="Pendulum-v1") == 2  # 20 frames/s -> 8 (2.5 rounds to 2)
     assert stride(env_id="Pendulum-v1", video_fps=20.0) == 1
     assert stride(env_id="Pendulum-v1", video_fps=2.0) == 10

@@ -6,8 +6,9 @@
 The SAC core is the same text in sac_env_reward.py, sac_clip.py and sac_sds.py
 (docs/method.md#the-scripts-and-the-shared-code): each shared block sits between `# === SAC CORE BEGIN: <name> (...)
 ===` and `# === SAC CORE END: <name> ===`, and sac_env_reward.py is its source. The two text rewards also share their prompt handling (schedules,
-composition weights) and model loading (dtypes, load errors) between `# === TEXT REWARD BEGIN/END: prompts|models
-===` markers; sac_sds.py is their source and sac_clip.py the copy.
+composition weights), model loading (dtypes, load errors) and a video model's windows (with the env's step time)
+between `# === TEXT REWARD BEGIN/END: prompts|models|video ===` markers; sac_sds.py is their source and sac_clip.py
+the copy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TEXT_REWARD = re.compile(r"^# === TEXT REWARD BEGIN: (?P<name>[\w ]+?) \(.*?\n.*
 SHARED = [(ROOT / "sac_env_reward.py", [ROOT / "sac_clip.py", ROOT / "sac_sds.py"], SAC_CORE,
            ["args", "networks", "replay buffer", "update", "training loop", "speed", "environments", "checkpoints",
             "evaluation and logging", "run folder", "scenes"]),
-          (ROOT / "sac_sds.py", [ROOT / "sac_clip.py"], TEXT_REWARD, ["prompts", "models"])]
+          (ROOT / "sac_sds.py", [ROOT / "sac_clip.py"], TEXT_REWARD, ["prompts", "models", "video"])]
 
 
 def blocks(path: Path, pattern: re.Pattern) -> dict[str, str]:
